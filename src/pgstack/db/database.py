@@ -1,0 +1,335 @@
+"""`Database`: the engine and pool, sessions, transactions with retry, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from pgstack.config import Settings, render_url
+from pgstack.db import metrics
+from pgstack.db.metrics import sqlstate_of
+from pgstack.db.session import Session, translate_error
+from pgstack.errors import ConfigurationError, DatabaseUnavailableError, TransactionRetryError
+
+if TYPE_CHECKING:
+    from pgstack.db.embedded import EmbeddedPostgres
+    from pgstack.db.health import HealthCheckFn, HealthReport
+
+logger = logging.getLogger("pgstack.db")
+
+T = TypeVar("T")
+Isolation = Literal["read_committed", "repeatable_read", "serializable", "autocommit"]
+
+_ISOLATION_LEVELS = {
+    "read_committed": "READ COMMITTED",
+    "repeatable_read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+    "autocommit": "AUTOCOMMIT",
+}
+RETRYABLE_SQLSTATES = {"40001": "serialization failure", "40P01": "deadlock"}
+# Errors that another attempt cannot fix: bad credentials, missing database, bad role.
+_FATAL_CONNECT_SQLSTATES = {"28P01", "28000", "3D000", "42704"}
+
+
+class Database:
+    """A PostgreSQL database: pool, sessions, transactions, health and a clean shutdown."""
+
+    def __init__(self, settings: Settings | None = None, *, name: str = "primary") -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.name = name
+        self.embedded: EmbeddedPostgres | None = None
+        self._engine: AsyncEngine | None = None
+        self._sessionmaker: async_sessionmaker[Session] | None = None
+        self._url: URL | None = self.settings.url
+        # Extra readiness checks (e.g. "migrations at head"); each returns a health Check.
+        self.health_checks: list[HealthCheckFn] = []
+
+    def __repr__(self) -> str:
+        where = render_url(self._url) if self._url is not None else "(embedded, not started)"
+        return f"Database({where}, connected={self.is_connected})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> URL:
+        """The URL in use (password included: never log it, use `safe_url`)."""
+        if self._url is None:
+            raise ConfigurationError(
+                "No database is configured and the embedded server is not started yet: "
+                "call `await db.connect()`, or set DATABASE_URL."
+            )
+        return self._url
+
+    @property
+    def safe_url(self) -> str:
+        """The URL for people and logs, the password shown as `***`."""
+        return render_url(self._url) if self._url is not None else "(embedded, not started)"
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether `connect()` succeeded and `disconnect()` has not run since."""
+        return self._engine is not None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine; connect first."""
+        if self._engine is None:
+            raise DatabaseUnavailableError(
+                "The database is not connected: call `await db.connect()` first "
+                "(pgstack's web app does this in its lifespan)."
+            )
+        return self._engine
+
+    async def connect(self) -> None:
+        """Open the pool, retrying with exponential backoff and jitter until the server answers.
+
+        With no server configured, start (or reuse) the embedded PostgreSQL first.
+        """
+        if self._engine is not None:
+            return
+        if self._url is None:
+            await self._start_embedded()
+        engine = self._create_engine(self.url)
+        s = self.settings
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(s.database_connect_attempts),
+                wait=self._connect_wait,
+                retry=retry_if_exception(_is_retryable_connect_error),
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    async with engine.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            await engine.dispose()
+            raise self._unavailable(exc, s.database_connect_attempts) from None
+        self._engine = engine
+        self._sessionmaker = async_sessionmaker(
+            engine, class_=Session, expire_on_commit=False, autoflush=True
+        )
+        logger.info("connected to %s", self.safe_url)
+
+    async def disconnect(self, timeout: float = 10.0) -> None:
+        """Let checked-out connections finish (up to `timeout` seconds), then close the pool."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            deadline = time.monotonic() + timeout
+            pool: Any = engine.pool
+            while pool.checkedout() > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            busy = pool.checkedout()
+            if busy:
+                logger.warning("closing the pool with %d connection(s) still checked out", busy)
+            await engine.dispose()
+            self._sessionmaker = None
+            logger.info("disconnected from %s", self.safe_url)
+        if self.embedded is not None:
+            embedded, self.embedded = self.embedded, None
+            await asyncio.to_thread(embedded.stop)
+            self._url = None
+
+    async def __aenter__(self) -> Database:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    # -- sessions and transactions -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """A session for one request or task; it is closed (connection returned) on exit."""
+        if self._sessionmaker is None:
+            raise DatabaseUnavailableError(
+                "The database is not connected: call `await db.connect()` first."
+            )
+        async with self._sessionmaker() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, readonly: bool = False, isolation: Isolation | None = None
+    ) -> AsyncIterator[Session]:
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        Nest savepoints with `async with session.begin_nested(): ...`.
+        """
+        options: dict[str, Any] = {}
+        if isolation is not None:
+            if isolation not in _ISOLATION_LEVELS:
+                raise ConfigurationError(
+                    f"Unknown isolation {isolation!r}; use one of {', '.join(_ISOLATION_LEVELS)}."
+                )
+            options["isolation_level"] = _ISOLATION_LEVELS[isolation]
+        if readonly:
+            options["postgresql_readonly"] = True
+        async with self.session() as session:
+            try:
+                async with session.begin():
+                    if options:
+                        await session.connection(execution_options=options)
+                    yield session
+            except Exception as exc:
+                translated = translate_error(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[[Session], Awaitable[T]],
+        *,
+        isolation: Isolation = "serializable",
+        retries: int = 5,
+        readonly: bool = False,
+        backoff: float = 0.02,
+    ) -> T:
+        """Run `fn(session)` in a transaction, re-running it on serialization failure or deadlock.
+
+        `fn` may run more than once: keep side effects outside the database out of it.
+        """
+        attempt = 0
+        while True:
+            try:
+                async with self.transaction(isolation=isolation, readonly=readonly) as session:
+                    return await fn(session)
+            except sa_exc.DBAPIError as exc:
+                code = sqlstate_of(exc)
+                if code not in RETRYABLE_SQLSTATES:
+                    raise
+                if attempt >= retries:
+                    raise TransactionRetryError(
+                        f"The transaction failed with a {RETRYABLE_SQLSTATES[code]} (SQLSTATE "
+                        f"{code}) {attempt + 1} times and was given up. Retry later, raise "
+                        "`retries`, or reduce contention on the rows it touches."
+                    ) from exc
+                attempt += 1
+                metrics.TRANSACTION_RETRIES.labels(sqlstate=code).inc()
+                delay = backoff * (2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311
+                logger.info(
+                    "transaction %s (SQLSTATE %s); retry %d of %d in %.0f ms",
+                    RETRYABLE_SQLSTATES[code],
+                    code,
+                    attempt,
+                    retries,
+                    delay * 1000,
+                )
+                await asyncio.sleep(delay)
+
+    # -- observation -------------------------------------------------------------------------
+
+    def pool_stats(self) -> dict[str, int]:
+        """Pool size, checked in, checked out, overflow, max overflow and total connections."""
+        pool: Any = self.engine.pool
+        checked_in, checked_out = pool.checkedin(), pool.checkedout()
+        return {
+            "size": pool.size(),
+            "checked_in": checked_in,
+            "checked_out": checked_out,
+            "overflow": max(0, pool.overflow()),
+            "max_overflow": self.settings.database_max_overflow,
+            "total": checked_in + checked_out,
+        }
+
+    async def health_check(self) -> HealthReport:
+        """Readiness report: round trip and latency, pool saturation, query performance."""
+        from pgstack.db.health import readiness
+
+        return await readiness(self)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _create_engine(self, url: URL) -> AsyncEngine:
+        s = self.settings
+        server_settings = {"application_name": "pgstack"}
+        if s.database_statement_timeout_ms is not None:
+            server_settings["statement_timeout"] = str(s.database_statement_timeout_ms)
+        connect_args: dict[str, Any] = {
+            "server_settings": server_settings,
+            "timeout": s.database_connect_timeout,
+        }
+        if s.sslmode is not None:
+            connect_args["ssl"] = s.sslmode
+        engine = create_async_engine(
+            url,
+            pool_size=s.database_pool_size,
+            max_overflow=s.database_max_overflow,
+            pool_timeout=s.database_pool_timeout,
+            pool_recycle=s.database_pool_recycle,
+            pool_pre_ping=s.database_pool_pre_ping,
+            echo=s.database_echo,
+            connect_args=connect_args,
+        )
+        metrics.instrument(engine.sync_engine)
+        metrics.POOL_COLLECTOR.track(self)
+        return engine
+
+    async def _start_embedded(self) -> None:
+        from pgstack.db.embedded import EmbeddedPostgres
+
+        embedded = EmbeddedPostgres(self.settings.data_dir / "pgdata")
+        self._url = await asyncio.to_thread(embedded.start)
+        self.embedded = embedded
+        logger.info("no DATABASE_URL set: using the embedded PostgreSQL in %s", embedded.data_dir)
+
+    def _connect_wait(self, state: RetryCallState) -> float:
+        # Jitter scales with the configured backoff (tenacity's default adds up to 1 s to
+        # every wait, whatever DATABASE_CONNECT_BACKOFF says).
+        s = self.settings
+        base = s.database_connect_backoff * 2.0 ** (state.attempt_number - 1)
+        jitter = random.uniform(0, s.database_connect_backoff)  # noqa: S311
+        return min(base + jitter, s.database_connect_backoff_max)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        logger.warning(
+            "cannot connect to %s (attempt %d of %d: %s); retrying in %.1f s",
+            self.safe_url,
+            state.attempt_number,
+            self.settings.database_connect_attempts,
+            self._cause(exc),
+            delay,
+        )
+
+    def _cause(self, exc: BaseException | None) -> str:
+        if exc is None:
+            return "unknown error"
+        inner = getattr(exc, "orig", None) or exc
+        for _ in range(5):
+            if inner.__cause__ is None:
+                break
+            inner = inner.__cause__
+        message = f"{type(inner).__name__}: {inner}".strip()
+        password = self._url.password if self._url is not None else None
+        if password:
+            message = message.replace(str(password), "***")
+        return message
+
+    def _unavailable(self, exc: BaseException, attempts: int) -> DatabaseUnavailableError:
+        url = self.url
+        where = f"{url.host or url.query.get('host') or 'localhost'}:{url.port or 5432}"
+        tried = "" if not _is_retryable_connect_error(exc) else f" after {attempts} attempt(s)"
+        return DatabaseUnavailableError(
+            f"Cannot connect to PostgreSQL at {where}, database {url.database!r}{tried}: "
+            f"{self._cause(exc)}. Check that the server is running and that DATABASE_URL "
+            "(or DATABASE_HOST/PORT/NAME/USER/PASSWORD) is right."
+        )
+
+
+def _is_retryable_connect_error(exc: BaseException) -> bool:
+    return sqlstate_of(exc) not in _FATAL_CONNECT_SQLSTATES

@@ -1,0 +1,89 @@
+"""The session class pgstack hands out: one task at a time, errors in pgstack's terms."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pgstack.errors import ConcurrentSessionUseError, DatabaseUnavailableError, PoolExhaustedError
+
+T = TypeVar("T")
+
+_CONCURRENT_USE = (
+    "This session is already running an operation for another task. A session serves one "
+    "request or task at a time: open a session per task (`async with db.session()`), or "
+    "await its operations one after another instead of gathering them."
+)
+
+
+def translate_error(exc: BaseException) -> BaseException:
+    """Map driver and pool errors that callers act on into pgstack errors."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return PoolExhaustedError(
+            "No database connection became free within DATABASE_POOL_TIMEOUT. Release sessions "
+            "sooner (one per request or task), or raise DATABASE_POOL_SIZE / "
+            "DATABASE_MAX_OVERFLOW within the server's max_connections."
+        )
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return DatabaseUnavailableError(
+            "The connection to PostgreSQL was lost during the operation "
+            f"({type(exc.orig).__name__}). The work was not committed; retry it."
+        )
+    if isinstance(exc, OSError | ConnectionError):
+        return DatabaseUnavailableError(
+            f"Cannot reach PostgreSQL ({exc}). Check that the server is running."
+        )
+    return exc
+
+
+def _guarded(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(self: Session, *args: Any, **kwargs: Any) -> T:
+        task = asyncio.current_task()
+        if self._pgstack_depth and self._pgstack_owner is not task:
+            raise ConcurrentSessionUseError(_CONCURRENT_USE)
+        self._pgstack_owner = task
+        self._pgstack_depth += 1
+        try:
+            return await method(self, *args, **kwargs)
+        except Exception as exc:
+            translated = translate_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            self._pgstack_depth -= 1
+            if not self._pgstack_depth:
+                self._pgstack_owner = None
+
+    return wrapper
+
+
+class Session(AsyncSession):
+    """An `AsyncSession` that refuses use from two tasks at once with a clear error."""
+
+    _pgstack_owner: asyncio.Task[Any] | None = None
+    _pgstack_depth: int = 0
+
+    # Wrapped only at run time, so type checkers keep AsyncSession's precise overloads.
+    if not TYPE_CHECKING:
+        execute = _guarded(AsyncSession.execute)
+        scalar = _guarded(AsyncSession.scalar)
+        scalars = _guarded(AsyncSession.scalars)
+        get = _guarded(AsyncSession.get)
+        get_one = _guarded(AsyncSession.get_one)
+        stream = _guarded(AsyncSession.stream)
+        stream_scalars = _guarded(AsyncSession.stream_scalars)
+        flush = _guarded(AsyncSession.flush)
+        commit = _guarded(AsyncSession.commit)
+        rollback = _guarded(AsyncSession.rollback)
+        refresh = _guarded(AsyncSession.refresh)
+        merge = _guarded(AsyncSession.merge)
+        delete = _guarded(AsyncSession.delete)
+        connection = _guarded(AsyncSession.connection)
+        run_sync = _guarded(AsyncSession.run_sync)

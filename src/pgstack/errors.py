@@ -1,0 +1,79 @@
+"""One error hierarchy for everything pgstack raises.
+
+Every error carries a message that tells the user what to do, and an HTTP status the web
+layer answers with.
+"""
+
+from __future__ import annotations
+
+
+class PgStackError(Exception):
+    """Base class of every error pgstack raises."""
+
+    status_code: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(PgStackError):
+    """A setting is missing or malformed."""
+
+    title = "Configuration error"
+
+
+class DatabaseUnavailableError(PgStackError):
+    """The database server cannot be reached or refused the connection."""
+
+    status_code = 503
+    title = "Database unavailable"
+
+
+class PoolExhaustedError(PgStackError):
+    """No connection became free within the pool timeout."""
+
+    status_code = 503
+    title = "Connection pool exhausted"
+
+
+class TransactionRetryError(PgStackError):
+    """A transaction kept failing with a retryable error until the retries ran out."""
+
+    status_code = 503
+    title = "Transaction retries exhausted"
+
+
+class ConcurrentSessionUseError(PgStackError):
+    """One session was used by two tasks at the same time."""
+
+    title = "Session used concurrently"
+
+
+class EmbeddedServerError(PgStackError):
+    """The embedded PostgreSQL server could not be started or stopped."""
+
+    status_code = 503
+    title = "Embedded PostgreSQL error"
+
+
+class NotFoundError(PgStackError):
+    """The requested row does not exist."""
+
+    status_code = 404
+    title = "Not found"
+
+
+class ConflictError(PgStackError):
+    """The write conflicts with the current state of the data."""
+
+    status_code = 409
+    title = "Conflict"
+
+
+class InvalidQueryError(PgStackError):
+    """A filter, sort or page request names something that cannot be queried."""
+
+    status_code = 422
+    title = "Invalid query"
