@@ -1,0 +1,110 @@
+"""`create_app`: a FastAPI app whose lifespan connects and disconnects the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+import pgstack
+from pgstack.config import Settings
+from pgstack.db import health
+from pgstack.db.database import Database
+from pgstack.db.health import HealthMonitor, HealthReport
+from pgstack.web import problems
+from pgstack.web.deps import get_database
+
+
+def _health_response(report: HealthReport) -> JSONResponse:
+    return JSONResponse(
+        report.to_dict(), status_code=report.http_status, media_type=health.MEDIA_TYPE
+    )
+
+
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "The check failed; the body says which part."}
+}
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Liveness: the process answers (no database access)")
+async def liveness() -> JSONResponse:
+    """Liveness probe."""
+    return _health_response(health.liveness())
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: database round trip, pool, query performance",
+    responses=_HEALTH_RESPONSES,
+)
+async def readiness(request: Request) -> JSONResponse:
+    """Readiness probe."""
+    monitor: HealthMonitor | None = request.app.state.pgstack_monitor
+    db = get_database(request)
+    report = await (monitor.check_now() if monitor is not None else db.health_check())
+    return _health_response(report)
+
+
+@router.get(
+    "/startup", summary="Startup: the service finished starting", responses=_HEALTH_RESPONSES
+)
+async def startup(request: Request) -> JSONResponse:
+    """Startup probe."""
+    return _health_response(
+        health.startup(get_database(request), request.app.state.pgstack_started)
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", tags=["metrics"])
+async def metrics() -> Response:
+    """Metrics in the Prometheus text format."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database: Database | None = None,
+    monitor_interval: float | None = 30.0,
+    title: str = "pgstack",
+) -> FastAPI:
+    """A FastAPI app with pgstack's lifespan, health routes, `/metrics` and problem details.
+
+    Without `database`, the app builds one from `settings` (read from the environment when
+    not given). The lifespan connects the database if it is not connected yet, and then
+    also disconnects it at shutdown; a database passed in already connected stays yours.
+    """
+    db = database if database is not None else Database(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pgstack_started = False
+        owns_db = not db.is_connected
+        if owns_db:
+            await db.connect()
+        monitor = HealthMonitor(db, monitor_interval) if monitor_interval else None
+        app.state.pgstack_monitor = monitor
+        if monitor is not None:
+            monitor.start()
+        app.state.pgstack_started = True
+        try:
+            yield
+        finally:
+            app.state.pgstack_started = False
+            if monitor is not None:
+                await monitor.stop()
+            if owns_db:
+                await db.disconnect()
+
+    app = FastAPI(title=title, version=pgstack.__version__, lifespan=lifespan)
+    app.state.pgstack_db = db
+    app.state.pgstack_monitor = None
+    app.state.pgstack_started = False
+    problems.install(app)
+    app.include_router(router)
+    return app

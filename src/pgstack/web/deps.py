@@ -1,0 +1,41 @@
+"""Request dependencies, each a few lines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from pgstack.db.database import Database
+from pgstack.db.session import Session
+from pgstack.errors import DatabaseUnavailableError
+
+
+def get_database(request: Request) -> Database:
+    """The app's Database (set by `create_app`'s lifespan)."""
+    db: Database | None = getattr(request.app.state, "pgstack_db", None)
+    if db is None:
+        raise DatabaseUnavailableError(
+            "This app has no pgstack Database: build it with pgstack.web.create_app()."
+        )
+    return db
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for this request; the handler commits what it wants kept."""
+    async with get_database(request).session() as session:
+        yield session
+
+
+async def get_transaction(request: Request) -> AsyncIterator[Session]:
+    """A session in a transaction committed when the handler returns, rolled back if it raises."""
+    async with get_database(request).transaction() as session:
+        yield session
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+# scope="function" closes the session when the handler returns, before a streaming
+# response starts: the connection goes back to the pool instead of waiting on the client.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+TransactionDep = Annotated[Session, Depends(get_transaction, scope="function")]
