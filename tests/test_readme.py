@@ -1,0 +1,57 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def raw(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+async def test_fastapi_example_serves_requests(
+    pgstack_database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # proves: W1
+    monkeypatch.setenv("DATABASE_URL", raw(pgstack_database_url))
+    namespace: dict[str, object] = {}
+    exec(compile(python_blocks()[0], "README.md", "exec"), namespace)
+    app = namespace["app"]
+    async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            now = await client.get("/now")
+            assert now.status_code == 200 and now.json()["now"]
+            saved = await client.post("/notes", params={"body": "hello"})
+            assert saved.json() == {"saved": "hello"}
+            assert (await client.get("/ready")).json()["status"] == "pass"
+
+
+def test_script_example_runs(pgstack_database_url: URL) -> None:
+    # proves: C2, C3
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+    env["DATABASE_URL"] = raw(pgstack_database_url)
+    result = subprocess.run(
+        [sys.executable, "-c", python_blocks()[1]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PostgreSQL" in result.stdout
+    assert "'checked_out': 0" in result.stdout and result.stdout.strip().endswith("pass")
