@@ -77,3 +77,22 @@ class InvalidQueryError(PgStackError):
 
     status_code = 422
     title = "Invalid query"
+
+
+class MigrationError(PgStackError):
+    """Migrations could not run, or the schema is not where it should be."""
+
+    title = "Migration error"
+
+
+class ProductionSafetyError(PgStackError):
+    """A destructive operation was refused because PGSTACK_ENV is production."""
+
+    status_code = 403
+    title = "Refused in production"
+
+
+class EncryptionError(PgStackError):
+    """A value could not be encrypted or decrypted (wrong key, tampering, moved ciphertext)."""
+
+    title = "Encryption error"
