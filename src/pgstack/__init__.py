@@ -16,6 +16,7 @@ from pgstack.errors import (
     PoolExhaustedError,
     TransactionRetryError,
 )
+from pgstack.repository import CursorPage, Page, QuerySpec, Repository, Sort, parse_query
 
 __version__ = _version("pgstack")
 
@@ -23,6 +24,7 @@ __all__ = [
     "ConcurrentSessionUseError",
     "ConfigurationError",
     "ConflictError",
+    "CursorPage",
     "Database",
     "DatabaseUnavailableError",
     "EmbeddedPostgres",
@@ -30,11 +32,16 @@ __all__ = [
     "HealthReport",
     "InvalidQueryError",
     "NotFoundError",
+    "Page",
     "PgStackError",
     "PoolExhaustedError",
+    "QuerySpec",
+    "Repository",
     "Session",
     "Settings",
+    "Sort",
     "TransactionRetryError",
     "__version__",
     "errors",
+    "parse_query",
 ]

@@ -103,11 +103,28 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=AliasChoices("PGSTACK_HEALTH_QUERY_WARN_MS", "health_query_warn_ms"),
     )
+    migration_lock_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=AliasChoices("PGSTACK_MIGRATION_LOCK_WAIT_S", "migration_lock_wait_s"),
+    )
+    migration_lock_timeout_ms: int = Field(
+        default=5000,
+        ge=1,
+        validation_alias=AliasChoices(
+            "PGSTACK_MIGRATION_LOCK_TIMEOUT_MS", "migration_lock_timeout_ms"
+        ),
+    )
     health_pool_warn_ratio: float = Field(
         default=0.8,
         gt=0,
         le=1,
         validation_alias=AliasChoices("PGSTACK_HEALTH_POOL_WARN_RATIO", "health_pool_warn_ratio"),
+    )
+    # Comma-separated `kid:base64key` AES-256 keys, newest first (see pgstack.crypto).
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PGSTACK_ENCRYPTION_KEYS", "encryption_keys"),
     )
 
     def __init__(self, **values: Any) -> None:
@@ -118,6 +135,20 @@ class Settings(BaseSettings):
         # Parse the URLs now so a malformed one fails at start, not at first query.
         _ = self.url
         _ = self.replica_urls
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _check_encryption_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from pgstack.crypto import KeyRing
+            from pgstack.errors import EncryptionError
+
+            try:
+                KeyRing.parse(value.get_secret_value())
+            except EncryptionError as exc:
+                # The message names key ids and positions, never key material.
+                raise ValueError(exc.message) from None
+        return value
 
     @field_validator("database_replica_urls", mode="before")
     @classmethod

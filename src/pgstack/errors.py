@@ -96,3 +96,16 @@ class EncryptionError(PgStackError):
     """A value could not be encrypted or decrypted (wrong key, tampering, moved ciphertext)."""
 
     title = "Encryption error"
+
+
+class LazyLoadError(PgStackError):
+    """An attribute that is not loaded was read where an async session cannot load it."""
+
+    title = "Attribute not loaded"
+
+
+class TenantScopeError(PgStackError):
+    """Tenant-scoped data was touched with no tenant in context, or across tenants."""
+
+    status_code = 403
+    title = "Tenant scope required"

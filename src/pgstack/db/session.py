@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import exc as orm_exc
 
-from pgstack.errors import ConcurrentSessionUseError, DatabaseUnavailableError, PoolExhaustedError
+from pgstack.errors import (
+    ConcurrentSessionUseError,
+    ConflictError,
+    DatabaseUnavailableError,
+    PgStackError,
+    PoolExhaustedError,
+)
 
 T = TypeVar("T")
 
@@ -37,6 +44,14 @@ def translate_error(exc: BaseException) -> BaseException:
     if isinstance(exc, OSError | ConnectionError):
         return DatabaseUnavailableError(
             f"Cannot reach PostgreSQL ({exc}). Check that the server is running."
+        )
+    # pgstack errors raised inside SQLAlchemy (column types, defaults) come out wrapped.
+    if isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, PgStackError):
+        return exc.orig
+    if isinstance(exc, orm_exc.StaleDataError):
+        return ConflictError(
+            "The row was changed or deleted by someone else since it was read (its version "
+            "no longer matches). Read it again and re-apply the change."
         )
     return exc
 

@@ -1,0 +1,453 @@
+"""What every repository verb shares: the model's facts (cached), scoping, errors, retries."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar, Generic, TypeVar, cast
+
+from sqlalchemy import ARRAY, JSON, LargeBinary, Table, bindparam, select
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Result
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute, Mapper
+from sqlalchemy.sql.elements import ColumnElement
+
+from pgstack.db.metrics import sqlstate_of
+from pgstack.db.session import translate_error
+from pgstack.errors import (
+    ConfigurationError,
+    ConflictError,
+    DatabaseUnavailableError,
+    InvalidQueryError,
+)
+from pgstack.orm.context import require_tenant, tenant_scope_lifted
+from pgstack.orm.mixins import Audited, SoftDelete, TenantScoped, Timestamped, Versioned
+from pgstack.orm.types import is_secret, python_type_of
+from pgstack.repository.filters import Eq, Filter, ResolvedField, Sort
+
+logger = logging.getLogger("pgstack.repository")
+
+M = TypeVar("M")
+
+# Repository reads return what the database holds, even for objects already in the session.
+POPULATE = {"populate_existing": True}
+
+# Columns the repository maintains itself; `update()` refuses to set them directly.
+MANAGED = frozenset(
+    {"created_at", "updated_at", "created_by", "updated_by", "version", "deleted_at", "tenant_id"}
+)
+
+
+def _text_to_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on", "t"):
+        return True
+    if lowered in ("false", "0", "no", "off", "f"):
+        return False
+    raise ValueError(value)
+
+
+def _text_to_datetime(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    # Text from a URL has no zone more often than not; pgstack stores UTC, so read it as UTC.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+_FROM_TEXT: dict[type, tuple[Callable[[str], Any], str]] = {
+    bool: (_text_to_bool, "true or false"),
+    int: (int, "whole number"),
+    float: (float, "number"),
+    Decimal: (Decimal, "decimal number"),
+    datetime: (_text_to_datetime, "ISO-8601 date and time"),
+    date: (date.fromisoformat, "ISO-8601 date"),
+    time: (time.fromisoformat, "ISO-8601 time"),
+    uuid.UUID: (uuid.UUID, "UUID"),
+}
+
+
+def _coercer(name: str, python_type: type | None) -> Callable[[Any], Any]:
+    """Read text input (query strings, cursors) as the column's Python type; pass others."""
+    converter = _FROM_TEXT.get(python_type) if python_type is not None else None
+    if converter is None:
+        return _identity
+    parse, kind = converter
+
+    def coerce(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse(value)
+        except (ValueError, InvalidOperation):
+            raise InvalidQueryError(
+                f"{name!r} takes a {kind}; {value[:40]!r} is not one."
+            ) from None
+
+    return coerce
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnFacts:
+    """A mapped column as the repository uses it."""
+
+    key: str
+    name: str
+    attribute: InstrumentedAttribute[Any]
+    field: ResolvedField
+    secret: bool
+    queryable_by_default: bool
+
+
+class ModelInfo:
+    """Facts about a model the repository needs on every call, worked out once per model."""
+
+    def __init__(self, model: type[Any]) -> None:
+        mapper: Mapper[Any] = sa_inspect(model)
+        table = mapper.local_table
+        if not isinstance(table, Table):
+            raise ConfigurationError(f"{model.__name__} is not mapped to a table.")
+        if len(mapper.primary_key) != 1:
+            raise ConfigurationError(
+                f"{model.__name__} has a composite primary key; the repository needs a "
+                "single-column one (UUIDPrimaryKey or BigIntPrimaryKey)."
+            )
+        self.model = model
+        self.name = model.__name__
+        self.mapper = mapper
+        self.table = table
+        self.columns: dict[str, ColumnFacts] = {}
+        for prop in mapper.column_attrs:
+            if len(prop.columns) != 1 or not hasattr(prop.columns[0], "table"):
+                continue
+            column = prop.columns[0]
+            attribute = cast(InstrumentedAttribute[Any], getattr(model, prop.key))
+            python_type = python_type_of(column.type)
+            secret = is_secret(column)
+            self.columns[prop.key] = ColumnFacts(
+                key=prop.key,
+                name=column.name,
+                attribute=attribute,
+                field=ResolvedField(
+                    name=prop.key,
+                    column=attribute,
+                    nullable=bool(column.nullable),
+                    is_text=python_type is str,
+                    coerce=_coercer(prop.key, python_type),
+                ),
+                secret=secret,
+                queryable_by_default=not secret
+                and not isinstance(column.type, JSON | ARRAY | LargeBinary),
+            )
+        pk_column = mapper.primary_key[0]
+        self.pk_key = mapper.get_property_by_column(pk_column).key
+        self.pk = self.columns[self.pk_key].attribute
+        self.pk_name = pk_column.name
+        self.soft_delete = issubclass(model, SoftDelete) and "deleted_at" in self.columns
+        self.versioned = issubclass(model, Versioned) and "version" in self.columns
+        self.tenant_scoped = issubclass(model, TenantScoped) and "tenant_id" in self.columns
+        self.timestamped = issubclass(model, Timestamped) and "updated_at" in self.columns
+        self.audited = issubclass(model, Audited) and "updated_by" in self.columns
+        self.managed = frozenset(k for k in MANAGED if k in self.columns) | {self.pk_key}
+        # For statements built once and reused with parameters (the hot paths).
+        self.statements: dict[Any, Any] = {}
+
+    def attribute(self, key: str) -> InstrumentedAttribute[Any]:
+        """The mapped attribute `key` (a column pgstack itself relies on)."""
+        return self.columns[key].attribute
+
+
+_model_infos: dict[type, ModelInfo] = {}
+
+
+def model_info(model: type[Any]) -> ModelInfo:
+    """The cached ModelInfo of a model."""
+    info = _model_infos.get(model)
+    if info is None:
+        info = _model_infos[model] = ModelInfo(model)
+    return info
+
+
+class QueryFields:
+    """The fields a repository lets callers filter and sort on, by name."""
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        filterable: Collection[str] | None,
+        sortable: Collection[str] | None,
+    ) -> None:
+        self.info = info
+        self.filterable = self._allowed(filterable, "filterable")
+        self.sortable = self._allowed(sortable, "sortable")
+
+    def _allowed(self, names: Collection[str] | None, what: str) -> dict[str, ResolvedField]:
+        columns = self.info.columns
+        if names is None:
+            return {k: c.field for k, c in columns.items() if c.queryable_by_default}
+        unknown = [n for n in names if n not in columns]
+        if unknown:
+            raise ConfigurationError(
+                f"{what} names {', '.join(map(repr, unknown))}, which {self.info.name} does not "
+                f"have; its columns are: {', '.join(columns)}."
+            )
+        return {n: columns[n].field for n in names}
+
+    def resolve(self, name: str) -> ResolvedField:
+        """The field a filter may use, or InvalidQueryError naming the allowed ones."""
+        found = self.filterable.get(name) if isinstance(name, str) else None
+        if found is None:
+            raise InvalidQueryError(
+                f"Cannot filter {self.info.name} by {_shown(name)}: allowed fields are "
+                f"{', '.join(self.filterable)}."
+            )
+        return found
+
+    def sort_field(self, name: str) -> ResolvedField:
+        """The field a sort may use, or InvalidQueryError naming the allowed ones."""
+        found = self.sortable.get(name) if isinstance(name, str) else None
+        if found is None:
+            raise InvalidQueryError(
+                f"Cannot sort {self.info.name} by {_shown(name)}: allowed fields are "
+                f"{', '.join(self.sortable)}."
+            )
+        return found
+
+
+def _constraint_name(exc: BaseException) -> str | None:
+    """The constraint an integrity error names, through SQLAlchemy's and asyncpg's wrappers."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        name = getattr(seen, "constraint_name", None)
+        if isinstance(name, str):
+            return name
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def shown_id(value: Any) -> str:
+    """A key for a message: UUIDs and numbers plainly, anything else quoted and shortened."""
+    text = str(value) if isinstance(value, uuid.UUID | int) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shown(name: object) -> str:
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_fields_cache: dict[tuple[type, type], QueryFields] = {}
+
+
+class RepositoryCore(Generic[M]):
+    """The state and helpers every repository verb uses."""
+
+    model: type[M]
+    #: Fields callers may filter on (None: every column that is not secret, JSON or binary).
+    filterable: ClassVar[Collection[str] | None] = None
+    #: Fields callers may sort on (None: the same default as `filterable`).
+    sortable: ClassVar[Collection[str] | None] = None
+    #: Page size when a page request names none.
+    default_page_size: ClassVar[int] = 50
+    #: The largest page a caller may ask for.
+    max_page_size: ClassVar[int] = 100
+
+    def __init__(self, session: AsyncSession, model: type[M] | None = None) -> None:
+        if model is None:
+            model = getattr(type(self), "model", None)
+            if model is None:
+                raise ConfigurationError(
+                    f"{type(self).__name__} names no model: construct it as "
+                    f"Repository(session, Model), or set `model = Model` on the subclass."
+                )
+        self.session = session
+        self.model = model
+        self._info = model_info(model)
+        key = (type(self), model)
+        fields = _fields_cache.get(key)
+        if fields is None:
+            fields = _fields_cache[key] = QueryFields(self._info, self.filterable, self.sortable)
+        self._fields = fields
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._info.name})"
+
+    # -- conditions --------------------------------------------------------------------------
+
+    def _scope(self, include_deleted: bool = False) -> list[ColumnElement[bool]]:
+        """Soft-delete and tenant conditions every statement on this model carries."""
+        info = self._info
+        conditions: list[ColumnElement[bool]] = []
+        if info.soft_delete and not include_deleted:
+            conditions.append(info.attribute("deleted_at").is_(None))
+        if info.tenant_scoped and not tenant_scope_lifted():
+            tenant = require_tenant(info.name)
+            conditions.append(info.attribute("tenant_id") == tenant)
+        return conditions
+
+    def _where(
+        self,
+        filters: Iterable[Filter],
+        equals: Mapping[str, Any],
+        include_deleted: bool = False,
+    ) -> list[ColumnElement[bool]]:
+        conditions = self._scope(include_deleted)
+        for item in filters:
+            if not isinstance(item, Filter):
+                raise InvalidQueryError(f"{item!r} is not a filter (Eq, In, And, ...).")
+            conditions.append(item.clause(self._fields))
+        for name, value in equals.items():
+            conditions.append(Eq(name, value).clause(self._fields))
+        return conditions
+
+    def _order_by(self, sort: Iterable[Sort]) -> list[ColumnElement[Any]]:
+        """ORDER BY terms; the primary key always comes last, so the order is total."""
+        terms: list[ColumnElement[Any]] = []
+        pk_named = False
+        info = self._info
+        for item in sort:
+            # The primary key may always be named: it ends every order anyway.
+            if item.field == info.pk_key:
+                field = info.columns[info.pk_key].field
+                pk_named = True
+            else:
+                field = self._fields.sort_field(item.field)
+            terms.append(
+                field.column.desc().nulls_first()
+                if item.descending
+                else field.column.asc().nulls_last()
+            )
+        if not pk_named:
+            terms.append(info.pk.asc())
+        return terms
+
+    def _writable(self, values: Mapping[str, Any], *, managed_ok: bool) -> dict[str, Any]:
+        """Check the keys of `values` are columns (and not pgstack-managed, for updates)."""
+        if not isinstance(values, Mapping):
+            raise InvalidQueryError(
+                f"Values for {self._info.name} must be a mapping of field names to values."
+            )
+        columns = self._info.columns
+        for key in values:
+            if key not in columns:
+                raise InvalidQueryError(
+                    f"{self._info.name} has no field {_shown(key)}; its fields are "
+                    f"{', '.join(columns)}."
+                )
+            if not managed_ok and key in self._info.managed:
+                raise InvalidQueryError(
+                    f"{key!r} of {self._info.name} is maintained by pgstack and cannot be set "
+                    "by an update (use delete/restore for deleted_at, expected_version for "
+                    "version)."
+                )
+        return dict(values)
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def _get_statement(self, include_deleted: bool) -> tuple[Any, bool]:
+        info = self._info
+        scoped = info.tenant_scoped and not tenant_scope_lifted()
+        key = ("get", include_deleted, scoped)
+        statement = info.statements.get(key)
+        if statement is None:
+            # Built once per model and shape; each call only binds parameters.
+            conditions: list[ColumnElement[bool]] = [info.pk == bindparam("pgstack_pk")]
+            if info.soft_delete and not include_deleted:
+                conditions.append(info.attribute("deleted_at").is_(None))
+            if scoped:
+                conditions.append(info.attribute("tenant_id") == bindparam("pgstack_tenant"))
+            statement = info.statements[key] = (
+                select(self.model).where(*conditions).execution_options(**POPULATE)
+            )
+        return statement, scoped
+
+    async def _get_row(self, id: Any, include_deleted: bool = False) -> M | None:
+        info = self._info
+        statement, scoped = self._get_statement(include_deleted)
+        params = {"pgstack_pk": info.columns[info.pk_key].field.coerce(id)}
+        if scoped:
+            params["pgstack_tenant"] = require_tenant(info.name)
+        result = await self._read(statement, params)
+        found: M | None = result.scalar_one_or_none()
+        return found
+
+    async def _read(self, statement: Any, params: Mapping[str, Any] | None = None) -> Result[Any]:
+        """Run a read; a dropped connection at the start of a transaction is retried once.
+
+        A read that opens its transaction is idempotent as a whole, so it is safe to run again
+        on a fresh connection. Inside a transaction that already did work, the work is gone
+        with the connection: that surfaces as DatabaseUnavailableError, never a silent retry.
+        """
+        session = self.session
+        retryable = not session.in_transaction() and not (
+            session.new or session.deleted or session.dirty
+        )
+        try:
+            result: Result[Any] = await session.execute(statement, params)
+            return result
+        except Exception as exc:
+            error = translate_error(exc)
+            if not (retryable and isinstance(error, DatabaseUnavailableError)):
+                if error is exc:
+                    raise
+                raise error from exc
+        logger.info("connection lost before a %s read; retrying once", self._info.name)
+        await session.rollback()
+        try:
+            result = await session.execute(statement, params)
+            return result
+        except Exception as exc:
+            error = translate_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _write(self, statement: Any, params: Any = None) -> Result[Any]:
+        """Run a write; integrity violations become ConflictError, driver errors pgstack's."""
+        try:
+            result: Result[Any] = await self.session.execute(statement, params)
+            return result
+        except Exception as exc:
+            error = self._write_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _flush(self) -> None:
+        try:
+            await self.session.flush()
+        except Exception as exc:
+            error = self._write_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _write_error(self, exc: Exception) -> Exception:
+        code = sqlstate_of(exc)
+        if code in ("23505", "23503"):
+            constraint = _constraint_name(exc)
+            where = f" (constraint {constraint})" if constraint else ""
+            if code == "23505":
+                return ConflictError(
+                    f"A {self._info.name} with the same unique value already exists{where}."
+                )
+            return ConflictError(
+                f"The {self._info.name} refers to a row that does not exist, or is still "
+                f"referred to by another row{where}."
+            )
+        if code == "21000":
+            return InvalidQueryError(
+                f"The batch names the same {self._info.name} key twice; an upsert can change "
+                "each row once per statement. Remove the duplicates."
+            )
+        translated = translate_error(exc)
+        return translated if isinstance(translated, Exception) else exc
