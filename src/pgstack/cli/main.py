@@ -26,7 +26,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-db_app = typer.Typer(help="Database operations: health, info, init.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database operations: health, info, init, migrations, seeds.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 
 console = Console()
@@ -65,11 +67,15 @@ def _root(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    migrate: Annotated[
+        bool, typer.Option(help="Apply pending migrations (pgstack's and the app's) first.")
+    ] = True,
 ) -> None:
     """Run the pgstack API (embedded PostgreSQL when no database is configured)."""
     import uvicorn
 
     from pgstack.db.embedded import EmbeddedPostgres
+    from pgstack.migrations import MigrationProject, upgrade
     from pgstack.web import create_app
 
     settings = Settings()
@@ -82,13 +88,19 @@ def serve(
         logging.getLogger("pgstack.embedded").setLevel(logging.INFO)
     try:
         asyncio.run(_preflight(Database(settings)))
+        project = MigrationProject.discover()
+        if migrate:
+            # Before uvicorn, so a failed migration is one line, not a startup traceback.
+            applied = upgrade(settings, project=project)
+            typer.echo(f"pgstack: migrations applied: {', '.join(applied) or 'none (at head)'}")
         db = Database(settings)
         # The app's lifespan disconnects the database and with it stops the embedded
         # server, before uvicorn re-raises a SIGTERM it caught.
         db.embedded = embedded
         typer.echo(f"pgstack: database {db.safe_url}")
         typer.echo(f"pgstack: API docs at http://{host}:{port}/docs")
-        uvicorn.run(create_app(database=db), host=host, port=port, log_level="info")
+        app_ = create_app(database=db, migrations=project)
+        uvicorn.run(app_, host=host, port=port, log_level="info")
     finally:
         if embedded is not None:
             embedded.stop()
@@ -137,6 +149,7 @@ async def _health(settings: Settings) -> HealthReport:
             description="pgstack readiness",
         )
     try:
+        await _migrate.add_migrations_check(db)
         return await db.health_check()
     finally:
         await db.disconnect()
@@ -197,6 +210,10 @@ def db_init(
     result = asyncio.run(init_database(admin_url, url))
     for what, outcome in result.steps:
         typer.echo(f"{what}: {outcome}")
+
+
+# The migration and seeding commands register themselves on db_app.
+from pgstack.cli import migrate as _migrate  # noqa: E402
 
 
 def main() -> None:

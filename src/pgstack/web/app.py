@@ -15,6 +15,9 @@ from pgstack.config import Settings
 from pgstack.db import health
 from pgstack.db.database import Database
 from pgstack.db.health import HealthMonitor, HealthReport
+from pgstack.migrations.api import upgrade_async
+from pgstack.migrations.health import install as install_migrations_check
+from pgstack.migrations.project import MigrationProject
 from pgstack.web import problems
 from pgstack.web.deps import get_database
 
@@ -72,14 +75,26 @@ def create_app(
     database: Database | None = None,
     monitor_interval: float | None = 30.0,
     title: str = "pgstack",
+    migrations: MigrationProject | None = None,
+    migrate: bool = False,
 ) -> FastAPI:
     """A FastAPI app with pgstack's lifespan, health routes, `/metrics` and problem details.
 
     Without `database`, the app builds one from `settings` (read from the environment when
     not given). The lifespan connects the database if it is not connected yet, and then
     also disconnects it at shutdown; a database passed in already connected stays yours.
+
+    With `migrations` (a `MigrationProject`), readiness includes the check "migrations":
+    pass only at the head of pgstack's and the app's revisions. `migrate=True` also applies
+    pending revisions in the lifespan, under the migration lock, before the app reports
+    started (without `migrations`, the nearest pyproject.toml's `[tool.pgstack]` is used).
     """
     db = database if database is not None else Database(settings)
+    project = migrations
+    if project is None and migrate:
+        project = MigrationProject.discover()
+    if project is not None:
+        install_migrations_check(db, project)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,6 +102,13 @@ def create_app(
         owns_db = not db.is_connected
         if owns_db:
             await db.connect()
+        if migrate and project is not None:
+            try:
+                await upgrade_async(db.settings.with_url(db.url), project=project)
+            except BaseException:
+                if owns_db:
+                    await db.disconnect()
+                raise
         monitor = HealthMonitor(db, monitor_interval) if monitor_interval else None
         app.state.pgstack_monitor = monitor
         if monitor is not None:

@@ -1,0 +1,78 @@
+"""Short-lived engines for migration work, and errors that never show a password."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from pgstack.config import Settings
+from pgstack.db.metrics import sqlstate_of
+from pgstack.errors import DatabaseUnavailableError, MigrationError, PgStackError
+
+APPLICATION_NAME = "pgstack-migrate"
+# No such database, bad password, no such role: retrying or migrating cannot help.
+_CANNOT_CONNECT = {"3D000", "28P01", "28000"}
+
+
+def migration_engine(settings: Settings, url: URL) -> AsyncEngine:
+    """An engine without a pool: migrations hold one connection, then give it back for good."""
+    connect_args: dict[str, Any] = {
+        "server_settings": {"application_name": APPLICATION_NAME},
+        "timeout": settings.database_connect_timeout,
+    }
+    if settings.sslmode is not None:
+        connect_args["ssl"] = settings.sslmode
+    return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+def where(url: URL) -> str:
+    """`host:port, database 'name'` of a URL, for messages."""
+    host = url.host or url.query.get("host") or "localhost"
+    return f"{host}:{url.port or 5432}, database {url.database!r}"
+
+
+def scrub(message: str, url: URL | None) -> str:
+    """The message with the URL's password, if any, replaced by `***`."""
+    if url is not None and url.password:
+        message = message.replace(str(url.password), "***")
+    return message
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: first line` of a driver error, looking through SQLAlchemy's wrappers."""
+    inner: BaseException = getattr(exc, "orig", None) or exc
+    for _ in range(5):  # the adapter wraps asyncpg's error: name the one that says what failed
+        if inner.__cause__ is None:
+            break
+        inner = inner.__cause__
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {text}".rstrip(": ")
+
+
+def as_pgstack_error(exc: BaseException, url: URL | None, doing: str) -> PgStackError:
+    """Turn a failure while `doing` something into one pgstack error with an actionable message."""
+    if isinstance(exc, PgStackError):
+        exc.message = scrub(exc.message, url)
+        exc.args = (exc.message,)
+        return exc
+    detail = scrub(describe(exc), url)
+    is_connect = isinstance(exc, OSError | ConnectionError | TimeoutError) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    )
+    if sqlstate_of(exc) in _CANNOT_CONNECT:
+        at = where(url) if url is not None else "the configured server"
+        return DatabaseUnavailableError(
+            f"Cannot connect to PostgreSQL at {at} while {doing}: {detail}. Check DATABASE_URL "
+            "(`pgstack db init --admin-url ...` creates the database and its role)."
+        )
+    if is_connect or (isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError)):
+        at = where(url) if url is not None else "the configured server"
+        return DatabaseUnavailableError(
+            f"Cannot reach PostgreSQL at {at} while {doing}: {detail}. Check that the server "
+            "is running and that DATABASE_URL is right."
+        )
+    return MigrationError(f"{doing[:1].upper()}{doing[1:]} failed: {detail}")

@@ -1,0 +1,118 @@
+"""Readiness says whether the database is at the head of pgstack's and the app's migrations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+from sqlalchemy.engine import URL
+
+from pgstack import Database
+from pgstack.db.admin import asyncpg_dsn
+from pgstack.migrations import MigrationProject, migrations_check, status, upgrade
+from pgstack.testing.plugin import settings_for
+from pgstack.web import create_app
+
+
+@asynccontextmanager
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            yield c
+
+
+async def test_ready_passes_at_the_combined_head(
+    sample_url: URL, sample_project: MigrationProject
+) -> None:
+    # proves: C5
+    app = create_app(settings_for(sample_url), monitor_interval=None, migrations=sample_project)
+    async with client(app) as c:
+        ready = await c.get("/ready")
+    assert ready.status_code == 200
+    check = ready.json()["checks"]["migrations"][0]
+    assert check["status"] == "pass"
+    assert check["observedValue"] == "sampleapp_0001"
+
+
+async def test_ready_fails_naming_the_missing_revision(
+    pgstack_empty_url: URL, sample_project: MigrationProject
+) -> None:
+    # proves: C5
+    upgrade(pgstack_empty_url, "pgstack@head", project=sample_project)
+    app = create_app(
+        settings_for(pgstack_empty_url), monitor_interval=None, migrations=sample_project
+    )
+    async with client(app) as c:
+        ready = await c.get("/ready")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "fail"
+    check = body["checks"]["migrations"][0]
+    assert check["status"] == "fail"
+    assert "missing revision(s): sampleapp_0001 (sampleapp: authors and notes)" in check["output"]
+
+
+async def test_ready_fails_on_a_database_never_migrated(
+    pgstack_empty_url: URL, sample_project: MigrationProject
+) -> None:
+    # proves: C5
+    db = Database(settings_for(pgstack_empty_url))
+    db.health_checks.append(migrations_check(sample_project))
+    async with db:
+        report = await db.health_check()
+    check = report.checks["migrations"]
+    assert check.status == "fail"
+    assert check.output is not None and "pgstack_0001" in check.output
+    assert "sampleapp_0001" in check.output
+
+
+async def test_ready_warns_when_a_newer_release_migrated_first(
+    sample_url: URL, sample_project: MigrationProject
+) -> None:
+    # proves: C5
+    conn = await asyncpg.connect(asyncpg_dsn(sample_url))
+    try:
+        await conn.execute("INSERT INTO alembic_version VALUES ('sampleapp_0002')")
+    finally:
+        await conn.close()
+    db = Database(settings_for(sample_url))
+    db.health_checks.append(migrations_check(sample_project))
+    async with db:
+        report = await db.health_check()
+    assert report.status == "warn"
+    assert report.http_status == 200
+    check = report.checks["migrations"]
+    assert check.status == "warn"
+    assert check.output is not None and "sampleapp_0002" in check.output
+
+
+async def test_app_migrates_at_startup_under_the_lock(
+    pgstack_empty_url: URL, sample_project: MigrationProject
+) -> None:
+    # proves: W1, D5, C5
+    app = create_app(
+        settings_for(pgstack_empty_url),
+        monitor_interval=None,
+        migrations=sample_project,
+        migrate=True,
+    )
+    async with client(app) as c:
+        assert (await c.get("/startup")).status_code == 200
+        ready = await c.get("/ready")
+    assert ready.json()["checks"]["migrations"][0]["status"] == "pass"
+    assert status(pgstack_empty_url, project=sample_project).at_head
+
+
+async def test_without_migrations_readiness_has_no_migrations_check(
+    pgstack_empty_url: URL,
+) -> None:
+    # proves: C5
+    app = create_app(settings_for(pgstack_empty_url), monitor_interval=None)
+    async with client(app) as c:
+        ready = await c.get("/ready")
+    assert ready.status_code == 200
+    assert "migrations" not in ready.json()["checks"]
