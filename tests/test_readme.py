@@ -55,3 +55,38 @@ def test_script_example_runs(pgstack_database_url: URL) -> None:
     assert result.returncode == 0, result.stderr
     assert "PostgreSQL" in result.stdout
     assert "'checked_out': 0" in result.stdout and result.stdout.strip().endswith("pass")
+
+
+def test_repository_example_runs(pgstack_database_url: URL) -> None:
+    # proves: R1, R3
+    # A subprocess: the example's model joins pgstack.orm.Base, which must stay clean here.
+    driver = """
+import asyncio
+from pgstack import Database, Settings
+
+async def main() -> None:
+    async with Database(Settings()) as db:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Project.metadata.create_all, tables=[Project.__table__])
+        await example(db)
+        async with db.session() as session:
+            projects = Projects(session)
+            assert await projects.count() == 0
+            assert await projects.count(include_deleted=True) == 1
+            print("renamed:", (await projects.list(include_deleted=True))[0].name)
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Project.metadata.drop_all, tables=[Project.__table__])
+
+asyncio.run(main())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+    env["DATABASE_URL"] = raw(pgstack_database_url)
+    result = subprocess.run(
+        [sys.executable, "-c", python_blocks()[2] + driver],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "renamed: Apollo 11" in result.stdout

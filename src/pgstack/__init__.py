@@ -6,12 +6,15 @@ from pgstack import errors
 from pgstack.config import Settings
 from pgstack.db import Database, EmbeddedPostgres, HealthMonitor, HealthReport, Session
 from pgstack.errors import (
+    AuthenticationError,
     ConcurrentSessionUseError,
     ConfigurationError,
     ConflictError,
     DatabaseUnavailableError,
+    InvalidInputError,
     InvalidQueryError,
     NotFoundError,
+    PermissionDeniedError,
     PgStackError,
     PoolExhaustedError,
     TransactionRetryError,
@@ -21,6 +24,7 @@ from pgstack.repository import CursorPage, Page, QuerySpec, Repository, Sort, pa
 __version__ = _version("pgstack")
 
 __all__ = [
+    "AuthenticationError",
     "ConcurrentSessionUseError",
     "ConfigurationError",
     "ConflictError",
@@ -30,9 +34,11 @@ __all__ = [
     "EmbeddedPostgres",
     "HealthMonitor",
     "HealthReport",
+    "InvalidInputError",
     "InvalidQueryError",
     "NotFoundError",
     "Page",
+    "PermissionDeniedError",
     "PgStackError",
     "PoolExhaustedError",
     "QuerySpec",

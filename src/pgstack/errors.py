@@ -109,3 +109,31 @@ class TenantScopeError(PgStackError):
 
     status_code = 403
     title = "Tenant scope required"
+
+
+class AuthenticationError(PgStackError):
+    """The credentials (password, token, key or code) are missing, wrong or no longer valid."""
+
+    status_code = 401
+    title = "Authentication failed"
+
+
+class PermissionDeniedError(PgStackError):
+    """The caller is known but lacks a role or scope the operation needs."""
+
+    status_code = 403
+    title = "Permission denied"
+
+
+class InvalidInputError(PgStackError):
+    """Input was understood but refused (a weak password, a code of the wrong shape)."""
+
+    status_code = 422
+    title = "Invalid input"
+
+
+class TokenRefreshError(PgStackError):
+    """A provider token could not be refreshed, or its refresh is backing off after failures."""
+
+    status_code = 502
+    title = "Token refresh failed"

@@ -17,18 +17,42 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from rich.console import Console
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
+import pgstack.cli.migrate
 from pgstack.cli import app
 from pgstack.db.admin import asyncpg_dsn
-from pgstack.migrations import MigrationProject, status, upgrade
+from pgstack.migrations import MigrationProject, history, status, upgrade
 from pgstack.migrations._env import LOCK_KEY
 from pgstack.testing import schema_snapshot
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "sampleapp"
 PGSTACK = str(Path(sys.executable).with_name("pgstack"))
 runner = CliRunner()
+
+# pgstack's revisions oldest first, and its head: its modules keep adding revisions.
+PGSTACK_REVISIONS = [
+    info.revision for info in reversed(history(project=MigrationProject.pgstack_only()))
+]
+PGSTACK_HEAD = PGSTACK_REVISIONS[-1]
+# The sample app's revision depends on pgstack_0001 only, so a later pgstack head stays in the
+# version table beside it; pgstack_0001 itself is then implied by sampleapp_0001.
+SAMPLE_CURRENT = {"sampleapp_0001", PGSTACK_HEAD} - {"pgstack_0001"}
+
+
+def listed(output: str, prefix: str) -> list[str]:
+    """The comma-separated revisions on the line of `output` that starts with `prefix`."""
+    line = next(line for line in output.splitlines() if line.startswith(prefix))
+    return line.removeprefix(prefix).split(" (")[0].strip().split(", ")
+
+
+def assert_run_order(revisions: list[str]) -> None:
+    """All of pgstack's and the sample app's revisions, each after what it needs."""
+    assert sorted(revisions) == sorted([*PGSTACK_REVISIONS, "sampleapp_0001"]), revisions
+    assert [r for r in revisions if r in PGSTACK_REVISIONS] == PGSTACK_REVISIONS, revisions
+    assert revisions.index("pgstack_0001") < revisions.index("sampleapp_0001"), revisions
 
 
 def raw(url: URL) -> str:
@@ -96,30 +120,39 @@ def copy_sample(tmp_path: Path) -> Path:
 # -- upgrade, current, history, downgrade --------------------------------------------------
 
 
-def test_upgrade_current_history_downgrade(pgstack_empty_url: URL) -> None:
+def test_upgrade_current_history_downgrade(
+    pgstack_empty_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # proves: G3, G2
     url, project = pgstack_empty_url, ["--project", str(SAMPLE)]
     result = cli(url, "current", *project)
     assert result.exit_code == 0, result.output
     assert "no revision applied" in result.output
-    assert "missing: pgstack_0001, sampleapp_0001" in result.output
+    assert_run_order(listed(result.output, "missing: "))
 
     result = cli(url, "upgrade", *project)
     assert result.exit_code == 0, result.output
-    assert "applied pgstack_0001 (pgstack:" in result.output
+    for rev in PGSTACK_REVISIONS:
+        assert f"applied {rev} (pgstack:" in result.output
     assert "applied sampleapp_0001 (sampleapp: authors and notes)" in result.output
-    assert "current: sampleapp_0001" in result.output
+    assert set(listed(result.output, "current: ")) == SAMPLE_CURRENT
     assert "nothing to apply" in cli(url, "upgrade", *project).output
 
     result = cli(url, "current", *project)
     assert "sampleapp_0001 (sampleapp: authors and notes) (head)" in result.output
     assert "missing" not in result.output
 
+    # A wide console: no revision id is cut short, however long pgstack's become.
+    monkeypatch.setattr(pgstack.cli.migrate, "console", Console(width=250))
     result = cli(url, "history", *project)
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.output.splitlines() if "_0001" in line]
-    assert rows[0].split()[1] == "sampleapp_0001" and "yes" in rows[0]
-    assert "pgstack_0001" in rows[-1] and "yes" in rows[-1]
+    cells = [[c.strip() for c in line.split("│")] for line in result.output.splitlines()]
+    rows = {c[1].split()[0]: c for c in cells if len(c) > 2 and c[1] and "_" in c[1]}
+    order = list(rows)  # newest first
+    assert set(order) == {*PGSTACK_REVISIONS, "sampleapp_0001"}, result.output
+    assert [r for r in order if r in PGSTACK_REVISIONS] == PGSTACK_REVISIONS[::-1]
+    assert order.index("sampleapp_0001") < order.index("pgstack_0001")
+    assert all("yes" in row for row in rows.values()), result.output
 
     # Going below the current revision asks first; "no" changes nothing.
     result = cli(url, "downgrade", "sampleapp@base", *project, input="n\n")
@@ -130,12 +163,13 @@ def test_upgrade_current_history_downgrade(pgstack_empty_url: URL) -> None:
     result = cli(url, "downgrade", "-1", "--yes", *project)
     assert result.exit_code == 0, result.output
     assert "undone sampleapp_0001" in result.output
-    assert "current: pgstack_0001" in result.output
+    assert listed(result.output, "current: ") == [PGSTACK_HEAD]
 
     cli(url, "upgrade", *project)
     result = cli(url, "downgrade", "base", "--yes", *project)
     assert result.exit_code == 0, result.output
-    assert "undone sampleapp_0001" in result.output and "undone pgstack_0001" in result.output
+    for rev in ["sampleapp_0001", *PGSTACK_REVISIONS]:
+        assert f"undone {rev}" in result.output
     assert "current: none" in result.output
     assert query(url, "SELECT to_regclass('sample_notes') IS NULL") is True
 
@@ -144,7 +178,8 @@ def test_downgrade_without_a_terminal_needs_yes(sample_url: URL) -> None:
     # proves: G3
     result = cli(sample_url, "downgrade", "base", "--project", str(SAMPLE))
     assert result.exit_code == 1
-    assert query(sample_url, "SELECT version_num FROM alembic_version") == "sampleapp_0001"
+    versions = query(sample_url, "SELECT string_agg(version_num, ',') FROM alembic_version")
+    assert set(str(versions).split(",")) == SAMPLE_CURRENT
 
 
 def test_first_app_revision_starts_a_branch_that_depends_on_pgstack(
@@ -159,7 +194,8 @@ def test_first_app_revision_starts_a_branch_that_depends_on_pgstack(
     assert first.exit_code == 0, first.output
     body = (tmp_path / "migrations" / "versions" / "notes_1_create_notes.py").read_text()
     assert "branch_labels: str | Sequence[str] | None = ('notes',)" in body
-    assert "depends_on: str | Sequence[str] | None = 'pgstack_0001'" in body
+    # It depends on pgstack's head when it is written.
+    assert f"depends_on: str | Sequence[str] | None = {PGSTACK_HEAD!r}" in body
     assert "down_revision: str | Sequence[str] | None = None" in body
 
     second = runner.invoke(app, ["db", "revision", "-m", "add tags", "--rev-id", "notes_2"])
@@ -170,7 +206,8 @@ def test_first_app_revision_starts_a_branch_that_depends_on_pgstack(
 
     applied = cli(pgstack_empty_url, "upgrade")
     assert applied.exit_code == 0, applied.output
-    assert "applied pgstack_0001" in applied.output
+    for rev in PGSTACK_REVISIONS:
+        assert f"applied {rev} (pgstack:" in applied.output
     assert "applied notes_1 (notes: create notes)" in applied.output
     assert "current: notes_2" in applied.output
 
@@ -292,11 +329,11 @@ def test_two_upgrade_processes_started_together_migrate_once(pgstack_empty_url: 
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     migrated = [r.stdout for r in results if "applied pgstack_0001" in r.stdout]
     assert len(migrated) == 1, [r.stdout for r in results]
-    assert "applied sampleapp_0001" in migrated[0]
+    for rev in [*PGSTACK_REVISIONS, "sampleapp_0001"]:
+        assert f"applied {rev}" in migrated[0]
     assert sum("nothing to apply" in r.stdout for r in results) == 1
-    assert query(url, "SELECT string_agg(version_num, ',') FROM alembic_version") == (
-        "sampleapp_0001"
-    )
+    versions = query(url, "SELECT string_agg(version_num, ',') FROM alembic_version")
+    assert set(str(versions).split(",")) == SAMPLE_CURRENT
 
 
 # -- reset and clear -----------------------------------------------------------------------
@@ -328,7 +365,7 @@ def test_reset_asks_then_drops_and_migrates_afresh(sample_url: URL) -> None:
 
     result = cli(sample_url, "reset", "--project", str(SAMPLE), input="y\n")
     assert result.exit_code == 0, result.output
-    assert "reset; applied pgstack_0001, sampleapp_0001" in result.output
+    assert_run_order(listed(result.output, "reset; applied "))
     assert query(sample_url, "SELECT count(*) FROM sample_authors") == 0
     assert query(sample_url, "SELECT to_regclass('stray') IS NULL") is True
     assert query(sample_url, "SELECT to_regtype('stray_mood') IS NULL") is True
@@ -355,7 +392,8 @@ def test_clear_removes_rows_and_keeps_schema_and_version(sample_url: URL) -> Non
     assert "sample_authors: 1 row(s) removed" in result.output
     assert query(sample_url, "SELECT count(*) FROM sample_authors") == 0
     assert query(sample_url, "SELECT count(*) FROM pgstack_meta") == meta_rows
-    assert query(sample_url, "SELECT version_num FROM alembic_version") == "sampleapp_0001"
+    versions = query(sample_url, "SELECT string_agg(version_num, ',') FROM alembic_version")
+    assert set(str(versions).split(",")) == SAMPLE_CURRENT
     assert schema_snapshot(sample_url) == before
 
 
@@ -536,4 +574,6 @@ def test_serve_applies_the_app_s_migrations_before_it_listens(
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
-    assert re.search(r"migrations applied: pgstack_0001, sampleapp_0001", out), out
+    applied = re.search(r"migrations applied: (.*)", out)
+    assert applied is not None, out
+    assert_run_order(applied.group(1).split(", "))

@@ -34,9 +34,14 @@ from pgstack.migrations import (
 )
 from pgstack.migrations._env import LOCK_KEY
 from pgstack.migrations.models import SchemaInfo
+from pgstack.migrations.project import PGSTACK_MODEL_MODULES, pgstack_metadata
+from pgstack.orm import Base
 from pgstack.testing import assert_migrations_roundtrip, assert_no_drift, schema_snapshot
 
 PGSTACK_ONLY = MigrationProject.pgstack_only()
+# pgstack's revisions oldest first, and its head: modules add revisions to the chain.
+PGSTACK_CHAIN = [info.revision for info in reversed(history(project=PGSTACK_ONLY))]
+PGSTACK_HEAD = (PGSTACK_CHAIN[-1],)
 
 
 async def fetchval(url: URL, query: str) -> object:
@@ -83,7 +88,7 @@ def downgrade():
 def test_pgstack_migrations_round_trip(pgstack_empty_url: URL) -> None:
     # proves: G2, G4
     assert_migrations_roundtrip(pgstack_empty_url, project=PGSTACK_ONLY)
-    assert current(pgstack_empty_url, project=PGSTACK_ONLY) == ("pgstack_0001",)
+    assert current(pgstack_empty_url, project=PGSTACK_ONLY) == PGSTACK_HEAD
     assert is_at_head(pgstack_empty_url, project=PGSTACK_ONLY)
     snapshot = schema_snapshot(pgstack_empty_url)
     assert "relation public.pgstack_meta (r)" in snapshot
@@ -97,7 +102,7 @@ def test_sample_app_round_trip_on_top_of_pgstack(
     assert_migrations_roundtrip(pgstack_empty_url, project=sample_project)
     state = status(pgstack_empty_url, project=sample_project)
     assert state.at_head
-    assert set(state.heads) == {"pgstack_0001", "sampleapp_0001"}
+    assert set(state.heads) == {*PGSTACK_HEAD, "sampleapp_0001"}
     snapshot = schema_snapshot(pgstack_empty_url)
     assert any(line.startswith("constraint ck_sample_notes_status") for line in snapshot)
     assert any("ix_sample_notes_author_id" in line for line in snapshot)
@@ -109,8 +114,8 @@ def test_app_revision_depends_on_pgstack(sample_url: URL, sample_project: Migrat
     assert all(info.applied for info in revisions.values())
     assert revisions["sampleapp_0001"].depends_on == ("pgstack_0001",)
     assert revisions["sampleapp_0001"].branches == ("sampleapp",)
-    assert revisions["pgstack_0001"].branches == ("pgstack",)
-    assert set(heads(sample_project)) == {"pgstack_0001", "sampleapp_0001"}
+    assert all(revisions[rev].branches == ("pgstack",) for rev in PGSTACK_CHAIN)
+    assert set(heads(sample_project)) == {*PGSTACK_HEAD, "sampleapp_0001"}
 
 
 @pytest.mark.parametrize("drops_type", [False, True])
@@ -144,7 +149,8 @@ async def test_citext_is_dropped_only_when_the_revision_created_it(pgstack_empty
     has = "SELECT count(*) FROM pg_extension WHERE extname = 'citext'"
     await upgrade_async(url, project=PGSTACK_ONLY)
     assert await fetchval(url, has) == 1
-    assert await fetchval(url, "SELECT value FROM pgstack_meta") == "created by pgstack_0001"
+    citext_row = "SELECT value FROM pgstack_meta WHERE key = 'extension.citext'"
+    assert await fetchval(url, citext_row) == "created by pgstack_0001"
     await downgrade_async(url, "base", project=PGSTACK_ONLY)
     assert await fetchval(url, has) == 0
 
@@ -155,7 +161,7 @@ async def test_citext_is_dropped_only_when_the_revision_created_it(pgstack_empty
     finally:
         await conn.close()
     await upgrade_async(url, project=PGSTACK_ONLY)
-    assert await fetchval(url, "SELECT count(*) FROM pgstack_meta") == 0
+    assert await fetchval(url, citext_row) is None
     await downgrade_async(url, "base", project=PGSTACK_ONLY)
     assert await fetchval(url, has) == 1
 
@@ -166,7 +172,10 @@ async def test_citext_is_dropped_only_when_the_revision_created_it(pgstack_empty
 def explicit_metadata(sample_models: ModuleType) -> list[MetaData]:
     """pgstack's table and the sample app's, independent of what else is on pgstack's Base."""
     pgstack_md = MetaData(naming_convention=SchemaInfo.metadata.naming_convention)
-    SchemaInfo.__table__.to_metadata(pgstack_md)
+    pgstack_metadata()  # imports every module in PGSTACK_MODEL_MODULES
+    for mapper in sorted(Base.registry.mappers, key=lambda m: m.class_.__name__):
+        if mapper.class_.__module__ in PGSTACK_MODEL_MODULES:
+            mapper.local_table.to_metadata(pgstack_md)
     return [pgstack_md, sample_models.Base.metadata]
 
 
@@ -313,7 +322,7 @@ async def test_waiting_for_the_migration_lock_is_bounded(pgstack_empty_url: URL)
         assert status(settings, project=PGSTACK_ONLY).versioned is False
     finally:
         await holder.close()
-    assert upgrade(pgstack_empty_url, project=PGSTACK_ONLY) == ["pgstack_0001"]
+    assert upgrade(pgstack_empty_url, project=PGSTACK_ONLY) == PGSTACK_CHAIN
 
 
 async def test_ddl_gives_up_on_a_busy_table_after_the_lock_timeout(
@@ -355,11 +364,11 @@ async def test_ddl_gives_up_on_a_busy_table_after_the_lock_timeout(
 async def test_migrations_run_from_inside_a_running_event_loop(pgstack_empty_url: URL) -> None:
     # proves: D5, G1
     # The plain function works here too (on a worker thread), as an app's lifespan may call it.
-    assert upgrade(pgstack_empty_url, project=PGSTACK_ONLY) == ["pgstack_0001"]
-    assert await downgrade_async(pgstack_empty_url, "base", project=PGSTACK_ONLY) == [
-        "pgstack_0001"
-    ]
-    assert await upgrade_async(pgstack_empty_url, project=PGSTACK_ONLY) == ["pgstack_0001"]
+    assert upgrade(pgstack_empty_url, project=PGSTACK_ONLY) == PGSTACK_CHAIN
+    assert await downgrade_async(pgstack_empty_url, "base", project=PGSTACK_ONLY) == list(
+        reversed(PGSTACK_CHAIN)
+    )
+    assert await upgrade_async(pgstack_empty_url, project=PGSTACK_ONLY) == PGSTACK_CHAIN
     assert await upgrade_async(pgstack_empty_url, project=PGSTACK_ONLY) == []
 
 
@@ -368,7 +377,7 @@ def test_downgrade_to_an_unknown_revision_is_a_clear_error(pgstack_empty_url: UR
     upgrade(pgstack_empty_url, project=PGSTACK_ONLY)
     with pytest.raises(MigrationError, match="no_such_rev"):
         downgrade(pgstack_empty_url, "no_such_rev", project=PGSTACK_ONLY)
-    assert current(pgstack_empty_url, project=PGSTACK_ONLY) == ("pgstack_0001",)
+    assert current(pgstack_empty_url, project=PGSTACK_ONLY) == PGSTACK_HEAD
 
 
 WRAPPED_MODELS = """

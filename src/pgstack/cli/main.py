@@ -77,6 +77,7 @@ def serve(
     from pgstack.db.embedded import EmbeddedPostgres
     from pgstack.migrations import MigrationProject, upgrade
     from pgstack.web import create_app
+    from pgstack.web.modules import builtin_routers
 
     settings = Settings()
     embedded: EmbeddedPostgres | None = None
@@ -99,7 +100,7 @@ def serve(
         db.embedded = embedded
         typer.echo(f"pgstack: database {db.safe_url}")
         typer.echo(f"pgstack: API docs at http://{host}:{port}/docs")
-        app_ = create_app(database=db, migrations=project)
+        app_ = create_app(database=db, migrations=project, routers=builtin_routers())
         uvicorn.run(app_, host=host, port=port, log_level="info")
     finally:
         if embedded is not None:
@@ -214,6 +215,13 @@ def db_init(
 
 # The migration and seeding commands register themselves on db_app.
 from pgstack.cli import migrate as _migrate  # noqa: E402
+from pgstack.cli.tokens import tokens_app  # noqa: E402
+
+app.add_typer(tokens_app, name="tokens")
+from pgstack.cli.users import api_keys_app, users_app  # noqa: E402
+
+app.add_typer(users_app, name="users")
+app.add_typer(api_keys_app, name="api-keys")
 
 
 def main() -> None:

@@ -27,7 +27,11 @@ DEFAULT_APP_BRANCH = "app"
 
 # pgstack's modules whose models have tables; each module that adds tables adds its line,
 # so autogenerate and `pgstack db check` see every table pgstack's migrations create.
-PGSTACK_MODEL_MODULES = ("pgstack.migrations.models",)
+PGSTACK_MODEL_MODULES = (
+    "pgstack.migrations.models",
+    "pgstack.identity.models",
+    "pgstack.tokens.models",
+)
 
 
 def pgstack_metadata() -> MetaData:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -77,6 +77,7 @@ def create_app(
     title: str = "pgstack",
     migrations: MigrationProject | None = None,
     migrate: bool = False,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """A FastAPI app with pgstack's lifespan, health routes, `/metrics` and problem details.
 
@@ -88,6 +89,8 @@ def create_app(
     pass only at the head of pgstack's and the app's revisions. `migrate=True` also applies
     pending revisions in the lifespan, under the migration lock, before the app reports
     started (without `migrations`, the nearest pyproject.toml's `[tool.pgstack]` is used).
+
+    `routers` are included after the health routes (pgstack's module routers, or yours).
     """
     db = database if database is not None else Database(settings)
     project = migrations
@@ -129,4 +132,6 @@ def create_app(
     app.state.pgstack_started = False
     problems.install(app)
     app.include_router(router)
+    for extra in routers:
+        app.include_router(extra)
     return app

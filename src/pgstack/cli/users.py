@@ -1,0 +1,141 @@
+"""`pgstack users create-admin|list` and `pgstack api-keys create|revoke`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated, TypeVar
+
+import typer
+from rich.table import Table
+
+from pgstack.cli.main import console, expected_failures
+from pgstack.config import Settings
+from pgstack.db.database import Database
+from pgstack.errors import ConfigurationError
+from pgstack.identity import Identity, generate_password
+
+T = TypeVar("T")
+
+users_app = typer.Typer(help="Users: create an administrator, list users.", no_args_is_help=True)
+api_keys_app = typer.Typer(help="API keys: create and revoke.", no_args_is_help=True)
+
+
+def _run(work: Callable[[Identity], Awaitable[T]]) -> T:
+    settings = Settings()
+    if not settings.is_configured:
+        raise ConfigurationError(
+            "No database is configured: set DATABASE_URL (or DATABASE_HOST and friends)."
+        )
+
+    async def main() -> T:
+        async with Database(settings) as db:
+            return await work(Identity(db))
+
+    return asyncio.run(main())
+
+
+@users_app.command("create-admin")
+@expected_failures
+def create_admin(
+    email: Annotated[str, typer.Option(help="The administrator's e-mail address.")],
+    name: Annotated[str | None, typer.Option(help="Their name.")] = None,
+    generate: Annotated[
+        bool, typer.Option("--generate", help="Generate a strong password and print it once.")
+    ] = False,
+    role: Annotated[str, typer.Option(help="The administrator role.")] = "admin",
+) -> None:
+    """Create a verified user with the admin role (asks for the password unless --generate)."""
+    if generate:
+        password = generate_password()
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+    async def work(identity: Identity) -> uuid.UUID:
+        user = await identity.users.create(email, password, name=name, roles=[role], verified=True)
+        return user.id
+
+    user_id = _run(work)
+    typer.echo(f"created administrator {email.strip().lower()} ({user_id})")
+    if generate:
+        typer.echo(f"password (shown once): {password}")
+
+
+@users_app.command("list")
+@expected_failures
+def list_users(
+    email: Annotated[str | None, typer.Option(help="Part of the e-mail address.")] = None,
+    role: Annotated[str | None, typer.Option(help="Only users with this role.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="active, inactive, locked, unverified or deleted."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="How many to show.")] = 50,
+) -> None:
+    """List users, newest first."""
+
+    async def work(identity: Identity) -> tuple[list[tuple[str, ...]], int]:
+        page = await identity.users.search(email=email, role=role, status=status, limit=limit)
+        rows: list[tuple[str, ...]] = [
+            (
+                str(u.id),
+                u.email,
+                u.provider,
+                ",".join(u.roles),
+                "yes" if u.is_active else "no",
+                "yes" if u.is_verified else "no",
+            )
+            for u in page.items
+        ]
+        return rows, page.total
+
+    rows, total = _run(work)
+    table = Table(title=f"users ({len(rows)} of {total})")
+    for column in ("id", "email", "provider", "roles", "active", "verified"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@api_keys_app.command("create")
+@expected_failures
+def create_key(
+    email: Annotated[str, typer.Option(help="The e-mail address of the key's user.")],
+    name: Annotated[str, typer.Option(help="A name that tells the key apart.")],
+    scope: Annotated[list[str] | None, typer.Option(help="A scope; repeat for more.")] = None,
+    expires_in_days: Annotated[
+        int | None, typer.Option(min=1, help="Days until the key expires (default: never).")
+    ] = None,
+) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+
+    async def work(identity: Identity) -> tuple[str, str]:
+        user = await identity.users.get_by_email(email)
+        if user is None:
+            raise ConfigurationError(f"No user has the e-mail address {email.strip().lower()}.")
+        expires = timedelta(days=expires_in_days) if expires_in_days else None
+        issued = await identity.api_keys.create(
+            user.id, name, scopes=scope or (), expires_in=expires
+        )
+        return str(issued.api_key.id), issued.key
+
+    key_id, key = _run(work)
+    typer.echo(f"created API key {key_id}; the key (shown once):")
+    typer.echo(key)
+
+
+@api_keys_app.command("revoke")
+@expected_failures
+def revoke_key(
+    key_id: Annotated[uuid.UUID, typer.Argument(help="The id of the key to revoke.")],
+) -> None:
+    """Revoke an API key now."""
+
+    async def work(identity: Identity) -> str:
+        return (await identity.api_keys.revoke(key_id)).prefix
+
+    prefix = _run(work)
+    typer.echo(f"revoked API key {key_id} (pgs_{prefix}_...)")

@@ -1,0 +1,54 @@
+"""Helpers the identity services share: clock, digests, the generic failure message."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+
+from pgstack.db.database import Database
+from pgstack.identity.config import IdentityConfig
+from pgstack.identity.passwords import PasswordHasher
+
+# One message for every way a login can fail (unknown e-mail, wrong password, locked,
+# external account), so the answer never tells an attacker which accounts exist.
+LOGIN_FAILED = (
+    "The e-mail address or password is wrong, or the account is temporarily locked after "
+    "repeated failures. Check them and try again later, or reset your password."
+)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def digest(secret: str) -> str:
+    """The SHA-256 of a high-entropy secret (token, key, code) as stored in the database.
+
+    A fast hash is enough here, unlike for passwords: the secrets carry 128 bits or more of
+    randomness, so a stolen digest cannot be reversed by guessing.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def same_digest(secret: str, stored: str) -> bool:
+    """Whether a secret matches a stored digest, in time independent of where they differ."""
+    return hmac.compare_digest(digest(secret), stored)
+
+
+class ServiceBase:
+    """The database, the settings and the password hasher each identity service uses."""
+
+    def __init__(
+        self,
+        db: Database,
+        config: IdentityConfig | None = None,
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self.db = db
+        self.config = config or IdentityConfig()
+        self.hasher = hasher or PasswordHasher(self.config)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.db!r})"

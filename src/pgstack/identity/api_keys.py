@@ -1,0 +1,272 @@
+"""API keys: `pgs_<prefix>_<secret><checksum>`, stored as SHA-256, with scopes and rotation."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import string
+import uuid
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select, update
+
+from pgstack.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from pgstack.identity._common import ServiceBase, digest, same_digest, utcnow
+from pgstack.identity.models import ApiKey, User
+from pgstack.identity.users import UserRepository
+
+logger = logging.getLogger("pgstack.identity")
+
+_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_PREFIX_LEN = 8  # ~47 bits: unique per key, shown in lists and logs to tell keys apart
+_SECRET_LEN = 22  # 62**22 is about 2**131: the secret carries more than 128 random bits
+_CHECK_LEN = 6  # 62**6 > 2**32 holds any CRC32
+KEY_PREFIX = "pgs_"
+_KEY = re.compile(
+    rf"^{KEY_PREFIX}([0-9A-Za-z]{{{_PREFIX_LEN}}})_([0-9A-Za-z]{{{_SECRET_LEN}}})"
+    rf"([0-9A-Za-z]{{{_CHECK_LEN}}})$"
+)
+_MALFORMED = (
+    "The API key is malformed or mistyped (its checksum does not match); copy it again "
+    "exactly as it was issued."
+)
+_REFUSED = "The API key is not valid: unknown, revoked or expired. Create a new one."
+
+
+def _base62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        chars.append(_BASE62[digit])
+    return "".join(reversed(chars))
+
+
+def _random62(length: int) -> str:
+    return "".join(secrets.choice(_BASE62) for _ in range(length))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode()), _CHECK_LEN)
+
+
+def generate_api_key() -> tuple[str, str]:
+    """A new key and its prefix: `pgs_<8 prefix>_<22 secret><6 CRC32>`, all base62."""
+    prefix = _random62(_PREFIX_LEN)
+    body = f"{KEY_PREFIX}{prefix}_{_random62(_SECRET_LEN)}"
+    return body + _checksum(body), prefix
+
+
+def parse_api_key(key: str) -> str:
+    """The prefix of a well-formed key; AuthenticationError, with no database trip, otherwise.
+
+    CRC32 catches every single-character change and most others, so typos and truncated
+    pastes never reach the database.
+    """
+    match = _KEY.match(key)
+    if match is None or _checksum(key[:-_CHECK_LEN]) != match.group(3):
+        raise AuthenticationError(_MALFORMED)
+    return match.group(1)
+
+
+def looks_like_api_key(token: str) -> bool:
+    """Whether a bearer token is meant as an API key (as opposed to a session token)."""
+    return token.startswith(KEY_PREFIX)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A newly created key: its row and the plaintext, which is shown this once only."""
+
+    api_key: ApiKey
+    key: str
+
+    def __repr__(self) -> str:
+        return f"IssuedKey(prefix={self.api_key.prefix!r}, key='***')"
+
+
+@dataclass(frozen=True)
+class VerifiedKey:
+    """A key that passed every check, and the user it acts for."""
+
+    api_key: ApiKey
+    user: User
+
+    def require_scopes(self, *scopes: str) -> None:
+        """PermissionDeniedError unless the key carries every one of these scopes."""
+        require_scopes(self.api_key, *scopes)
+
+
+def require_scopes(api_key: ApiKey, *scopes: str) -> None:
+    """PermissionDeniedError, naming what is missing, unless the key has every scope."""
+    if not api_key.has_scopes(*scopes):
+        missing = sorted(set(scopes) - set(api_key.scopes))
+        raise PermissionDeniedError(
+            f"The API key lacks the scope(s) {', '.join(missing)}; create a key that has them."
+        )
+
+
+def _scopes(scopes: Iterable[str]) -> list[str]:
+    result = list(dict.fromkeys(s.strip() for s in scopes))
+    if any(not s or " " in s for s in result):
+        raise InvalidInputError("Scopes are non-empty words without spaces, e.g. 'users:read'.")
+    return result
+
+
+class ApiKeys(ServiceBase):
+    """Create, verify, list, revoke and rotate API keys."""
+
+    async def create(
+        self,
+        user_id: uuid.UUID,
+        name: str,
+        *,
+        scopes: Iterable[str] = (),
+        expires_at: datetime | None = None,
+        expires_in: timedelta | None = None,
+        rate_limit_tier: str = "standard",
+    ) -> IssuedKey:
+        """A new key for a live user; the plaintext is in the result and nowhere else."""
+        if not name.strip():
+            raise InvalidInputError("Give the key a name, so its owner can tell keys apart.")
+        if expires_in is not None:
+            expires_at = utcnow() + expires_in
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise InvalidInputError("expires_at must be timezone-aware.")
+        key, prefix = generate_api_key()
+        async with self.db.transaction() as session:
+            await UserRepository(session).get(user_id)  # NotFoundError for unknown or deleted
+            row = ApiKey(
+                user_id=user_id,
+                name=name.strip(),
+                prefix=prefix,
+                key_hash=digest(key),
+                scopes=_scopes(scopes),
+                rate_limit_tier=rate_limit_tier,
+                expires_at=expires_at,
+            )
+            session.add(row)
+            await session.flush()
+        logger.info("API key %s created for user %s", prefix, user_id)
+        return IssuedKey(row, key)
+
+    async def verify(self, key: str) -> VerifiedKey:
+        """The key's row and user if the key is valid, else AuthenticationError.
+
+        A malformed key is refused before any SQL. Otherwise one read finds the key by its
+        prefix; its hash is compared in constant time; a revoked or expired key, or one whose
+        user is deleted or deactivated, is refused. `last_used_at` is written at most once per
+        `api_key_touch_interval`, so verifying is a read on the hot path.
+        """
+        prefix = parse_api_key(key)
+        async with self.db.transaction(readonly=True) as session:
+            row = (
+                await session.execute(
+                    select(ApiKey, User)
+                    .join(User, User.id == ApiKey.user_id)
+                    .where(
+                        ApiKey.prefix == prefix,
+                        User.deleted_at.is_(None),
+                        User.is_active.is_(True),
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            logger.info("API key %s refused: unknown, or its user is deleted or inactive", prefix)
+            raise AuthenticationError(_REFUSED)
+        api_key, user = row
+        now = utcnow()
+        if not same_digest(key, api_key.key_hash) or not api_key.is_usable(now):
+            logger.info("API key %s refused: wrong secret, revoked or expired", prefix)
+            raise AuthenticationError(_REFUSED)
+        interval = self.config.api_key_touch_interval
+        if api_key.last_used_at is None or api_key.last_used_at <= now - interval:
+            await self._touch(api_key.id, interval)
+            api_key.last_used_at = now
+        return VerifiedKey(api_key, user)
+
+    async def _touch(self, key_id: uuid.UUID, interval: timedelta) -> None:
+        async with self.db.transaction() as session:
+            # The condition makes concurrent verifications write once, not once each.
+            await session.execute(
+                update(ApiKey)
+                .where(
+                    ApiKey.id == key_id,
+                    or_(
+                        ApiKey.last_used_at.is_(None),
+                        ApiKey.last_used_at <= func.now() - interval,
+                    ),
+                )
+                .values(last_used_at=func.now())
+                .execution_options(synchronize_session=False)
+            )
+
+    async def list_for(self, user_id: uuid.UUID, *, include_revoked: bool = False) -> list[ApiKey]:
+        """A user's keys, newest first (hashes never leave the database in a usable form)."""
+        async with self.db.transaction(readonly=True) as session:
+            statement = select(ApiKey).where(ApiKey.user_id == user_id)
+            if not include_revoked:
+                statement = statement.where(
+                    or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > func.now())
+                )
+            rows = await session.scalars(statement.order_by(ApiKey.created_at.desc()))
+            return list(rows)
+
+    async def get(self, key_id: uuid.UUID, *, user_id: uuid.UUID | None = None) -> ApiKey:
+        """One key by id (only among `user_id`'s keys when given), or NotFoundError."""
+        async with self.db.transaction(readonly=True) as session:
+            api_key = await session.get(ApiKey, key_id)
+        if api_key is None or (user_id is not None and api_key.user_id != user_id):
+            raise NotFoundError(f"No API key with id {key_id}.")
+        return api_key
+
+    async def revoke(self, key_id: uuid.UUID, *, user_id: uuid.UUID | None = None) -> ApiKey:
+        """Revoke a key now (only among `user_id`'s keys when given)."""
+        return await self._revoke_at(key_id, user_id, None)
+
+    async def _revoke_at(
+        self, key_id: uuid.UUID, user_id: uuid.UUID | None, grace: timedelta | None
+    ) -> ApiKey:
+        async with self.db.transaction() as session:
+            api_key = await session.get(ApiKey, key_id, with_for_update=True)
+            if api_key is None or (user_id is not None and api_key.user_id != user_id):
+                raise NotFoundError(f"No API key with id {key_id}.")
+            when = utcnow() + (grace or timedelta(0))
+            # A key revoked earlier stays revoked from its earlier time.
+            if api_key.revoked_at is None or api_key.revoked_at > when:
+                api_key.revoked_at = when
+            await session.flush()
+        logger.info("API key %s revoked from %s", api_key.prefix, api_key.revoked_at)
+        return api_key
+
+    async def rotate(
+        self,
+        key_id: uuid.UUID,
+        *,
+        grace: timedelta = timedelta(hours=24),
+        user_id: uuid.UUID | None = None,
+    ) -> IssuedKey:
+        """A new key with the same name, scopes, tier and expiry; the old one works for `grace`.
+
+        The grace period lets every client switch to the new key before the old one stops.
+        """
+        old = await self.get(key_id, user_id=user_id)
+        if not old.is_usable(utcnow()):
+            raise InvalidInputError("The key is revoked or expired; create a new one instead.")
+        issued = await self.create(
+            old.user_id,
+            old.name,
+            scopes=old.scopes,
+            expires_at=old.expires_at,
+            rate_limit_tier=old.rate_limit_tier,
+        )
+        await self._revoke_at(key_id, user_id, grace)
+        return issued

@@ -1,0 +1,347 @@
+"""Authentication: login with lockout, sessions, password change, reset and verification."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, case, delete, func, or_, select, update
+
+from pgstack.db.session import Session
+from pgstack.errors import AuthenticationError, InvalidInputError
+from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, utcnow
+from pgstack.identity.models import LoginSession, TokenPurpose, User, UserToken
+from pgstack.identity.passwords import require_strong_password
+from pgstack.identity.totp import TwoFactor
+from pgstack.identity.users import UserRepository, _end_sessions
+from pgstack.orm.types import normalise_email
+
+logger = logging.getLogger("pgstack.identity")
+
+_INVALID_LINK = (
+    "The link or token is not valid: it was already used, has expired, or was replaced. "
+    "Ask for a new one."
+)
+
+
+# No user has the nil UUID (ids are UUIDv7), so an UPDATE for it changes nothing.
+_NO_USER = uuid.UUID(int=0)
+
+
+class TwoFactorRequiredError(AuthenticationError):
+    """The password was right, but the account also needs its two-factor code."""
+
+    title = "Two-factor code required"
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """A signed-in user and the opaque session token to hand them (shown once)."""
+
+    user: User
+    token: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"LoginResult(user={self.user.id}, token='***', expires_at={self.expires_at})"
+
+
+class Authenticator(ServiceBase):
+    """Check passwords, keep sessions, change and reset passwords, verify e-mail addresses."""
+
+    @property
+    def two_factor(self) -> TwoFactor:
+        """The two-factor service with the same database and settings."""
+        return TwoFactor(self.db, self.config, self.hasher)
+
+    async def authenticate(self, email: str, password: str, *, otp: str | None = None) -> User:
+        """The user these credentials belong to, or AuthenticationError.
+
+        An unknown address costs the same password hash as a known one, so timing does not
+        tell which accounts exist. `max_failed_logins` failures in a row lock the account for
+        `lockout`, during which even the right password is refused. An account with two-factor
+        on also needs `otp`: a current TOTP code or an unused recovery code.
+        """
+        now = utcnow()
+        async with self.db.transaction(readonly=True) as session:
+            user = await UserRepository(session).get_by_or_none(email=normalise_email(email))
+        ok, new_hash = await self.hasher.averify_and_update(
+            password, user.password_hash if user is not None else None
+        )
+        if user is None:
+            # The same write a wrong password costs, matching no row: equal timing again.
+            await self._record_failure(_NO_USER)
+            logger.info("login failed: no live user has that e-mail address")
+            raise AuthenticationError(LOGIN_FAILED)
+        if user.is_locked(now):
+            await self._record_failure(_NO_USER)  # the same work as any other failure
+            logger.info("login refused: user %s is locked", user.id)
+            raise AuthenticationError(LOGIN_FAILED)
+        if not ok:
+            await self._record_failure(user.id)
+            logger.info("login failed: wrong password for user %s", user.id)
+            raise AuthenticationError(LOGIN_FAILED)
+        if not user.is_active:
+            raise AuthenticationError(
+                "This account is deactivated; ask an administrator to activate it."
+            )
+        if user.two_factor_enabled:
+            if not otp:
+                raise TwoFactorRequiredError(
+                    "This account uses two-factor authentication: send the code from your "
+                    "authenticator app, or a recovery code."
+                )
+            if not await self.two_factor.verify(user.id, otp):
+                await self._record_failure(user.id)
+                logger.info("login failed: wrong two-factor code for user %s", user.id)
+                raise AuthenticationError(
+                    "The two-factor code is wrong or was already used; wait for the next one."
+                )
+        signed_in = await self._record_success(user.id, new_hash)
+        logger.info("user %s signed in%s", user.id, " (password hash upgraded)" if new_hash else "")
+        return signed_in
+
+    async def _record_failure(self, user_id: uuid.UUID) -> None:
+        limit = self.config.max_failed_logins
+        reached = User.failed_login_count + 1 >= limit
+        async with self.db.transaction() as session:
+            # One statement, so concurrent failures each count and the lock cannot be raced.
+            result = await session.execute(
+                update(User)
+                .where(User.id == user_id)
+                .values(
+                    failed_login_count=case((reached, 0), else_=User.failed_login_count + 1),
+                    locked_until=case(
+                        (reached, func.now() + self.config.lockout), else_=User.locked_until
+                    ),
+                )
+                .returning(User.locked_until, User.failed_login_count)
+                .execution_options(synchronize_session=False)
+            )
+            row = result.one_or_none()
+        if row is not None and row.failed_login_count == 0 and row.locked_until is not None:
+            logger.warning(
+                "user %s locked until %s after %d failed logins", user_id, row.locked_until, limit
+            )
+
+    async def _record_success(self, user_id: uuid.UUID, new_hash: str | None) -> User:
+        values: dict[str, object] = {
+            "failed_login_count": 0,
+            "locked_until": None,
+            "last_login_at": func.now(),
+            "login_count": User.login_count + 1,
+        }
+        if new_hash is not None:
+            # The stored hash was bcrypt or weaker argon2: replace it now that we know the password.
+            values["password_hash"] = new_hash
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(User)
+                .where(User.id == user_id)
+                .values(**values)
+                .returning(User)
+                .execution_options(synchronize_session=False, populate_existing=True)
+            )
+            return result.scalar_one()
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    async def login(self, email: str, password: str, *, otp: str | None = None) -> LoginResult:
+        """Authenticate and open a session; the returned token is shown once, stored hashed."""
+        user = await self.authenticate(email, password, otp=otp)
+        token = "pgss_" + secrets.token_urlsafe(32)
+        expires = utcnow() + self.config.session_ttl
+        async with self.db.transaction() as session:
+            session.add(LoginSession(user_id=user.id, token_hash=digest(token), expires_at=expires))
+        return LoginResult(user, token, expires)
+
+    async def user_for_session(self, token: str) -> User:
+        """The user a live session token belongs to, or AuthenticationError."""
+        async with self.db.transaction(readonly=True) as session:
+            user = (
+                await session.execute(
+                    select(User)
+                    .join(LoginSession, LoginSession.user_id == User.id)
+                    .where(
+                        LoginSession.token_hash == digest(token),
+                        LoginSession.revoked_at.is_(None),
+                        LoginSession.expires_at > func.now(),
+                        User.deleted_at.is_(None),
+                        User.is_active.is_(True),
+                    )
+                )
+            ).scalar_one_or_none()
+        if user is None:
+            raise AuthenticationError(
+                "The session is not valid (signed out, expired or unknown); sign in again."
+            )
+        return user
+
+    async def logout(self, token: str) -> None:
+        """End the session of this token (no error if it is already over)."""
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(LoginSession)
+                .where(LoginSession.token_hash == digest(token), LoginSession.revoked_at.is_(None))
+                .values(revoked_at=func.now())
+            )
+
+    async def purge_expired(self, *, older_than: timedelta = timedelta(days=1)) -> int:
+        """Delete sessions and single-use tokens that ended more than `older_than` ago.
+
+        Returns how many rows went. Run it now and then (a daily job); ended rows are
+        already refused, so this only keeps the tables small.
+        """
+        cutoff = utcnow() - older_than
+        async with self.db.transaction() as session:
+            sessions = await session.execute(
+                delete(LoginSession).where(
+                    or_(LoginSession.expires_at < cutoff, LoginSession.revoked_at < cutoff)
+                )
+            )
+            tokens = await session.execute(
+                delete(UserToken).where(
+                    or_(UserToken.expires_at < cutoff, UserToken.used_at < cutoff)
+                )
+            )
+        return int(getattr(sessions, "rowcount", 0)) + int(getattr(tokens, "rowcount", 0))
+
+    # -- passwords ------------------------------------------------------------------------------
+
+    async def change_password(self, user_id: uuid.UUID, current: str, new: str) -> User:
+        """Change a password, given the current one; outstanding reset links stop working.
+
+        Every session of the user ends too, so a thief signed in with the old password is out.
+        """
+        async with self.db.transaction(readonly=True) as session:
+            user = await UserRepository(session).get(user_id)
+        ok, _ = await self.hasher.averify_and_update(current, user.password_hash)
+        if not ok:
+            await self._record_failure(user.id)
+            raise AuthenticationError("The current password is wrong.")
+        require_strong_password(new, email=user.email, name=user.name, config=self.config)
+        new_hash = await self.hasher.ahash(new)
+        async with self.db.transaction() as session:
+            changed = await self._store_password(session, user.id, new_hash)
+        logger.info("user %s changed their password; their sessions were ended", user.id)
+        return changed
+
+    async def _store_password(self, session: Session, user_id: uuid.UUID, new_hash: str) -> User:
+        user = await UserRepository(session).get(user_id)
+        user.password_hash = new_hash
+        user.password_changed_at = utcnow()
+        user.failed_login_count = 0
+        user.locked_until = None
+        await session.execute(
+            update(UserToken)
+            .where(
+                UserToken.user_id == user_id,
+                UserToken.purpose == TokenPurpose.PASSWORD_RESET.value,
+                UserToken.used_at.is_(None),
+            )
+            .values(used_at=func.now())
+        )
+        await _end_sessions(session, user_id)
+        await session.flush()
+        return user
+
+    async def request_password_reset(self, email: str) -> str | None:
+        """A reset token to send to this address, or None when no such local user exists.
+
+        Callers answer the same way either way, so the reset form does not reveal accounts.
+        """
+        async with self.db.transaction() as session:
+            user = await UserRepository(session).get_by_or_none(email=normalise_email(email))
+            if user is None or user.is_external or not user.is_active:
+                logger.info("password reset asked for an address with no local account")
+                return None
+            token = await _issue(
+                session, user.id, TokenPurpose.PASSWORD_RESET, self.config.reset_token_ttl
+            )
+        logger.info("password reset token issued for user %s", user.id)
+        return token
+
+    async def reset_password(self, token: str, new: str) -> User:
+        """Set a new password with a reset token; the token then stops working."""
+        # A password change marks every outstanding reset token used, so a token issued
+        # before it fails here like a used one.
+        async with self.db.transaction() as session:
+            row = await _consume(session, token, TokenPurpose.PASSWORD_RESET)
+            user = await UserRepository(session).get_or_none(row.user_id)
+            if user is None:
+                raise AuthenticationError(_INVALID_LINK)
+            require_strong_password(new, email=user.email, name=user.name, config=self.config)
+            new_hash = await self.hasher.ahash(new)
+            changed = await self._store_password(session, user.id, new_hash)
+        logger.info("user %s reset their password with a reset token", changed.id)
+        return changed
+
+    # -- e-mail verification --------------------------------------------------------------------
+
+    async def request_email_verification(self, user_id: uuid.UUID) -> str:
+        """A verification token to send to the user's address."""
+        async with self.db.transaction() as session:
+            user = await UserRepository(session).get(user_id)
+            if user.is_verified:
+                raise InvalidInputError(f"{user.email} is already verified.")
+            return await _issue(
+                session,
+                user.id,
+                TokenPurpose.EMAIL_VERIFICATION,
+                self.config.verification_token_ttl,
+            )
+
+    async def verify_email(self, token: str) -> User:
+        """Mark the address of the token's user verified; the token then stops working."""
+        async with self.db.transaction() as session:
+            row = await _consume(session, token, TokenPurpose.EMAIL_VERIFICATION)
+            user = await UserRepository(session).get_or_none(row.user_id)
+            if user is None:
+                raise AuthenticationError(_INVALID_LINK)
+            if user.email_verified_at is None:
+                user.email_verified_at = utcnow()
+                await session.flush()
+        logger.info("user %s verified their e-mail address", user.id)
+        return user
+
+
+async def _issue(
+    session: Session, user_id: uuid.UUID, purpose: TokenPurpose, ttl: timedelta
+) -> str:
+    token = secrets.token_urlsafe(32)  # 256 bits: unguessable, so SHA-256 of it is safe to keep
+    session.add(
+        UserToken(
+            user_id=user_id,
+            purpose=purpose.value,
+            token_hash=digest(token),
+            expires_at=utcnow() + ttl,
+        )
+    )
+    await session.flush()
+    return token
+
+
+async def _consume(session: Session, token: str, purpose: TokenPurpose) -> UserToken:
+    # One UPDATE marks the token used only if it is unused and unexpired: two requests racing
+    # with the same token cannot both succeed.
+    result = await session.execute(
+        update(UserToken)
+        .where(
+            and_(
+                UserToken.token_hash == digest(token),
+                UserToken.purpose == purpose.value,
+                UserToken.used_at.is_(None),
+                UserToken.expires_at > func.now(),
+            )
+        )
+        .values(used_at=func.now())
+        .returning(UserToken)
+        .execution_options(synchronize_session=False)
+    )
+    row = result.scalar_one_or_none()
+    if row is None:
+        raise AuthenticationError(_INVALID_LINK)
+    return row

@@ -1,0 +1,331 @@
+"""Users: create, read, change, delete, search and count them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Date, cast, func, literal, select, update
+
+from pgstack.errors import ConflictError, InvalidInputError
+from pgstack.identity._common import ServiceBase, utcnow
+from pgstack.identity.models import LoginSession, Provider, User
+from pgstack.identity.passwords import require_strong_password
+from pgstack.orm.types import normalise_email
+from pgstack.repository import Eq, Filter, ILike, IsNull, Page, Repository
+from pgstack.repository.filters import Fields
+
+
+class UserRepository(Repository[User]):
+    """Users through the generic repository; secrets can never be filtered or sorted on."""
+
+    model = User
+    filterable = (
+        "id",
+        "email",
+        "name",
+        "provider",
+        "provider_user_id",
+        "is_active",
+        "email_verified_at",
+        "two_factor_enabled",
+        "last_login_at",
+        "login_count",
+        "locked_until",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+    )
+    sortable = ("email", "name", "created_at", "updated_at", "last_login_at", "login_count")
+
+
+@dataclass(frozen=True)
+class HasRole(Filter):
+    """Users with this role (a filter on the `roles` array, which plain filters cannot do)."""
+
+    role: str
+
+    def clause(self, fields: Fields) -> ColumnElement[bool]:
+        return literal(self.role) == func.any(User.roles)
+
+
+@dataclass(frozen=True)
+class InGroup(Filter):
+    """Users in this group."""
+
+    group: str
+
+    def clause(self, fields: Fields) -> ColumnElement[bool]:
+        return literal(self.group) == func.any(User.groups)
+
+
+@dataclass(frozen=True)
+class UserStatistics:
+    """Counts of users: by provider, by status, sign-ups per day, recently active."""
+
+    total: int
+    by_provider: dict[str, int]
+    by_status: dict[str, int]
+    signups_per_day: dict[date, int] = field(default_factory=dict)
+    active_last_days: int = 0
+    days: int = 30
+
+
+STATUSES = ("active", "inactive", "locked", "unverified", "deleted")
+
+
+def _check_provider(provider: str) -> str:
+    try:
+        return Provider(provider).value
+    except ValueError:
+        names = ", ".join(p.value for p in Provider)
+        raise InvalidInputError(f"Unknown provider {provider!r}; use one of {names}.") from None
+
+
+class Users(ServiceBase):
+    """Create, change, delete, search and count users; every call is its own transaction."""
+
+    async def create(
+        self,
+        email: str,
+        password: str | None = None,
+        *,
+        name: str | None = None,
+        roles: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        provider: str = Provider.LOCAL.value,
+        provider_user_id: str | None = None,
+        verified: bool = False,
+        check_strength: bool = True,
+    ) -> User:
+        """Create a user; a local user needs a password, an external one a provider user id.
+
+        The password is checked for strength (unless `check_strength=False`, for imports)
+        and only its argon2id hash is kept. A live user with the same e-mail address, in any
+        letter case, is a ConflictError.
+        """
+        provider = _check_provider(provider)
+        address = normalise_email(email) or ""
+        if "@" not in address or address.startswith("@") or address.endswith("@"):
+            raise InvalidInputError(f"{email[:320]!r} is not an e-mail address.")
+        if provider == Provider.LOCAL.value:
+            if password is None:
+                raise InvalidInputError("A local user needs a password.")
+        elif password is not None:
+            raise InvalidInputError(
+                f"A {provider} user signs in with {provider}; do not give them a password."
+            )
+        elif not provider_user_id:
+            raise InvalidInputError(f"A {provider} user needs the provider's user id.")
+        password_hash = None
+        if password is not None:
+            if check_strength:
+                require_strong_password(password, email=address, name=name, config=self.config)
+            password_hash = await self.hasher.ahash(password)
+        now = utcnow()
+        async with self.db.transaction() as session:
+            repo = UserRepository(session)
+            if await repo.exists(email=address):
+                raise ConflictError(
+                    f"A user with the e-mail address {address} already exists; sign in, or "
+                    "reset the password."
+                )
+            return await repo.create(
+                email=address,
+                name=name,
+                password_hash=password_hash,
+                password_changed_at=now if password_hash else None,
+                provider=provider,
+                provider_user_id=provider_user_id,
+                roles=list(dict.fromkeys(roles)),
+                groups=list(dict.fromkeys(groups)),
+                email_verified_at=now if verified else None,
+            )
+
+    async def get(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> User:
+        """The user with this id (NotFoundError if there is none, or it was deleted)."""
+        async with self.db.transaction(readonly=True) as session:
+            return await UserRepository(session).get(user_id, include_deleted=include_deleted)
+
+    async def get_by_email(self, email: str) -> User | None:
+        """The live user with this e-mail address, in any letter case, or None."""
+        async with self.db.transaction(readonly=True) as session:
+            return await UserRepository(session).get_by_or_none(email=normalise_email(email))
+
+    async def update(self, user_id: uuid.UUID, **changes: Any) -> User:
+        """Change a user's name, roles, groups or active flag."""
+        allowed = {"name", "roles", "groups", "is_active"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidInputError(
+                f"Cannot change {', '.join(sorted(unknown))} here; change "
+                f"{', '.join(sorted(allowed))}, or use the password and e-mail verbs."
+            )
+        for key in ("roles", "groups"):
+            if key in changes:
+                changes[key] = list(dict.fromkeys(changes[key]))
+        async with self.db.transaction() as session:
+            return await UserRepository(session).update(user_id, changes)
+
+    async def set_roles(
+        self, user_id: uuid.UUID, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> User:
+        """Add and remove roles in one change."""
+        async with self.db.transaction() as session:
+            user = await UserRepository(session).get(user_id)
+            for role in add:
+                user.add_role(role)
+            for role in remove:
+                user.remove_role(role)
+            await session.flush()
+            return user
+
+    async def set_active(self, user_id: uuid.UUID, active: bool) -> User:
+        """Activate or deactivate a user; deactivating also ends their sessions."""
+        async with self.db.transaction() as session:
+            user = await UserRepository(session).get(user_id)
+            if active:
+                user.activate()
+            else:
+                user.deactivate()
+                await _end_sessions(session, user.id)
+            await session.flush()
+            return user
+
+    async def delete(self, user_id: uuid.UUID) -> None:
+        """Soft-delete a user: hidden, unable to sign in, their keys and sessions refused."""
+        async with self.db.transaction() as session:
+            await UserRepository(session).delete(user_id)
+            await _end_sessions(session, user_id)
+
+    async def restore(self, user_id: uuid.UUID) -> User:
+        """Bring back a soft-deleted user."""
+        async with self.db.transaction() as session:
+            return await UserRepository(session).restore(user_id)
+
+    async def hard_delete(self, user_id: uuid.UUID) -> None:
+        """Delete a user for good, with their keys, tokens, codes and sessions (cascade)."""
+        async with self.db.transaction() as session:
+            await UserRepository(session).hard_delete(user_id)
+
+    async def search(
+        self,
+        *,
+        email: str | None = None,
+        name: str | None = None,
+        role: str | None = None,
+        group: str | None = None,
+        status: str | None = None,
+        provider: str | None = None,
+        sort: str | Sequence[str] | None = "-created_at",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[User]:
+        """A page of users matching every given criterion, with the total count.
+
+        `email` and `name` match any part, ignoring case; `status` is one of active,
+        inactive, locked, unverified, deleted.
+        """
+        filters: list[Filter] = []
+        if email:
+            filters.append(ILike("email", f"%{_escape(email.strip().lower())}%"))
+        if name:
+            filters.append(ILike("name", f"%{_escape(name)}%"))
+        if role:
+            filters.append(HasRole(role))
+        if group:
+            filters.append(InGroup(group))
+        if provider:
+            filters.append(Eq("provider", _check_provider(provider)))
+        include_deleted = False
+        if status is not None:
+            if status not in STATUSES:
+                raise InvalidInputError(
+                    f"Unknown status {status!r}; use one of {', '.join(STATUSES)}."
+                )
+            now = utcnow()
+            if status == "deleted":
+                include_deleted = True
+                filters.append(_Where(User.deleted_at.is_not(None)))
+            elif status == "active":
+                filters.append(Eq("is_active", True))
+            elif status == "inactive":
+                filters.append(Eq("is_active", False))
+            elif status == "locked":
+                filters.append(_Where(User.locked_until > now))
+            else:
+                filters.append(IsNull("email_verified_at"))
+        async with self.db.transaction(readonly=True) as session:
+            return await UserRepository(session).page(
+                *filters, sort=sort, limit=limit, offset=offset, include_deleted=include_deleted
+            )
+
+    async def statistics(self, *, days: int = 30) -> UserStatistics:
+        """Totals by provider and status, sign-ups per day and users active in the last `days`."""
+        if days < 1:
+            raise InvalidInputError("days must be 1 or more.")
+        now = utcnow()
+        since = now - timedelta(days=days)
+        live = User.deleted_at.is_(None)
+        async with self.db.transaction(readonly=True) as session:
+            providers = (
+                await session.execute(
+                    select(User.provider, func.count()).where(live).group_by(User.provider)
+                )
+            ).all()
+            counts = (
+                await session.execute(
+                    select(
+                        func.count().filter(live),
+                        func.count().filter(live, User.is_active.is_(True)),
+                        func.count().filter(live, User.is_active.is_(False)),
+                        func.count().filter(live, User.locked_until > now),
+                        func.count().filter(live, User.email_verified_at.is_(None)),
+                        func.count().filter(User.deleted_at.is_not(None)),
+                        func.count().filter(live, User.last_login_at >= since),
+                    )
+                )
+            ).one()
+            day = cast(func.timezone("UTC", User.created_at), Date)
+            signups = (
+                await session.execute(
+                    select(day, func.count())
+                    .where(live, User.created_at >= since)
+                    .group_by(day)
+                    .order_by(day)
+                )
+            ).all()
+        by_provider = {p.value: 0 for p in Provider}
+        by_provider.update({str(p): int(n) for p, n in providers})
+        return UserStatistics(
+            total=int(counts[0]),
+            by_provider=by_provider,
+            by_status=dict(zip(STATUSES, (int(n) for n in counts[1:6]), strict=True)),
+            signups_per_day={d: int(n) for d, n in signups},
+            active_last_days=int(counts[6]),
+            days=days,
+        )
+
+
+@dataclass(frozen=True)
+class _Where(Filter):
+    condition: ColumnElement[bool]
+
+    def clause(self, fields: Fields) -> ColumnElement[bool]:
+        return self.condition
+
+
+def _escape(text: str) -> str:
+    # The search text is matched literally: % and _ typed by a user are not wildcards.
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def _end_sessions(session: Any, user_id: uuid.UUID) -> None:
+    await session.execute(
+        update(LoginSession)
+        .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+    )

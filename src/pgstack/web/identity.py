@@ -1,0 +1,482 @@
+"""Identity over HTTP: `current_user`, `require_roles`, `require_scopes`, and the router.
+
+    app = create_app(routers=[identity_router(send_token=mailer)])
+
+    @app.get("/reports", dependencies=[Depends(require_scopes("reports:read"))])
+    async def reports(user: CurrentUser) -> ...: ...
+
+A caller authenticates with `Authorization: Bearer <token>`, where the token is a session
+token from `POST /auth/login` or an API key (`pgs_...`). Scopes limit API keys; a session
+acts with all of its user's rights.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from pgstack.errors import AuthenticationError, PermissionDeniedError
+from pgstack.identity import (
+    ApiKey,
+    Identity,
+    IdentityConfig,
+    User,
+    looks_like_api_key,
+)
+from pgstack.identity import (
+    require_scopes as _require_key_scopes,
+)
+from pgstack.web.deps import get_database
+
+logger = logging.getLogger("pgstack.web")
+
+#: Called with the user, the purpose ("password_reset" / "email_verification") and the token,
+#: to deliver it (usually by e-mail). Without one, tokens are issued but never delivered.
+TokenSender = Callable[[User, str, str], Awaitable[None]]
+
+_bearer = HTTPBearer(auto_error=False, description="A session token or an API key.")
+
+
+def get_identity(request: Request) -> Identity:
+    """The identity services of this app (one per database and settings, reused)."""
+    db = get_database(request)
+    config: IdentityConfig = getattr(request.app.state, "pgstack_identity_config", None) or (
+        IdentityConfig()
+    )
+    identity: Identity | None = getattr(request.app.state, "pgstack_identity", None)
+    if identity is None or identity.db is not db or identity.config != config:
+        identity = Identity(db, config)
+        request.app.state.pgstack_identity = identity
+    return identity
+
+
+IdentityDep = Annotated[Identity, Depends(get_identity)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the user, and the API key or session token they came with."""
+
+    user: User
+    api_key: ApiKey | None = None
+    session_token: str | None = None
+
+    def __repr__(self) -> str:
+        via = f"api key {self.api_key.prefix}" if self.api_key else "session"
+        return f"Principal(user={self.user.id}, via={via})"
+
+
+async def current_principal(
+    identity: IdentityDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller, from `Authorization: Bearer`; 401 when missing or not valid."""
+    if credentials is None or not credentials.credentials:
+        raise AuthenticationError(
+            "Authentication required: send `Authorization: Bearer <session token or API key>`."
+        )
+    token = credentials.credentials
+    if looks_like_api_key(token):
+        verified = await identity.api_keys.verify(token)
+        return Principal(verified.user, api_key=verified.api_key)
+    return Principal(await identity.auth.user_for_session(token), session_token=token)
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def current_user(principal: PrincipalDep) -> User:
+    """The calling user; 401 unless a valid session token or API key is sent."""
+    return principal.user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require_roles(*roles: str, any_of: bool = False) -> Callable[..., Awaitable[User]]:
+    """A dependency: the user must have every one of `roles` (or one, with `any_of=True`)."""
+
+    async def dependency(user: CurrentUser) -> User:
+        allowed = user.has_any_role(*roles) if any_of else user.has_all_roles(*roles)
+        if not allowed:
+            word = "one of the roles" if any_of else "the role(s)"
+            raise PermissionDeniedError(
+                f"This needs {word} {', '.join(roles)}; ask an administrator for access."
+            )
+        return user
+
+    return dependency
+
+
+def require_scopes(*scopes: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: an API key must carry every one of `scopes` (sessions pass)."""
+
+    async def dependency(principal: PrincipalDep) -> Principal:
+        if principal.api_key is not None:
+            _require_key_scopes(principal.api_key, *scopes)
+        return principal
+
+    return dependency
+
+
+async def require_session(principal: PrincipalDep) -> Principal:
+    """A dependency: the caller signed in with a password (an API key is not enough)."""
+    if principal.session_token is None:
+        raise PermissionDeniedError(
+            "This needs a signed-in session; API keys cannot manage credentials."
+        )
+    return principal
+
+
+SessionPrincipal = Annotated[Principal, Depends(require_session)]
+
+# -- bodies ---------------------------------------------------------------------------------
+
+_Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+_Password = Annotated[str, Field(min_length=1, max_length=1024)]
+_Token = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class RegisterIn(_Body):
+    email: _Email
+    password: _Password
+    name: Annotated[str, Field(max_length=200)] | None = None
+
+
+class LoginIn(_Body):
+    email: _Email
+    password: _Password
+    otp: Annotated[str, Field(max_length=40)] | None = None
+
+
+class LoginOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth 2 token type name
+    expires_at: datetime
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    name: str | None
+    provider: str
+    roles: list[str]
+    groups: list[str]
+    is_active: bool
+    email_verified_at: datetime | None
+    two_factor_enabled: bool
+    last_login_at: datetime | None
+    login_count: int
+    created_at: datetime
+
+
+class PasswordChangeIn(_Body):
+    current_password: _Password
+    new_password: _Password
+
+
+class TokenIn(_Body):
+    token: _Token
+
+
+class ForgotIn(_Body):
+    email: _Email
+
+
+class ResetIn(_Body):
+    token: _Token
+    new_password: _Password
+
+
+class CodeIn(_Body):
+    code: Annotated[str, Field(min_length=6, max_length=40)]
+
+
+class DisableTwoFactorIn(_Body):
+    code: Annotated[str, Field(min_length=6, max_length=40)] | None = None
+    password: _Password | None = None
+
+
+class EnrolmentOut(BaseModel):
+    secret: str
+    provisioning_uri: str
+
+
+class RecoveryCodesOut(BaseModel):
+    recovery_codes: list[str]
+
+
+class ApiKeyIn(_Body):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    scopes: list[Annotated[str, Field(min_length=1, max_length=100)]] = []
+    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+
+
+class RotateIn(_Body):
+    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400)] = 86400
+
+
+class ApiKeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    rate_limit_tier: str
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class IssuedKeyOut(ApiKeyOut):
+    key: str
+
+
+class UserPatchIn(_Body):
+    name: Annotated[str, Field(max_length=200)] | None = None
+    roles: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
+    groups: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
+    is_active: bool | None = None
+
+
+class UserPageOut(BaseModel):
+    items: list[UserOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class StatisticsOut(BaseModel):
+    total: int
+    by_provider: dict[str, int]
+    by_status: dict[str, int]
+    signups_per_day: dict[date, int]
+    active_last_days: int
+    days: int
+
+
+def _issued(issued: Any) -> IssuedKeyOut:
+    data = ApiKeyOut.model_validate(issued.api_key).model_dump()
+    return IssuedKeyOut(**data, key=issued.key)
+
+
+# -- router ---------------------------------------------------------------------------------
+
+
+def identity_router(
+    config: IdentityConfig | None = None,
+    *,
+    send_token: TokenSender | None = None,
+    admin_role: str = "admin",
+    tags: Sequence[str] = ("identity",),
+) -> APIRouter:
+    """Routes for sign-up, sign-in, sessions, passwords, two-factor, API keys and admin.
+
+    `/auth/...` serves the caller; `/admin/users/...` needs `admin_role`. Reset and
+    verification tokens go to `send_token`; `/auth/forgot` answers 202 whether or not the
+    address has an account.
+    """
+    settings = config or IdentityConfig()
+
+    def _configure(request: Request) -> None:
+        request.app.state.pgstack_identity_config = settings
+
+    router = APIRouter(tags=list(tags), dependencies=[Depends(_configure)])
+    admin = require_roles(admin_role)
+
+    async def deliver(user: User, purpose: str, token: str) -> None:
+        if send_token is None:
+            logger.warning(
+                "no send_token configured: a %s token for user %s was not sent", purpose, user.id
+            )
+            return
+        await send_token(user, purpose, token)
+
+    @router.post("/auth/register", status_code=status.HTTP_201_CREATED)
+    async def register(body: RegisterIn, identity: IdentityDep) -> UserOut:
+        user = await identity.users.create(body.email, body.password, name=body.name)
+        token = await identity.auth.request_email_verification(user.id)
+        await deliver(user, "email_verification", token)
+        return UserOut.model_validate(user)
+
+    @router.post("/auth/login")
+    async def login(body: LoginIn, identity: IdentityDep) -> LoginOut:
+        result = await identity.auth.login(body.email, body.password, otp=body.otp)
+        return LoginOut(access_token=result.token, expires_at=result.expires_at)
+
+    @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+    async def logout(principal: SessionPrincipal, identity: IdentityDep) -> Response:
+        assert principal.session_token is not None
+        await identity.auth.logout(principal.session_token)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.get("/auth/me")
+    async def me(user: CurrentUser) -> UserOut:
+        return UserOut.model_validate(user)
+
+    @router.post("/auth/me/password", status_code=status.HTTP_204_NO_CONTENT)
+    async def change_password(
+        body: PasswordChangeIn, principal: SessionPrincipal, identity: IdentityDep
+    ) -> Response:
+        await identity.auth.change_password(
+            principal.user.id, body.current_password, body.new_password
+        )
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.post("/auth/verify/request", status_code=status.HTTP_202_ACCEPTED)
+    async def request_verification(user: CurrentUser, identity: IdentityDep) -> dict[str, str]:
+        token = await identity.auth.request_email_verification(user.id)
+        await deliver(user, "email_verification", token)
+        return {"detail": "A verification link is on its way."}
+
+    @router.post("/auth/verify")
+    async def verify(body: TokenIn, identity: IdentityDep) -> UserOut:
+        return UserOut.model_validate(await identity.auth.verify_email(body.token))
+
+    @router.post("/auth/forgot", status_code=status.HTTP_202_ACCEPTED)
+    async def forgot(body: ForgotIn, identity: IdentityDep) -> dict[str, str]:
+        token = await identity.auth.request_password_reset(body.email)
+        if token is not None:
+            user = await identity.users.get_by_email(body.email)
+            if user is not None:
+                await deliver(user, "password_reset", token)
+        return {"detail": "If the address has an account, a reset link is on its way."}
+
+    @router.post("/auth/reset", status_code=status.HTTP_204_NO_CONTENT)
+    async def reset(body: ResetIn, identity: IdentityDep) -> Response:
+        await identity.auth.reset_password(body.token, body.new_password)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.post("/auth/2fa/enrol")
+    async def enrol(principal: SessionPrincipal, identity: IdentityDep) -> EnrolmentOut:
+        enrolment = await identity.two_factor.enrol(principal.user.id)
+        return EnrolmentOut(secret=enrolment.secret, provisioning_uri=enrolment.provisioning_uri)
+
+    @router.post("/auth/2fa/confirm")
+    async def confirm(
+        body: CodeIn, principal: SessionPrincipal, identity: IdentityDep
+    ) -> RecoveryCodesOut:
+        codes = await identity.two_factor.confirm(principal.user.id, body.code)
+        return RecoveryCodesOut(recovery_codes=codes)
+
+    @router.post("/auth/2fa/disable", status_code=status.HTTP_204_NO_CONTENT)
+    async def disable(
+        body: DisableTwoFactorIn, principal: SessionPrincipal, identity: IdentityDep
+    ) -> Response:
+        await identity.two_factor.disable(principal.user.id, code=body.code, password=body.password)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.get("/auth/api-keys")
+    async def list_keys(user: CurrentUser, identity: IdentityDep) -> list[ApiKeyOut]:
+        return [ApiKeyOut.model_validate(k) for k in await identity.api_keys.list_for(user.id)]
+
+    @router.post("/auth/api-keys", status_code=status.HTTP_201_CREATED)
+    async def create_key(
+        body: ApiKeyIn, principal: SessionPrincipal, identity: IdentityDep
+    ) -> IssuedKeyOut:
+        expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
+        issued = await identity.api_keys.create(
+            principal.user.id, body.name, scopes=body.scopes, expires_in=expires
+        )
+        return _issued(issued)
+
+    @router.post("/auth/api-keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED)
+    async def rotate_key(
+        key_id: uuid.UUID, body: RotateIn, principal: SessionPrincipal, identity: IdentityDep
+    ) -> IssuedKeyOut:
+        issued = await identity.api_keys.rotate(
+            key_id, grace=timedelta(seconds=body.grace_seconds), user_id=principal.user.id
+        )
+        return _issued(issued)
+
+    @router.delete("/auth/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+    async def revoke_key(
+        key_id: uuid.UUID, principal: SessionPrincipal, identity: IdentityDep
+    ) -> Response:
+        await identity.api_keys.revoke(key_id, user_id=principal.user.id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.get("/admin/users", dependencies=[Depends(admin)])
+    async def search_users(
+        identity: IdentityDep,
+        email: str | None = None,
+        name: str | None = None,
+        role: str | None = None,
+        status_: Annotated[str | None, Query(alias="status")] = None,
+        provider: str | None = None,
+        sort: str = "-created_at",
+        limit: Annotated[int, Query(ge=1, le=100)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> UserPageOut:
+        page = await identity.users.search(
+            email=email,
+            name=name,
+            role=role,
+            status=status_,
+            provider=provider,
+            sort=sort,
+            limit=limit,
+            offset=offset,
+        )
+        return UserPageOut(
+            items=[UserOut.model_validate(u) for u in page.items],
+            total=page.total,
+            limit=page.limit,
+            offset=page.offset,
+        )
+
+    @router.get("/admin/users/statistics", dependencies=[Depends(admin)])
+    async def user_statistics(
+        identity: IdentityDep, days: Annotated[int, Query(ge=1, le=3650)] = 30
+    ) -> StatisticsOut:
+        stats = await identity.users.statistics(days=days)
+        return StatisticsOut(
+            total=stats.total,
+            by_provider=stats.by_provider,
+            by_status=stats.by_status,
+            signups_per_day=stats.signups_per_day,
+            active_last_days=stats.active_last_days,
+            days=stats.days,
+        )
+
+    @router.get("/admin/users/{user_id}", dependencies=[Depends(admin)])
+    async def get_user(user_id: uuid.UUID, identity: IdentityDep) -> UserOut:
+        return UserOut.model_validate(await identity.users.get(user_id))
+
+    @router.patch("/admin/users/{user_id}", dependencies=[Depends(admin)])
+    async def patch_user(user_id: uuid.UUID, body: UserPatchIn, identity: IdentityDep) -> UserOut:
+        changes = body.model_dump(exclude_unset=True)
+        active = changes.pop("is_active", None)
+        user = await identity.users.get(user_id)
+        if changes:
+            user = await identity.users.update(user_id, **changes)
+        if active is not None:
+            user = await identity.users.set_active(user_id, active)
+        return UserOut.model_validate(user)
+
+    @router.delete(
+        "/admin/users/{user_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        dependencies=[Depends(admin)],
+    )
+    async def delete_user(user_id: uuid.UUID, identity: IdentityDep) -> Response:
+        await identity.users.delete(user_id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    return router

@@ -1,0 +1,51 @@
+"""Fixtures for identity tests: a migrated database of the test's own and its services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from pgstack.crypto import KeyRing, configure_encryption, generate_key
+from pgstack.db.database import Database
+from pgstack.identity import Identity, User
+
+STRONG = "violet Harbour 42 lanterns drift"
+OTHER_STRONG = "seven quiet Otters fold paper boats"
+
+
+@pytest.fixture(autouse=True)
+def identity_keys() -> Iterator[KeyRing]:
+    """A fresh key ring, so TOTP secrets (EncryptedText) can be stored; reset afterwards."""
+    ring = KeyRing.parse(generate_key("id1"))
+    configure_encryption(ring)
+    yield ring
+    configure_encryption(None)
+
+
+@pytest.fixture
+def identity(pgstack_migrated_db: Database) -> Identity:
+    """The identity services on this test's migrated database, with default settings."""
+    return Identity(pgstack_migrated_db)
+
+
+@pytest.fixture
+async def alice(identity: Identity) -> User:
+    """A local user with the password STRONG."""
+    return await identity.users.create("Alice@Example.com", STRONG, name="Alice Liddell")
+
+
+@pytest.fixture
+def statements(pgstack_migrated_db: Database) -> Iterator[list[str]]:
+    """Every SQL statement the test's Database sends from now on."""
+    log: list[str] = []
+
+    def record(*args: Any) -> None:
+        log.append(args[2])
+
+    engine = pgstack_migrated_db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    yield log
+    event.remove(engine, "before_cursor_execute", record)

@@ -1,0 +1,168 @@
+"""The token vault's admin routes and CLI: expiry status and history, never a token value."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import Depends, Header
+from sqlalchemy.engine import URL
+from typer.testing import CliRunner
+
+from pgstack.cli import app as cli
+from pgstack.crypto import KeyRing, configure_encryption, generate_key
+from pgstack.db.database import Database
+from pgstack.errors import ConfigurationError, PermissionDeniedError
+from pgstack.tokens import TokenVault
+from pgstack.web import create_app
+from pgstack.web.tokens import tokens_router
+
+runner = CliRunner()
+
+
+async def invoke(*args: Any, **kwargs: Any) -> Any:
+    # The commands run their own event loop, so they run on a thread of their own here.
+    return await asyncio.to_thread(runner.invoke, *args, **kwargs)
+
+
+def require_admin(x_admin: str | None = Header(default=None)) -> None:
+    if x_admin != "yes":
+        raise PermissionDeniedError("admins only")
+
+
+@pytest.fixture
+async def client(pgstack_migrated_db: Database) -> Any:
+    app = create_app(
+        database=pgstack_migrated_db,
+        monitor_interval=None,
+        routers=[tokens_router(dependencies=[Depends(require_admin)])],
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://t", headers={"x-admin": "yes"}
+        ) as http:
+            yield http
+
+
+async def test_admin_routes_list_history_and_delete_without_secrets(
+    vault: TokenVault, client: httpx.AsyncClient
+) -> None:
+    # proves: T2, T4
+    await vault.save("crm", "acme", "secret-access", "secret-refresh", expires_in=60)
+    await vault.save("crm", "beta", "secret-access-2", "secret-refresh-2", expires_in=7200)
+
+    async def failing(old: str) -> dict[str, Any]:
+        raise RuntimeError("provider down")
+
+    await vault.get_valid_token("crm", "acme", failing)
+
+    listed = await client.get("/admin/tokens")
+    assert listed.status_code == 200
+    body = listed.json()
+    assert [(t["account"], t["status"]) for t in body] == [("acme", "expiring"), ("beta", "valid")]
+    assert (
+        body[0]["refresh_failures"] == 1 and body[0]["last_error"] == "RuntimeError: provider down"
+    )
+
+    history = await client.get("/admin/tokens/crm/acme/history")
+    assert history.status_code == 200
+    assert [h["success"] for h in history.json()] == [False]
+
+    assert "secret" not in listed.text + history.text
+
+    assert (await client.delete("/admin/tokens/crm/acme")).status_code == 204
+    missing = await client.delete("/admin/tokens/crm/acme")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert [t["account"] for t in (await client.get("/admin/tokens")).json()] == ["beta"]
+
+
+async def test_admin_routes_require_the_authorization_dependency(
+    vault: TokenVault, client: httpx.AsyncClient
+) -> None:
+    # proves: T2
+    await vault.save("crm", "acme", "at", "rt", expires_in=60)
+    denied = await client.get("/admin/tokens", headers={"x-admin": "no"})
+    assert denied.status_code == 403
+    denied = await client.delete("/admin/tokens/crm/acme", headers={"x-admin": "no"})
+    assert denied.status_code == 403
+    assert (await vault.get("crm", "acme")).access_token == "at"
+    with pytest.raises(ConfigurationError, match="authorization dependency"):
+        tokens_router(dependencies=[])
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(
+    pgstack_migrated_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    for name in list(os.environ):
+        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    keys = f"{generate_key('new')},{generate_key('old')}"
+    yield {
+        "DATABASE_URL": pgstack_migrated_url.render_as_string(hide_password=False),
+        "PGSTACK_ENCRYPTION_KEYS": keys,
+    }
+    configure_encryption(None)
+
+
+async def test_cli_lists_rotates_and_refreshes(
+    pgstack_migrated_db: Database, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # proves: T4, T5
+    ring = KeyRing.parse(cli_env["PGSTACK_ENCRYPTION_KEYS"])
+    old_only = KeyRing.parse(cli_env["PGSTACK_ENCRYPTION_KEYS"].split(",")[1])
+    old_vault = TokenVault(pgstack_migrated_db, keys=old_only)
+    await old_vault.save("crm", "acme", "secret-at", "secret-rt", expires_in=60)
+    await old_vault.save("crm", "beta", "secret-at-2", "secret-rt-2", expires_in=7200)
+
+    listed = await invoke(cli, ["tokens", "list", "--json"], env=cli_env)
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [(r["account"], r["status"]) for r in rows] == [("acme", "expiring"), ("beta", "valid")]
+    assert "secret" not in listed.output
+
+    rotated = await invoke(cli, ["tokens", "rotate-keys"], env=cli_env)
+    assert rotated.exit_code == 0, rotated.output
+    assert rotated.output.strip() == "re-encrypted 2 token row(s) under key 'new'"
+    again = await invoke(cli, ["tokens", "rotate-keys"], env=cli_env)
+    assert again.output.strip() == "re-encrypted 0 token row(s) under key 'new'"
+
+    (tmp_path / "myrefreshers.py").write_text(
+        textwrap.dedent(
+            """
+            async def crm(refresh_token):
+                return {"access_token": "renewed-" + refresh_token[-4:], "expires_in": 3600}
+
+            REFRESHERS = {"crm": crm}
+            """
+        )
+    )
+    refreshed = await invoke(
+        cli, ["tokens", "refresh-due", "--refreshers", "myrefreshers:REFRESHERS"], env=cli_env
+    )
+    assert refreshed.exit_code == 0, refreshed.output
+    assert refreshed.output.strip() == "refreshed 1 token(s), 0 failed"
+    new_vault = TokenVault(pgstack_migrated_db, keys=ring)
+    assert (await new_vault.get("crm", "acme")).access_token == "renewed-t-rt"
+
+    history = await invoke(cli, ["tokens", "history", "crm", "acme"], env=cli_env)
+    assert history.exit_code == 0, history.output
+    assert "success" in history.output and "1 attempt(s)" in history.output
+    assert "secret" not in history.output
+
+    bad = await invoke(cli, ["tokens", "refresh-due", "--refreshers", "nope"], env=cli_env)
+    assert bad.exit_code == 1
+    assert bad.output.strip().startswith("error: --refreshers 'nope' must be module:attribute")
