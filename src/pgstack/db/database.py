@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from pgstack.config import Settings, render_url
@@ -270,10 +271,14 @@ class Database:
             max_overflow=s.database_max_overflow,
             pool_timeout=s.database_pool_timeout,
             pool_recycle=s.database_pool_recycle,
-            pool_pre_ping=s.database_pool_pre_ping,
+            # SQLAlchemy's own pre-ping wraps its probe in BEGIN ... ROLLBACK: three round
+            # trips per checkout. pgstack pings with one (see _ping_on_checkout).
+            pool_pre_ping=False,
             echo=s.database_echo,
             connect_args=connect_args,
         )
+        if s.database_pool_pre_ping:
+            event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
         metrics.instrument(engine.sync_engine)
         metrics.POOL_COLLECTOR.track(self)
         return engine
@@ -329,6 +334,20 @@ class Database:
             f"{self._cause(exc)}. Check that the server is running and that DATABASE_URL "
             "(or DATABASE_HOST/PORT/NAME/USER/PASSWORD) is right."
         )
+
+
+def _ping_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Probe a connection as the pool hands it out; a dead one is replaced before use.
+
+    One simple-protocol `SELECT 1`: a single round trip that needs no prepared statement,
+    so it also works behind PgBouncer in transaction pooling mode. DisconnectionError makes
+    the pool discard the connection and check out (or open) another.
+    """
+    driver = record.driver_connection
+    try:
+        await_(driver.execute("SELECT 1"))
+    except Exception as exc:
+        raise sa_exc.DisconnectionError(f"the pooled connection is gone ({exc})") from exc
 
 
 def _is_retryable_connect_error(exc: BaseException) -> bool:

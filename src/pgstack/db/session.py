@@ -79,11 +79,19 @@ def _guarded(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
     return wrapper
 
 
+async def _call(self: Session, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    return await fn(*args)
+
+
 class Session(AsyncSession):
     """An `AsyncSession` that refuses use from two tasks at once with a clear error."""
 
     _pgstack_owner: asyncio.Task[Any] | None = None
     _pgstack_depth: int = 0
+
+    #: Run `fn(*args)` holding this session like any of its operations (pgstack's fast paths
+    #: use it to work on the session's connection directly without losing the D2 guard).
+    _pgstack_run_exclusive: Callable[..., Awaitable[Any]] = _guarded(_call)
 
     # Wrapped only at run time, so type checkers keep AsyncSession's precise overloads.
     if not TYPE_CHECKING:

@@ -28,6 +28,7 @@ from pgstack.errors import (
 from pgstack.orm.context import require_tenant, tenant_scope_lifted
 from pgstack.orm.mixins import Audited, SoftDelete, TenantScoped, Timestamped, Versioned
 from pgstack.orm.types import is_secret, python_type_of
+from pgstack.repository import fast
 from pgstack.repository.filters import Eq, Filter, ResolvedField, Sort
 
 logger = logging.getLogger("pgstack.repository")
@@ -376,9 +377,30 @@ class RepositoryCore(Generic[M]):
         params = {"pgstack_pk": info.columns[info.pk_key].field.coerce(id)}
         if scoped:
             params["pgstack_tenant"] = require_tenant(info.name)
+        session: Any = self.session
+        bind = session.bind if fast.session_is_fresh(session) else None
+        if bind is not None:
+            plan = fast.read_plan(info, ("get", include_deleted, scoped), statement, bind.dialect)
+            if plan is not None:
+                identity = info.mapper.identity_key_from_primary_key((params["pgstack_pk"],))
+                done, row = await fast.fetch_one(session, info, plan, params, identity)
+                if done:
+                    return row  # type: ignore[no-any-return]
         result = await self._read(statement, params)
         found: M | None = result.scalar_one_or_none()
         return found
+
+    async def _read_models(self, statement: Any) -> list[M]:
+        """Run a `select(Model)` read and return its objects (the fast path when it may)."""
+        session: Any = self.session
+        bind = session.bind if fast.session_is_fresh(session) else None
+        if bind is not None:
+            planned = fast.statement_plan(self._info, statement, bind.dialect)
+            if planned is not None:
+                done, rows = await fast.fetch_all(session, self._info, *planned)
+                if done:
+                    return rows
+        return list((await self._read(statement)).scalars().all())
 
     async def _read(self, statement: Any, params: Mapping[str, Any] | None = None) -> Result[Any]:
         """Run a read; a dropped connection at the start of a transaction is retried once.

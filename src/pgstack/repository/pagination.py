@@ -286,7 +286,7 @@ class PaginationOps(RepositoryCore[M]):
             .limit(size + 1)
             .execution_options(**POPULATE)
         )
-        items = list((await self._read(statement)).scalars().all())
+        items = await self._read_models(statement)
         next_cursor = None
         if len(items) > size:
             items = items[:size]

@@ -1,0 +1,390 @@
+"""The contenders: one class each, one method per workload (an op the harness times).
+
+A method returns how many units (lookups, rows, pages) one call did. A contender that has no
+way to express a workload leaves the method out; the table then says "not offered".
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from benchmarks.models import (
+    BULK,
+    COUNTERS,
+    INSERTS,
+    ITEM_COLUMNS,
+    ITEMS,
+    UPSERTS,
+    PgBulk,
+    PgCounter,
+    PgInsert,
+    PgItem,
+    PgUpsert,
+    PlainBulk,
+    PlainCounter,
+    PlainInsert,
+    PlainItem,
+    PlainUpsert,
+)
+from pgstack import Database, Repository, Settings
+
+POOL = 10
+PAGE, OFFSET = 50, 1_000
+
+
+@dataclass
+class DataSet:
+    """What the workloads draw on: ids that exist, keyset boundaries, row factories."""
+
+    ids: list[uuid.UUID]
+    upsert_ids: list[uuid.UUID]
+    bulk_rows: int
+    upsert_rows: int
+    keyset_ids: list[uuid.UUID] = field(default_factory=list)
+    keyset_cursors: list[str] = field(default_factory=list)
+    counter_keys: list[str] = field(default_factory=lambda: [f"k{i}" for i in range(100)])
+    token_id: uuid.UUID | None = None
+
+    def some_id(self) -> uuid.UUID:
+        return random.choice(self.ids)  # noqa: S311
+
+    def new_rows(self, n: int) -> list[dict[str, Any]]:
+        return [{"id": uuid.uuid4(), "name": f"item {i}", "qty": i, "note": None} for i in range(n)]
+
+    def upsert_batch(self) -> list[dict[str, Any]]:
+        # Half the keys exist already, half are new: the W5 shape.
+        half = self.upsert_rows // 2
+        old = random.sample(self.upsert_ids, half)
+        keys = old + [uuid.uuid4() for _ in range(self.upsert_rows - half)]
+        return [{"id": k, "name": f"u{i}", "qty": i, "note": "x"} for i, k in enumerate(keys)]
+
+
+def asyncpg_dsn(url: Any) -> str:
+    return str(url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+
+class RawAsyncpg:
+    """The baseline: an asyncpg pool and the driver's own calls, no mapping to objects."""
+
+    name = "raw asyncpg"
+
+    def __init__(self, url: Any, data: DataSet) -> None:
+        self.url, self.data = url, data
+
+    async def start(self) -> None:
+        self.pool = await asyncpg.create_pool(asyncpg_dsn(self.url), min_size=POOL, max_size=POOL)
+
+    async def stop(self) -> None:
+        await self.pool.close()
+
+    async def w1_get(self) -> int:
+        await self.pool.fetchrow(
+            f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE id = $1", self.data.some_id()
+        )
+        return 1
+
+    async def w2_insert(self) -> int:
+        await self.pool.fetchrow(
+            f"INSERT INTO {INSERTS} (id, name, qty, note, version) VALUES ($1, $2, $3, $4, 1) "
+            f"RETURNING {ITEM_COLUMNS}",
+            uuid.uuid4(),
+            "new",
+            1,
+            None,
+        )
+        return 1
+
+    async def w3_bulk(self, rows: list[dict[str, Any]]) -> int:
+        records = [(r["id"], r["name"], r["qty"], r["note"], 1) for r in rows]
+        async with self.pool.acquire() as conn:
+            await conn.copy_records_to_table(
+                BULK, records=records, columns=["id", "name", "qty", "note", "version"]
+            )
+        return len(records)
+
+    async def w4_page(self) -> int:
+        rows = await self.pool.fetch(
+            f"SELECT {ITEM_COLUMNS}, count(*) OVER () FROM {ITEMS} WHERE deleted_at IS NULL "
+            "ORDER BY id LIMIT $1 OFFSET $2",
+            PAGE,
+            OFFSET,
+        )
+        assert len(rows) == PAGE
+        return 1
+
+    async def w5_upsert(self, rows: list[dict[str, Any]]) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                f"INSERT INTO {UPSERTS} (id, name, qty, note, version) VALUES ($1, $2, $3, $4, 1) "
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, qty = excluded.qty, "
+                f"note = excluded.note, updated_at = now(), version = {UPSERTS}.version + 1, "
+                "deleted_at = NULL",
+                [(r["id"], r["name"], r["qty"], r["note"]) for r in rows],
+            )
+        return len(rows)
+
+    async def w6_counter(self) -> int:
+        await self.pool.fetchval(
+            f"INSERT INTO {COUNTERS} (key, n) VALUES ($1, 1) ON CONFLICT (key) "
+            f"DO UPDATE SET n = {COUNTERS}.n + 1 RETURNING n",
+            random.choice(self.data.counter_keys),  # noqa: S311
+        )
+        return 1
+
+    async def w7_keyset(self) -> int:
+        after = random.choice(self.data.keyset_ids)  # noqa: S311
+        rows = await self.pool.fetch(
+            f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE deleted_at IS NULL AND id > $1 "
+            "ORDER BY id LIMIT $2",
+            after,
+            PAGE + 1,
+        )
+        assert len(rows) == PAGE + 1
+        return 1
+
+    async def w8_token(self) -> int:
+        # The limit for W8: a primary-key read of the same token row.
+        await self.pool.fetchrow("SELECT * FROM oauth_tokens WHERE id = $1", self.data.token_id)
+        return 1
+
+
+TOKEN_PROVIDER, TOKEN_ACCOUNT = "bench", "account"
+
+
+async def _never_refresh(token: Any) -> Any:
+    raise AssertionError("the benchmark token is valid for hours: W8 never refreshes")
+
+
+class Pgstack:
+    """pgstack as its guide shows it: a Database, one session per task, a Repository."""
+
+    name = "pgstack"
+
+    def __init__(self, url: Any, data: DataSet) -> None:
+        self.url, self.data = url, data
+
+    async def start(self) -> None:
+        settings = Settings(
+            database_url=self.url.render_as_string(hide_password=False),
+            database_pool_size=POOL,
+            database_max_overflow=0,
+        )
+        self.db = Database(settings)
+        await self.db.connect()
+
+    async def stop(self) -> None:
+        await self.db.disconnect()
+
+    async def w1_get(self) -> int:
+        async with self.db.session() as s:
+            await Repository(s, PgItem).get(self.data.some_id())
+        return 1
+
+    async def w2_insert(self) -> int:
+        async with self.db.transaction() as s:
+            await Repository(s, PgInsert).create(name="new", qty=1)
+        return 1
+
+    async def w3_bulk(self, rows: list[dict[str, Any]]) -> int:
+        async with self.db.transaction() as s:
+            return await Repository(s, PgBulk).create_many(rows)
+
+    async def w4_page(self) -> int:
+        async with self.db.session() as s:
+            page = await Repository(s, PgItem).page(sort="id", limit=PAGE, offset=OFFSET)
+        assert len(page.items) == PAGE
+        return 1
+
+    async def w5_upsert(self, rows: list[dict[str, Any]]) -> int:
+        async with self.db.transaction() as s:
+            await Repository(s, PgUpsert).upsert_many(rows)
+        return len(rows)
+
+    async def w6_counter(self) -> int:
+        # pgstack has no counter verb: an app runs the statement on a pgstack session.
+        key = random.choice(self.data.counter_keys)  # noqa: S311
+        statement = (
+            pg_insert(PgCounter)
+            .values(key=key, n=1)
+            .on_conflict_do_update(index_elements=["key"], set_={"n": PgCounter.n + 1})
+            .returning(PgCounter.n)
+        )
+        async with self.db.transaction() as s:
+            (await s.execute(statement)).scalar_one()
+        return 1
+
+    async def w7_keyset(self) -> int:
+        cursor = random.choice(self.data.keyset_cursors)  # noqa: S311
+        async with self.db.session() as s:
+            page = await Repository(s, PgItem).page_after(cursor=cursor, sort="id", limit=PAGE)
+        assert len(page.items) == PAGE
+        return 1
+
+    async def w8_token(self) -> int:
+        if not hasattr(self, "vault"):
+            from pgstack.tokens import TokenVault
+
+            self.vault = TokenVault(self.db)
+        await self.vault.get_valid_token(TOKEN_PROVIDER, TOKEN_ACCOUNT, _never_refresh)
+        return 1
+
+
+class SqlalchemyOrm:
+    """SQLAlchemy 2 ORM as a typical application writes it: sessionmaker, get, add, commit."""
+
+    name = "SQLAlchemy ORM"
+
+    def __init__(self, url: Any, data: DataSet) -> None:
+        self.url, self.data = url, data
+
+    async def start(self) -> None:
+        self.engine: AsyncEngine = create_async_engine(self.url, pool_size=POOL, max_overflow=0)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def stop(self) -> None:
+        await self.engine.dispose()
+
+    async def w1_get(self) -> int:
+        async with self.sessions() as s:
+            await s.get(PlainItem, self.data.some_id())
+        return 1
+
+    async def w2_insert(self) -> int:
+        async with self.sessions() as s:
+            s.add(PlainInsert(name="new", qty=1))
+            await s.commit()
+        return 1
+
+    async def w3_bulk(self, rows: list[dict[str, Any]]) -> int:
+        async with self.sessions() as s:
+            s.add_all([PlainBulk(**r) for r in rows])
+            await s.commit()
+        return len(rows)
+
+    async def w4_page(self) -> int:
+        async with self.sessions() as s:
+            where = PlainItem.deleted_at.is_(None)
+            items = (
+                await s.scalars(
+                    select(PlainItem).where(where).order_by(PlainItem.id).limit(PAGE).offset(OFFSET)
+                )
+            ).all()
+            await s.scalar(select(func.count()).select_from(PlainItem).where(where))
+        assert len(items) == PAGE
+        return 1
+
+    async def w5_upsert(self, rows: list[dict[str, Any]]) -> int:
+        statement = pg_insert(PlainUpsert)
+        statement = statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                "name": statement.excluded.name,
+                "qty": statement.excluded.qty,
+                "note": statement.excluded.note,
+                "updated_at": func.now(),
+                "version": PlainUpsert.version + 1,
+                "deleted_at": None,
+            },
+        )
+        async with self.sessions() as s:
+            await s.execute(statement, rows)
+            await s.commit()
+        return len(rows)
+
+    async def w6_counter(self) -> int:
+        key = random.choice(self.data.counter_keys)  # noqa: S311
+        statement = (
+            pg_insert(PlainCounter)
+            .values(key=key, n=1)
+            .on_conflict_do_update(index_elements=["key"], set_={"n": PlainCounter.n + 1})
+            .returning(PlainCounter.n)
+        )
+        async with self.sessions() as s:
+            (await s.execute(statement)).scalar_one()
+            await s.commit()
+        return 1
+
+    async def w7_keyset(self) -> int:
+        after = random.choice(self.data.keyset_ids)  # noqa: S311
+        async with self.sessions() as s:
+            items = (
+                await s.scalars(
+                    select(PlainItem)
+                    .where(PlainItem.deleted_at.is_(None), PlainItem.id > after)
+                    .order_by(PlainItem.id)
+                    .limit(PAGE + 1)
+                )
+            ).all()
+        assert len(items) == PAGE + 1
+        return 1
+
+
+class AdvancedAlchemy:
+    """advanced-alchemy's SQLAlchemyAsyncRepository with its defaults, on plain models."""
+
+    name = "advanced-alchemy"
+
+    def __init__(self, url: Any, data: DataSet) -> None:
+        self.url, self.data = url, data
+
+    async def start(self) -> None:
+        from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+
+        def repo(model: type[Any]) -> Callable[..., Any]:
+            return type(
+                f"{model.__name__}Repository",
+                (SQLAlchemyAsyncRepository,),
+                {"model_type": model},
+            )
+
+        self.items, self.inserts = repo(PlainItem), repo(PlainInsert)
+        self.bulk, self.upserts = repo(PlainBulk), repo(PlainUpsert)
+        self.engine: AsyncEngine = create_async_engine(self.url, pool_size=POOL, max_overflow=0)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def stop(self) -> None:
+        await self.engine.dispose()
+
+    async def w1_get(self) -> int:
+        async with self.sessions() as s:
+            await self.items(session=s).get(self.data.some_id())
+        return 1
+
+    async def w2_insert(self) -> int:
+        async with self.sessions() as s:
+            await self.inserts(session=s).add(PlainInsert(name="new", qty=1), auto_commit=True)
+        return 1
+
+    async def w3_bulk(self, rows: list[dict[str, Any]]) -> int:
+        async with self.sessions() as s:
+            await self.bulk(session=s).add_many([PlainBulk(**r) for r in rows], auto_commit=True)
+        return len(rows)
+
+    async def w4_page(self) -> int:
+        from advanced_alchemy.filters import LimitOffset, OrderBy
+
+        async with self.sessions() as s:
+            items, _total = await self.items(session=s).list_and_count(
+                LimitOffset(limit=PAGE, offset=OFFSET), OrderBy("id", "asc")
+            )
+        assert len(items) == PAGE
+        return 1
+
+    async def w5_upsert(self, rows: list[dict[str, Any]]) -> int:
+        async with self.sessions() as s:
+            await self.upserts(session=s).upsert_many(
+                [PlainUpsert(**r) for r in rows], auto_commit=True
+            )
+        return len(rows)
+
+
+CONTENDERS = (RawAsyncpg, Pgstack, SqlalchemyOrm, AdvancedAlchemy)

@@ -1,0 +1,219 @@
+"""The fast path for `select(Model)` reads on a session that has not begun work yet.
+
+A fresh session's first read would cost a BEGIN, the SELECT and a ROLLBACK on the way out,
+plus SQLAlchemy's ORM loading machinery per row. Here the statement, compiled once per shape
+(SQLAlchemy's own cache key: the same filters with other values reuse the plan), runs on the
+session's own pooled connection before any transaction is open (a single statement needs
+none: it is atomic and sees one snapshot), and each row becomes an object the way the ORM's
+loader makes it: a new instance, its attributes filled, its identity key set, in the
+session's identity map, with the `load` event fired.
+
+Anything out of the ordinary takes the ordinary path instead: a session inside a
+transaction or with pending changes, a row whose object is already in the identity map (the
+ordinary path refreshes it in place), SQL echo on, a model with relationships, inheritance
+or deferred columns, a plain AsyncSession, a driver other than asyncpg. A driver error falls
+back too, so callers see exactly the ordinary path's errors; a lost connection is
+invalidated first, so the pool never hands it out again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm.base import instance_state
+
+from pgstack.db.session import Session
+
+_UNSUPPORTED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """One statement compiled for the driver: SQL, parameter order, how to read its columns."""
+
+    sql: str
+    params: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    compiled: Any = None
+
+
+def _plain_mapper(mapper: Any) -> bool:
+    return (
+        not mapper.relationships
+        and mapper.inherits is None
+        and not mapper.polymorphic_map
+        and all(
+            len(prop.columns) == 1 and not prop.deferred and prop.parent is mapper
+            for prop in mapper.column_attrs
+        )
+    )
+
+
+def read_plan(info: Any, key: Any, statement: Any, dialect: Dialect) -> ReadPlan | None:
+    """The compiled plan of `statement` (cached on the model's info), or None if not eligible."""
+    cache_key = ("fast", key, dialect.name)
+    plan = info.statements.get(cache_key)
+    if plan is not None:
+        return None if plan is _UNSUPPORTED else plan
+    plan = _compile(info, statement, dialect)
+    info.statements[cache_key] = _UNSUPPORTED if plan is None else plan
+    return plan
+
+
+def _compile(info: Any, statement: Any, dialect: Dialect, cache_key: Any = None) -> ReadPlan | None:
+    mapper = info.mapper
+    if not _plain_mapper(mapper) or dialect.driver != "asyncpg":
+        return None
+    compiled: Any = statement.compile(dialect=dialect, cache_key=cache_key)
+    if compiled.literal_execute_params or compiled.post_compile_params:
+        return None  # IN lists and the like are rendered per call: SQLAlchemy's job
+    names = compiled.positiontup or ()
+    binds = compiled._bind_processors
+    columns = []
+    for entry in compiled._result_columns:
+        column = entry[2][0] if entry[2] else None
+        try:
+            prop = mapper.get_property_by_column(column)
+        except Exception:
+            return None
+        processor = entry[3]._cached_result_processor(dialect, None)
+        columns.append((prop.key, processor))
+    if {key for key, _ in columns} != {prop.key for prop in mapper.column_attrs}:
+        return None
+    return ReadPlan(
+        sql=compiled.string,
+        params=tuple((name, binds.get(name)) for name in names),
+        columns=tuple(columns),
+        compiled=compiled if cache_key is not None else None,
+    )
+
+
+# Plans of statements built per call (filters, sorts, cursors), by SQLAlchemy's cache key:
+# the same shape with other values reuses one plan. Bounded, like SQLAlchemy's own cache.
+_MAX_PLANS = 500
+
+
+def statement_plan(info: Any, statement: Any, dialect: Dialect) -> tuple[ReadPlan, Any] | None:
+    """The plan of a per-call statement and this call's parameters, or None if not eligible."""
+    cache_key = statement._generate_cache_key()
+    if cache_key is None:
+        return None
+    plans = info.statements.setdefault(("fast-many", dialect.name), {})
+    plan = plans.get(cache_key.key)
+    if plan is None:
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plan = _compile(info, statement, dialect, cache_key) or _UNSUPPORTED
+        plans[cache_key.key] = plan
+    if plan is _UNSUPPORTED:
+        return None
+    params = plan.compiled.construct_params(
+        extracted_parameters=cache_key.bindparams, escape_names=False
+    )
+    return plan, params
+
+
+def session_is_fresh(session: AsyncSession) -> bool:
+    """Whether the session has not begun a transaction and holds no pending changes."""
+    return (
+        isinstance(session, Session)
+        and not session.in_transaction()
+        and not (session.new or session.dirty or session.deleted)
+    )
+
+
+async def fetch_one(
+    session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any], identity: Any
+) -> tuple[bool, Any]:
+    """Run `plan` on the session's connection outside a transaction: (done, object or None).
+
+    `done` False means "use the ordinary path" (nothing was changed that it would see).
+    """
+    if identity in session.identity_map:
+        return False, None
+    done, rows = await fetch_all(session, info, plan, params)
+    return done, (rows[0] if rows else None)
+
+
+async def fetch_all(
+    session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any]
+) -> tuple[bool, list[Any]]:
+    """Run `plan` outside a transaction: (done, objects); done False: use the ordinary path."""
+    result: tuple[bool, list[Any]] = await session._pgstack_run_exclusive(
+        _fetch_all, session, info, plan, params
+    )
+    return result
+
+
+async def _fetch_all(
+    session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any]
+) -> tuple[bool, list[Any]]:
+    connection: AsyncConnection = await AsyncSession.connection(session)
+    sync_connection = connection.sync_connection
+    assert sync_connection is not None
+    if sync_connection._echo or sync_connection.in_nested_transaction():
+        return False, []
+    raw = await connection.get_raw_connection()
+    if getattr(raw.dbapi_connection, "_transaction", None) is not None:
+        return False, []  # the connection already has a transaction open: not fresh
+    driver: Any = raw.driver_connection
+    args = [
+        params[name] if processor is None else processor(params[name])
+        for name, processor in plan.params
+    ]
+    # Query listeners (metrics, query budgets in tests) see the statement as they would on
+    # the ordinary path.
+    dispatch = sync_connection.dispatch
+    listened = sync_connection._has_events or sync_connection.engine._has_events
+    if listened:
+        dispatch.before_cursor_execute(sync_connection, None, plan.sql, args, None, False)
+    try:
+        records = await driver.fetch(plan.sql, *args)
+    except Exception as exc:
+        if driver.is_closed():
+            await connection.invalidate(exc)
+        # The ordinary path runs the read again and reports any error in its own terms.
+        await AsyncSession.rollback(session)
+        return False, []
+    if listened:
+        dispatch.after_cursor_execute(sync_connection, None, plan.sql, args, None, False)
+    mapper = info.mapper
+    new_instance = mapper.class_manager.new_instance
+    identity_of = mapper.identity_key_from_primary_key
+    pk_key = info.pk_key
+    sync_session = session.sync_session
+    identity_map = sync_session.identity_map
+    columns = plan.columns
+    made = []
+    for record in records:
+        instance = new_instance()
+        state = instance_state(instance)
+        values = state.dict
+        for (key, processor), value in zip(columns, record, strict=True):
+            values[key] = value if processor is None or value is None else processor(value)
+        identity = identity_of((values[pk_key],))
+        if identity in identity_map:
+            # Already loaded in this session: the ordinary path refreshes that object in
+            # place (the read is idempotent; nothing has been added to the session yet).
+            return False, []
+        made.append((instance, state, identity))
+    # Persistent in this session, loaded and unchanged, as SQLAlchemy's loader leaves a new
+    # object: its identity key and session set, in the identity map, then the load event.
+    load = mapper.class_manager.dispatch.load
+    loaded_as_persistent = sync_session.dispatch.loaded_as_persistent
+    session_id = sync_session.hash_key
+    for _, state, identity in made:
+        state.key = identity
+        state.session_id = session_id
+        identity_map._add_unpresent(state, identity)
+    for _, state, _ in made:
+        if load:
+            load(state, None)
+        if loaded_as_persistent:
+            loaded_as_persistent(sync_session, state)
+    # The identity map holds objects weakly: these references keep them alive until returned.
+    return True, [instance for instance, _, _ in made]

@@ -1,0 +1,320 @@
+"""The fast path of reads (get, get_by, list, page_after) behaves exactly like the ordinary one.
+
+Every test runs twice: once as is (a fresh session's first read takes the fast path, and the
+test checks it did), once with the fast path switched off. Same rows, same errors, same
+objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import MetaData, String, inspect, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pgstack import Repository
+from pgstack.config import Settings
+from pgstack.db.database import Database
+from pgstack.errors import (
+    ConcurrentSessionUseError,
+    InvalidQueryError,
+    NotFoundError,
+    TenantScopeError,
+)
+from pgstack.orm import (
+    NAMING_CONVENTION,
+    TYPE_ANNOTATION_MAP,
+    Audited,
+    EncryptedText,
+    ModelMixin,
+    SoftDelete,
+    TenantScoped,
+    Timestamped,
+    UUIDPrimaryKey,
+    Versioned,
+    tenant_context,
+)
+from pgstack.repository import Gt, In, fast
+
+CreateTables = Callable[[MetaData], Awaitable[None]]
+
+
+class FastBase(ModelMixin, DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = TYPE_ANNOTATION_MAP
+
+
+class Gadget(UUIDPrimaryKey, Timestamped, Audited, SoftDelete, Versioned, FastBase):
+    __tablename__ = "fast_gadgets"
+    name: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(default=1)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secret: Mapped[str | None] = mapped_column(EncryptedText, nullable=True)
+
+
+class Booking(UUIDPrimaryKey, TenantScoped, FastBase):
+    __tablename__ = "fast_bookings"
+    title: Mapped[str]
+
+
+ACME, GLOBEX = uuid.uuid4(), uuid.uuid4()
+
+
+@pytest.fixture(autouse=True)
+async def tables(create_tables: CreateTables, encryption_ring: Any) -> None:
+    await create_tables(FastBase.metadata)
+
+
+@pytest.fixture(params=["fast", "ordinary"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """Which path `get` takes; yields the fast path's outcomes (True: it served the read)."""
+    served: list[bool] = []
+    if request.param == "ordinary":
+        monkeypatch.setattr(fast, "session_is_fresh", lambda session: False)
+        yield served
+        assert served == []
+        return
+    original = fast.fetch_all
+
+    async def spy(*args: Any) -> tuple[bool, Any]:
+        done, rows = await original(*args)
+        served.append(done)
+        return done, rows
+
+    monkeypatch.setattr(fast, "fetch_all", spy)
+    yield served
+    assert served and served[0], "the fast path did not serve the first read"
+
+
+async def make(db: Database, **values: Any) -> Gadget:
+    async with db.transaction() as session:
+        return await Repository(session, Gadget).create(**values)
+
+
+async def test_get_returns_the_row_as_a_loaded_object(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: R1, M4
+    made = await make(pgstack_db, name="anvil", size=3, data={"a": [1]}, secret="s3cret")
+    async with pgstack_db.session() as session:
+        got = await Repository(session, Gadget).get(str(made.id))
+        assert (got.id, got.name, got.size, got.data, got.secret) == (
+            made.id,
+            "anvil",
+            3,
+            {"a": [1]},
+            "s3cret",
+        )
+        assert got.created_at == made.created_at and got.created_at.tzinfo is not None
+        assert got.version == 1 and got.deleted_at is None
+        state = inspect(got)
+        assert state.persistent and not state.modified and got in session
+        assert not session.dirty
+        assert "s3cret" not in repr(got)
+
+
+async def test_a_fetched_object_saves_its_changes_like_any_other(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: R1, D1
+    made = await make(pgstack_db, name="anvil", data={"tags": ["x"]})
+    async with pgstack_db.session() as session:
+        got = await Repository(session, Gadget).get(made.id)
+        got.name = "hammer"
+        got.data["tags"].append("y")  # an in-place JSON change is tracked, too
+        await session.commit()
+        assert got.version == 2
+    async with pgstack_db.transaction() as session:
+        again = await Repository(session, Gadget).get(made.id)
+        assert (again.name, again.data, again.version) == ("hammer", {"tags": ["x", "y"]}, 2)
+
+
+async def test_missing_rows_and_bad_ids_give_the_same_errors(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: R1, R2
+    await make(pgstack_db, name="anvil")
+    missing = uuid.uuid4()
+    async with pgstack_db.session() as session:
+        with pytest.raises(NotFoundError, match=f"Gadget {missing} was not found"):
+            await Repository(session, Gadget).get(missing)
+    async with pgstack_db.session() as session:
+        assert await Repository(session, Gadget).get_or_none(uuid.uuid4()) is None
+    async with pgstack_db.session() as session:
+        with pytest.raises(InvalidQueryError, match="takes a UUID"):
+            await Repository(session, Gadget).get("not-a-uuid")
+    if path:
+        assert path == [True, True]  # "not found" came from the fast path too
+
+
+async def test_soft_deleted_rows_stay_hidden_unless_asked_for(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: M2, R1
+    made = await make(pgstack_db, name="anvil")
+    async with pgstack_db.transaction() as session:
+        await Repository(session, Gadget).delete(made.id)
+    async with pgstack_db.session() as session:
+        assert await Repository(session, Gadget).get_or_none(made.id) is None
+    async with pgstack_db.session() as session:
+        got = await Repository(session, Gadget).get(made.id, include_deleted=True)
+        assert got.deleted_at is not None
+
+
+async def test_tenant_scoping_holds(pgstack_db: Database, path: list[bool]) -> None:
+    # proves: R7
+    with tenant_context(ACME):
+        async with pgstack_db.transaction() as session:
+            booking = await Repository(session, Booking).create(title="kickoff")
+        async with pgstack_db.session() as session:
+            got = await Repository(session, Booking).get(booking.id)
+            assert (got.title, got.tenant_id) == ("kickoff", ACME)
+    with tenant_context(GLOBEX):
+        async with pgstack_db.session() as session:
+            with pytest.raises(NotFoundError):
+                await Repository(session, Booking).get(booking.id)
+    async with pgstack_db.session() as session:
+        with pytest.raises(TenantScopeError):
+            await Repository(session, Booking).get(booking.id)
+
+
+async def test_a_session_used_by_two_tasks_at_once_is_refused(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: D2
+    made = await make(pgstack_db, name="anvil")
+    async with pgstack_db.session() as session:
+        repo = Repository(session, Gadget)
+        results = await asyncio.gather(repo.get(made.id), repo.get(made.id), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, ConcurrentSessionUseError)]
+        served = [r for r in results if isinstance(r, Gadget)]
+        assert len(refused) == 1 and "another task" in str(refused[0])
+        assert len(served) == 1 and served[0].name == "anvil"
+
+
+async def test_reads_reach_query_listeners(
+    pgstack_db: Database, path: list[bool], sql_log: list[str]
+) -> None:
+    # proves: C7, O4
+    made = await make(pgstack_db, name="anvil")
+    sql_log.clear()
+    async with pgstack_db.session() as session:
+        await Repository(session, Gadget).get(made.id)
+    assert len([s for s in sql_log if "FROM fast_gadgets" in s]) == 1
+
+
+async def test_a_later_read_sees_the_current_row(pgstack_db: Database, path: list[bool]) -> None:
+    # proves: R1
+    made = await make(pgstack_db, name="anvil")
+    async with pgstack_db.session() as session:
+        repo = Repository(session, Gadget)
+        first = await repo.get(made.id)
+        async with pgstack_db.transaction() as other:
+            await Repository(other, Gadget).update(made.id, name="hammer")
+        second = await repo.get(made.id)
+        assert second is first and second.name == "hammer" and second.version == 2
+
+
+@pytest.fixture
+async def fragile_db(pgstack_settings: Settings) -> AsyncIterator[Database]:
+    """One pooled connection and no pre-ping, so a killed connection is handed out again."""
+    db = Database(
+        pgstack_settings.model_copy(
+            update={
+                "database_pool_size": 1,
+                "database_max_overflow": 0,
+                "database_pool_pre_ping": False,
+            }
+        )
+    )
+    await db.connect()
+    yield db
+    await db.disconnect()
+
+
+async def test_a_dropped_connection_is_retried(
+    pgstack_db: Database, fragile_db: Database, path: list[bool]
+) -> None:
+    # proves: R6
+    made = await make(pgstack_db, name="anvil")
+    async with fragile_db.session() as session:
+        pid = await session.scalar(text("SELECT pg_backend_pid()"))
+    async with pgstack_db.session() as admin:
+        assert await admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    await asyncio.sleep(0.05)
+    async with fragile_db.session() as session:
+        got = await Repository(session, Gadget).get(made.id)
+        assert got.name == "anvil"
+    if path:
+        # The fast path met the dead connection and handed the read to the ordinary path.
+        assert path == [False]
+        path[:] = [True]
+    # The dead connection was replaced, not handed out again.
+    async with fragile_db.session() as session:
+        assert await session.scalar(text("SELECT 1")) == 1
+
+
+async def test_lists_filter_sort_and_hide_deleted_rows(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: R1, R2, M2
+    made = [await make(pgstack_db, name=f"g{i}", size=i % 3) for i in range(6)]
+    async with pgstack_db.transaction() as session:
+        await Repository(session, Gadget).delete(made[5].id)
+    async with pgstack_db.session() as session:
+        repo = Repository(session, Gadget)
+        listed = await repo.list(Gt("size", 0), sort=["-size", "name"])
+        assert [g.name for g in listed] == ["g2", "g1", "g4"]
+        assert all(inspect(g).persistent and not inspect(g).modified for g in listed)
+        # A second read in the same session returns the same objects, as the ORM would.
+        again = await repo.list(In("name", ["g1", "g2"]), sort="name")
+        assert again == [listed[1], listed[0]]
+        assert await repo.get_by(name="g0") is not None
+        with pytest.raises(NotFoundError):
+            await repo.get_by(name="g5")
+    async with pgstack_db.session() as session:
+        with pytest.raises(InvalidQueryError, match="more than one"):
+            await Repository(session, Gadget).get_by(size=0)
+    async with pgstack_db.session() as session:
+        # IN lists are rendered per call: this one goes the ordinary way on either path.
+        listed = await Repository(session, Gadget).list(In("name", ["g1", "g5"]))
+        assert [g.name for g in listed] == ["g1"]
+
+
+async def test_keyset_pages_visit_every_row_once(pgstack_db: Database, path: list[bool]) -> None:
+    # proves: R3
+    names = {f"g{i:02}" for i in range(7)}
+    for name in sorted(names):
+        await make(pgstack_db, name=name)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        async with pgstack_db.session() as session:
+            page = await Repository(session, Gadget).page_after(
+                cursor=cursor, sort="-name", limit=3
+            )
+        seen += [g.name for g in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == sorted(names, reverse=True)
+
+
+async def test_lists_are_scoped_to_the_tenant(pgstack_db: Database, path: list[bool]) -> None:
+    # proves: R7
+    for tenant, titles in ((ACME, ["a1", "a2"]), (GLOBEX, ["g1"])):
+        with tenant_context(tenant):
+            async with pgstack_db.transaction() as session:
+                for title in titles:
+                    await Repository(session, Booking).create(title=title)
+    with tenant_context(ACME):
+        async with pgstack_db.session() as session:
+            listed = await Repository(session, Booking).list(sort="title")
+            assert [b.title for b in listed] == ["a1", "a2"]
+    async with pgstack_db.session() as session:
+        with pytest.raises(TenantScopeError):
+            await Repository(session, Booking).list()
