@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from pgstack.crypto import KeyRing, configure_encryption, generate_key
 from pgstack.db.database import Database
 from pgstack.identity import Identity, User
+from pgstack.testing import record_statements
 
 STRONG = "violet Harbour 42 lanterns drift"
 OTHER_STRONG = "seven quiet Otters fold paper boats"
@@ -40,12 +39,5 @@ async def alice(identity: Identity) -> User:
 @pytest.fixture
 def statements(pgstack_migrated_db: Database) -> Iterator[list[str]]:
     """Every SQL statement the test's Database sends from now on."""
-    log: list[str] = []
-
-    def record(*args: Any) -> None:
-        log.append(args[2])
-
-    engine = pgstack_migrated_db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    yield log
-    event.remove(engine, "before_cursor_execute", record)
+    with record_statements(pgstack_migrated_db) as log:
+        yield log

@@ -11,5 +11,12 @@ from pgstack.testing.assertions import (
     assert_no_drift,
     schema_snapshot,
 )
+from pgstack.testing.queries import assert_max_queries, record_statements
 
-__all__ = ["assert_migrations_roundtrip", "assert_no_drift", "schema_snapshot"]
+__all__ = [
+    "assert_max_queries",
+    "assert_migrations_roundtrip",
+    "assert_no_drift",
+    "record_statements",
+    "schema_snapshot",
+]
