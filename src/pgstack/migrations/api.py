@@ -189,6 +189,7 @@ def downgrade(
     """Downgrade to `revision` (`base`, `-1`, `app@-1`, an id) under the lock; the undone ids."""
     project = project or MigrationProject.discover()
     settings = resolve(target)
+    _refuse_ambiguous_step(revision, current(settings, project=project))
     config = project.alembic_config(**{"pgstack.settings": settings, "pgstack.lock": True})
 
     def run() -> list[str]:
@@ -205,6 +206,7 @@ def downgrade_plan(
     project = project or MigrationProject.discover()
     settings = resolve(target)
     current_revs = current(settings, project=project)
+    _refuse_ambiguous_step(revision, current_revs)
 
     def plan() -> list[str]:
         steps = project.script.iterate_revisions(
@@ -213,6 +215,17 @@ def downgrade_plan(
         return [s.revision for s in steps]
 
     return _guarded(plan, settings, "planning the downgrade")
+
+
+def _refuse_ambiguous_step(revision: str, current_revs: Sequence[str]) -> None:
+    # "-1" with several heads applied (the app's and pgstack's) has no single meaning:
+    # say so rather than let the migration tool pick one.
+    if revision.startswith("-") and len(current_revs) > 1:
+        raise MigrationError(
+            f"The database is at several heads ({', '.join(current_revs)}), so {revision!r} "
+            "is ambiguous. Name the revision to go back to (see `pgstack db history`), or "
+            "`base`."
+        )
 
 
 def current(
