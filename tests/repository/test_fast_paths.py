@@ -1,4 +1,4 @@
-"""The fast path of reads (get, get_by, list, page_after) behaves exactly like the ordinary one.
+"""The fast path of reads (get, get_by, list, page, page_after) behaves like the ordinary one.
 
 Every test runs twice: once as is (a fresh session's first read takes the fast path, and the
 test checks it did), once with the fast path switched off. Same rows, same errors, same
@@ -318,3 +318,55 @@ async def test_lists_are_scoped_to_the_tenant(pgstack_db: Database, path: list[b
     async with pgstack_db.session() as session:
         with pytest.raises(TenantScopeError):
             await Repository(session, Booking).list()
+
+
+async def test_offset_pages_count_and_hide_deleted_rows(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: R2, M2
+    made = [await make(pgstack_db, name=f"g{i:02}", size=i % 2) for i in range(7)]
+    async with pgstack_db.transaction() as session:
+        await Repository(session, Gadget).delete(made[3].id)
+    async with pgstack_db.session() as session:
+        page = await Repository(session, Gadget).page(sort="name", limit=2, offset=2)
+        assert [g.name for g in page.items] == ["g02", "g04"]
+        assert (page.total, page.limit, page.offset, page.has_more) == (6, 2, 2, True)
+        assert page.total.__class__ is int
+        got = page.items[0]
+        assert got.created_at.tzinfo is not None and got.data == {} and got.version == 1
+        state = inspect(got)
+        assert state.persistent and not state.modified and got in session
+    async with pgstack_db.session() as session:
+        page = await Repository(session, Gadget).page(sort="-name", size=1, limit=5)
+        assert [g.name for g in page.items] == ["g05", "g01"] and page.total == 2
+    async with pgstack_db.session() as session:
+        page = await Repository(session, Gadget).page(sort="name", include_deleted=True, limit=3)
+        assert [g.name for g in page.items] == ["g00", "g01", "g02"] and page.total == 7
+    async with pgstack_db.session() as session:
+        beyond = await Repository(session, Gadget).page(sort="name", limit=2, offset=10)
+        assert beyond.items == [] and beyond.total == 6
+    async with pgstack_db.session() as session:
+        with pytest.raises(InvalidQueryError):
+            await Repository(session, Gadget).page(sort="nope")
+
+
+async def test_offset_pages_are_scoped_to_the_tenant(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: R7
+    for tenant, titles in ((ACME, ["a1", "a2", "a3"]), (GLOBEX, ["g1"])):
+        with tenant_context(tenant):
+            async with pgstack_db.transaction() as session:
+                for title in titles:
+                    await Repository(session, Booking).create(title=title)
+    with tenant_context(ACME):
+        async with pgstack_db.session() as session:
+            page = await Repository(session, Booking).page(sort="title", limit=2)
+            assert [b.title for b in page.items] == ["a1", "a2"] and page.total == 3
+    with tenant_context(GLOBEX):
+        async with pgstack_db.session() as session:
+            page = await Repository(session, Booking).page(sort="title")
+            assert [b.title for b in page.items] == ["g1"] and page.total == 1
+    async with pgstack_db.session() as session:
+        with pytest.raises(TenantScopeError):
+            await Repository(session, Booking).page()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -401,6 +401,18 @@ class RepositoryCore(Generic[M]):
                 if done:
                     return rows
         return list((await self._read(statement)).scalars().all())
+
+    async def _read_rows(self, statement: Any, *, extra: int) -> Sequence[Any]:
+        """Run a `select(Model, *extra columns)` read: `(object, *values)` rows (fast if it may)."""
+        session: Any = self.session
+        bind = session.bind if fast.session_is_fresh(session) else None
+        if bind is not None:
+            planned = fast.statement_plan(self._info, statement, bind.dialect, extra)
+            if planned is not None:
+                done, rows = await fast.fetch_all(session, self._info, *planned)
+                if done:
+                    return rows
+        return (await self._read(statement)).all()
 
     async def _read(self, statement: Any, params: Mapping[str, Any] | None = None) -> Result[Any]:
         """Run a read; a dropped connection at the start of a transaction is retried once.

@@ -39,6 +39,9 @@ class ReadPlan:
     params: tuple[tuple[str, Callable[[Any], Any] | None], ...]
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
     compiled: Any = None
+    #: Result processors of columns after the model's (e.g. a page's total); with any, rows
+    #: come back as `(object, *values)` tuples.
+    extra: tuple[Callable[[Any], Any] | None, ...] = ()
 
 
 def _plain_mapper(mapper: Any) -> bool:
@@ -64,7 +67,9 @@ def read_plan(info: Any, key: Any, statement: Any, dialect: Dialect) -> ReadPlan
     return plan
 
 
-def _compile(info: Any, statement: Any, dialect: Dialect, cache_key: Any = None) -> ReadPlan | None:
+def _compile(
+    info: Any, statement: Any, dialect: Dialect, cache_key: Any = None, extra: int = 0
+) -> ReadPlan | None:
     mapper = info.mapper
     if not _plain_mapper(mapper) or dialect.driver != "asyncpg":
         return None
@@ -74,7 +79,15 @@ def _compile(info: Any, statement: Any, dialect: Dialect, cache_key: Any = None)
     names = compiled.positiontup or ()
     binds = compiled._bind_processors
     columns = []
-    for entry in compiled._result_columns:
+    entries = compiled._result_columns
+    if extra:
+        if len(entries) <= extra:
+            return None
+        entries, trailing = entries[:-extra], entries[-extra:]
+        extras = tuple(e[3]._cached_result_processor(dialect, None) for e in trailing)
+    else:
+        extras = ()
+    for entry in entries:
         column = entry[2][0] if entry[2] else None
         try:
             prop = mapper.get_property_by_column(column)
@@ -89,6 +102,7 @@ def _compile(info: Any, statement: Any, dialect: Dialect, cache_key: Any = None)
         params=tuple((name, binds.get(name)) for name in names),
         columns=tuple(columns),
         compiled=compiled if cache_key is not None else None,
+        extra=extras,
     )
 
 
@@ -97,17 +111,22 @@ def _compile(info: Any, statement: Any, dialect: Dialect, cache_key: Any = None)
 _MAX_PLANS = 500
 
 
-def statement_plan(info: Any, statement: Any, dialect: Dialect) -> tuple[ReadPlan, Any] | None:
-    """The plan of a per-call statement and this call's parameters, or None if not eligible."""
+def statement_plan(
+    info: Any, statement: Any, dialect: Dialect, extra: int = 0
+) -> tuple[ReadPlan, Any] | None:
+    """The plan of a per-call statement and this call's parameters, or None if not eligible.
+
+    `extra`: how many columns follow the model's in the statement (returned beside objects).
+    """
     cache_key = statement._generate_cache_key()
     if cache_key is None:
         return None
-    plans = info.statements.setdefault(("fast-many", dialect.name), {})
+    plans = info.statements.setdefault(("fast-many", dialect.name, extra), {})
     plan = plans.get(cache_key.key)
     if plan is None:
         if len(plans) >= _MAX_PLANS:
             plans.clear()
-        plan = _compile(info, statement, dialect, cache_key) or _UNSUPPORTED
+        plan = _compile(info, statement, dialect, cache_key, extra) or _UNSUPPORTED
         plans[cache_key.key] = plan
     if plan is _UNSUPPORTED:
         return None
@@ -188,12 +207,15 @@ async def _fetch_all(
     sync_session = session.sync_session
     identity_map = sync_session.identity_map
     columns = plan.columns
+    extras = plan.extra
+    width = len(columns)
     made = []
+    trailing: list[tuple[Any, ...]] = []
     for record in records:
         instance = new_instance()
         state = instance_state(instance)
         values = state.dict
-        for (key, processor), value in zip(columns, record, strict=True):
+        for (key, processor), value in zip(columns, record, strict=not extras):
             values[key] = value if processor is None or value is None else processor(value)
         identity = identity_of((values[pk_key],))
         if identity in identity_map:
@@ -201,6 +223,15 @@ async def _fetch_all(
             # place (the read is idempotent; nothing has been added to the session yet).
             return False, []
         made.append((instance, state, identity))
+        if extras:
+            trailing.append(
+                tuple(
+                    value if processor is None or value is None else processor(value)
+                    for processor, value in zip(
+                        extras, (record[width + i] for i in range(len(extras))), strict=True
+                    )
+                )
+            )
     # Persistent in this session, loaded and unchanged, as SQLAlchemy's loader leaves a new
     # object: its identity key and session set, in the identity map, then the load event.
     load = mapper.class_manager.dispatch.load
@@ -216,4 +247,8 @@ async def _fetch_all(
         if loaded_as_persistent:
             loaded_as_persistent(sync_session, state)
     # The identity map holds objects weakly: these references keep them alive until returned.
+    if extras:
+        return True, [
+            (instance, *values) for (instance, _, _), values in zip(made, trailing, strict=True)
+        ]
     return True, [instance for instance, _, _ in made]

