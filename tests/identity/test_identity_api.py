@@ -71,6 +71,8 @@ def problem(response: httpx.Response, status: int) -> dict[str, object]:
     assert response.headers["content-type"].startswith(PROBLEM)
     body = response.json()
     assert body["status"] == status and body["title"]
+    if status == 401:  # RFC 9110: a 401 names the scheme the client should use
+        assert response.headers.get("www-authenticate") == "Bearer"
     return dict(body)
 
 

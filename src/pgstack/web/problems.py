@@ -52,12 +52,15 @@ async def _pgstack_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error(
             "%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc.message
         )
+    # RFC 9110: a 401 must say which authentication scheme to use.
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return problem_response(
         exc.status_code,
         exc.message,
         title=exc.title,
         type_=f"urn:pgstack:error:{_slug(type(exc).__name__)}",
         instance=request.url.path,
+        headers=headers,
     )
 
 
