@@ -11,6 +11,7 @@ field is NULL, exactly the rows `Eq` / `In` do not match.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,14 +43,14 @@ class Fields(Protocol):
         ...
 
 
-class Filter:
+class Filter(ABC):
     """Base of all filters; combine them with `&` (AND) and `|` (OR)."""
 
     __slots__ = ()
 
+    @abstractmethod
     def clause(self, fields: Fields) -> ColumnElement[bool]:
         """The SQL condition over `fields`."""
-        raise NotImplementedError
 
     def __and__(self, other: Filter) -> And:
         return And(self, other)
@@ -469,4 +470,14 @@ def _filter_from(key: str, value: str) -> Filter:
         if flag not in _TRUE | _FALSE:
             raise InvalidQueryError(f"{key[:80]} takes true or false, not {value[:40]!r}.")
         return IsNull(name, flag in _TRUE)
-    return {"lt": Lt, "le": Le, "gt": Gt, "ge": Ge, "before": Lt, "after": Gt}[op](name, value)
+    return _COMPARISONS[op](name, value)
+
+
+_COMPARISONS: dict[str, Callable[[str, Any], Filter]] = {
+    "lt": Lt,
+    "le": Le,
+    "gt": Gt,
+    "ge": Ge,
+    "before": Lt,
+    "after": Gt,
+}
