@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     database_pool_timeout: float = Field(default=30.0, gt=0)
     database_pool_recycle: int = Field(default=3600, ge=-1)
     database_pool_pre_ping: bool = True
+    #: pgstack's read lane (single-statement reads outside a transaction, on its own asyncpg
+    #: pool, opened on demand): at most this many connections; None = DATABASE_POOL_SIZE, 0 off.
+    database_read_pool_size: int | None = Field(default=None, ge=0)
     database_echo: bool = False
     database_statement_timeout_ms: int | None = Field(default=None, ge=0)
     database_sslmode: SslMode | None = None
@@ -198,6 +201,12 @@ class Settings(BaseSettings):
             for u in self.database_replica_urls
         ]
 
+    @property
+    def read_pool_size(self) -> int:
+        """Connections the read lane may open (0: the lane is off)."""
+        size = self.database_read_pool_size
+        return self.database_pool_size if size is None else size
+
     def with_url(self, url: URL | str) -> Settings:
         """A copy of these settings pointing at another database."""
         raw = url if isinstance(url, str) else url.render_as_string(hide_password=False)
@@ -214,6 +223,7 @@ class Settings(BaseSettings):
             "pool_timeout_s": self.database_pool_timeout,
             "pool_recycle_s": self.database_pool_recycle,
             "pool_pre_ping": self.database_pool_pre_ping,
+            "read_pool_size": self.read_pool_size,
             "echo": self.database_echo,
             "statement_timeout_ms": self.database_statement_timeout_ms,
             "sslmode": self.sslmode,

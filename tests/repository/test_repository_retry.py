@@ -37,7 +37,11 @@ class Thing(BigIntPrimaryKey, RetryBase):
 async def fragile_db(
     pgstack_settings: Settings, create_tables: CreateTables
 ) -> AsyncIterator[Database]:
-    """One pooled connection and no pre-ping, so a killed connection is handed out again."""
+    """One pooled connection and no pre-ping, so a killed connection is handed out again.
+
+    The read lane is off: every read here runs on the session's pooled connection (the
+    lane's own retry is tested in tests/db/test_lane.py).
+    """
     await create_tables(RetryBase.metadata)
     db = Database(
         pgstack_settings.model_copy(
@@ -45,6 +49,7 @@ async def fragile_db(
                 "database_pool_size": 1,
                 "database_max_overflow": 0,
                 "database_pool_pre_ping": False,
+                "database_read_pool_size": 0,
             }
         )
     )

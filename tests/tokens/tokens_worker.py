@@ -24,8 +24,14 @@ TASKS = 10
 
 
 async def main(url: str, provider_dsn: str, ready: Path, go: Path) -> None:
+    # Five such processes share a server of 100 connections: each holds up to its pool and
+    # its read lane (10 + 5), sized as the README says a deployment should be.
     settings = Settings(
-        database_url=url, database_pool_size=TASKS, database_max_overflow=0, _env_file=None
+        database_url=url,
+        database_pool_size=TASKS,
+        database_max_overflow=0,
+        database_read_pool_size=TASKS // 2,
+        _env_file=None,
     )
     db = Database(settings)
     await db.connect()

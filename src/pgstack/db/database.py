@@ -26,6 +26,7 @@ from pgstack.errors import ConfigurationError, DatabaseUnavailableError, Transac
 if TYPE_CHECKING:
     from pgstack.db.embedded import EmbeddedPostgres
     from pgstack.db.health import HealthCheckFn, HealthReport
+    from pgstack.db.lane import ReadLane
 
 logger = logging.getLogger("pgstack.db")
 
@@ -52,6 +53,7 @@ class Database:
         self.embedded: EmbeddedPostgres | None = None
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[Session] | None = None
+        self._lane: ReadLane | None = None
         self._url: URL | None = self.settings.url
         # Extra readiness checks (e.g. "migrations at head"); each returns a health Check.
         self.health_checks: list[HealthCheckFn] = []
@@ -117,6 +119,12 @@ class Database:
         except Exception as exc:
             await engine.dispose()
             raise self._unavailable(exc, s.database_connect_attempts) from None
+        if s.read_pool_size:
+            from pgstack.db.lane import ReadLane
+
+            self._lane = await ReadLane.open(
+                engine, self._connect_args(), s.read_pool_size, s.database_pool_timeout
+            )
         self._engine = engine
         self._sessionmaker = async_sessionmaker(
             engine, class_=Session, expire_on_commit=False, autoflush=True
@@ -126,8 +134,11 @@ class Database:
     async def disconnect(self, timeout: float = 10.0) -> None:
         """Let checked-out connections finish (up to `timeout` seconds), then close the pool."""
         engine, self._engine = self._engine, None
+        lane, self._lane = self._lane, None
         if engine is not None:
             deadline = time.monotonic() + timeout
+            if lane is not None:
+                await lane.close(timeout)
             pool: Any = engine.pool
             while pool.checkedout() > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
@@ -159,6 +170,7 @@ class Database:
                 "The database is not connected: call `await db.connect()` first."
             )
         async with self._sessionmaker() as session:
+            session._pgstack_lane = self._lane
             yield session
 
     @asynccontextmanager
@@ -246,6 +258,15 @@ class Database:
             "total": checked_in + checked_out,
         }
 
+    @property
+    def read_lane(self) -> ReadLane | None:
+        """The read lane (see `pgstack.db.lane`), or None when it is off or not connected."""
+        return self._lane
+
+    def read_pool_stats(self) -> dict[str, int] | None:
+        """The read lane's pool in the shape of `pool_stats()`, or None when it is off."""
+        return self._lane.stats() if self._lane is not None else None
+
     async def health_check(self) -> HealthReport:
         """Readiness report: round trip and latency, pool saturation, query performance."""
         from pgstack.db.health import readiness
@@ -254,7 +275,8 @@ class Database:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _create_engine(self, url: URL) -> AsyncEngine:
+    def _connect_args(self) -> dict[str, Any]:
+        """What every new connection is opened with (engine and read lane alike)."""
         s = self.settings
         server_settings = {"application_name": "pgstack"}
         if s.database_statement_timeout_ms is not None:
@@ -265,6 +287,11 @@ class Database:
         }
         if s.sslmode is not None:
             connect_args["ssl"] = s.sslmode
+        return connect_args
+
+    def _create_engine(self, url: URL) -> AsyncEngine:
+        s = self.settings
+        connect_args = self._connect_args()
         engine = create_async_engine(
             url,
             pool_size=s.database_pool_size,

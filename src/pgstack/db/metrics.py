@@ -60,9 +60,13 @@ class _PoolCollector(Collector):
         for database in list(self._databases):
             if not database.is_connected:
                 continue
-            stats = database.pool_stats()
-            for name, family in families.items():
-                family.add_metric([database.name], float(stats[name]))
+            pools = [(database.name, database.pool_stats())]
+            lane = database.read_pool_stats()
+            if lane is not None:
+                pools.append((f"{database.name}-reads", lane))
+            for label, stats in pools:
+                for name, family in families.items():
+                    family.add_metric([label], float(stats[name]))
         yield from families.values()
 
 

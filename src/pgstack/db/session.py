@@ -19,6 +19,9 @@ from pgstack.errors import (
     PoolExhaustedError,
 )
 
+if TYPE_CHECKING:
+    from pgstack.db.lane import ReadLane
+
 T = TypeVar("T")
 
 _CONCURRENT_USE = (
@@ -88,6 +91,9 @@ class Session(AsyncSession):
 
     _pgstack_owner: asyncio.Task[Any] | None = None
     _pgstack_depth: int = 0
+    #: The read lane of the Database that opened this session (None: reads use the session's
+    #: own connection).
+    _pgstack_lane: ReadLane | None = None
 
     #: Run `fn(*args)` holding this session like any of its operations (pgstack's fast paths
     #: use it to work on the session's connection directly without losing the D2 guard).

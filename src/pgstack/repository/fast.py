@@ -1,19 +1,21 @@
 """The fast path for `select(Model)` reads on a session that has not begun work yet.
 
-A fresh session's first read would cost a BEGIN, the SELECT and a ROLLBACK on the way out,
-plus SQLAlchemy's ORM loading machinery per row. Here the statement, compiled once per shape
-(SQLAlchemy's own cache key: the same filters with other values reuse the plan), runs on the
-session's own pooled connection before any transaction is open (a single statement needs
-none: it is atomic and sees one snapshot), and each row becomes an object the way the ORM's
-loader makes it: a new instance, its attributes filled, its identity key set, in the
-session's identity map, with the `load` event fired.
+A fresh session's first read would cost a pool checkout, a BEGIN, the SELECT and a ROLLBACK
+on the way out, plus SQLAlchemy's ORM loading machinery per row. Here the statement,
+compiled once per shape (SQLAlchemy's own cache key: the same filters with other values
+reuse the plan), runs outside any transaction on the read lane of the session's Database
+(`pgstack.db.lane`; a single statement needs no transaction: it is atomic and sees one
+snapshot), and each row becomes an object the way the ORM's loader makes it: a new
+instance, its attributes filled, its identity key set, in the session's identity map, with
+the `load` event fired.
 
 Anything out of the ordinary takes the ordinary path instead: a session inside a
-transaction or with pending changes, a row whose object is already in the identity map (the
+transaction or with pending changes, a session not opened by `Database.session()` or a
+Database whose read lane is off, a row whose object is already in the identity map (the
 ordinary path refreshes it in place), SQL echo on, a model with relationships, inheritance
-or deferred columns, a plain AsyncSession, a driver other than asyncpg. A driver error falls
-back too, so callers see exactly the ordinary path's errors; a lost connection is
-invalidated first, so the pool never hands it out again.
+or deferred columns, a driver other than asyncpg. A driver error falls back too, so callers
+see exactly the ordinary path's errors; a connection found dead is dropped and the read run
+once more on another first (see the lane).
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import TypeDecorator
+from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.base import instance_state
 
 from pgstack.db.session import Session
 
 _UNSUPPORTED = object()
+# What a Float and a Numeric column are in PostgreSQL (float8, numeric): their result
+# processors convert between float and Decimal by the column's type.
+_FLOAT8_OID, _NUMERIC_OID = 701, 1700
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +91,7 @@ def _compile(
         if len(entries) <= extra:
             return None
         entries, trailing = entries[:-extra], entries[-extra:]
-        extras = tuple(e[3]._cached_result_processor(dialect, None) for e in trailing)
+        extras = tuple(_result_processor(e[3], dialect) for e in trailing)
     else:
         extras = ()
     for entry in entries:
@@ -93,7 +100,7 @@ def _compile(
             prop = mapper.get_property_by_column(column)
         except Exception:
             return None
-        processor = entry[3]._cached_result_processor(dialect, None)
+        processor = _result_processor(entry[3], dialect)
         columns.append((prop.key, processor))
     if {key for key, _ in columns} != {prop.key for prop in mapper.column_attrs}:
         return None
@@ -104,6 +111,18 @@ def _compile(
         compiled=compiled if cache_key is not None else None,
         extra=extras,
     )
+
+
+def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The type's result processor; numeric ones depend on the column's PostgreSQL type."""
+    base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+    coltype = None
+    if isinstance(base, sqltypes.Float):
+        coltype = _FLOAT8_OID
+    elif isinstance(base, sqltypes.Numeric):
+        coltype = _NUMERIC_OID
+    processor: Callable[[Any], Any] | None = type_._cached_result_processor(dialect, coltype)
+    return processor
 
 
 # Plans of statements built per call (filters, sorts, cursors), by SQLAlchemy's cache key:
@@ -137,9 +156,10 @@ def statement_plan(
 
 
 def session_is_fresh(session: AsyncSession) -> bool:
-    """Whether the session has not begun a transaction and holds no pending changes."""
+    """Whether the session has a read lane, no transaction begun and no pending changes."""
     return (
         isinstance(session, Session)
+        and session._pgstack_lane is not None
         and not session.in_transaction()
         and not (session.new or session.dirty or session.deleted)
     )
@@ -171,35 +191,28 @@ async def fetch_all(
 async def _fetch_all(
     session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any]
 ) -> tuple[bool, list[Any]]:
-    connection: AsyncConnection = await AsyncSession.connection(session)
-    sync_connection = connection.sync_connection
-    assert sync_connection is not None
-    if sync_connection._echo or sync_connection.in_nested_transaction():
+    lane = session._pgstack_lane
+    if lane is None or lane.echo:
         return False, []
-    raw = await connection.get_raw_connection()
-    if getattr(raw.dbapi_connection, "_transaction", None) is not None:
-        return False, []  # the connection already has a transaction open: not fresh
-    driver: Any = raw.driver_connection
-    args = [
+    try:
+        records = await lane.fetch(plan.sql, _arguments(plan, params))
+    except Exception:
+        # The ordinary path runs the read again and reports any error in its own terms.
+        return False, []
+    return _objects(session, info, plan, records)
+
+
+def _arguments(plan: ReadPlan, params: Mapping[str, Any]) -> list[Any]:
+    return [
         params[name] if processor is None else processor(params[name])
         for name, processor in plan.params
     ]
-    # Query listeners (metrics, query budgets in tests) see the statement as they would on
-    # the ordinary path.
-    dispatch = sync_connection.dispatch
-    listened = sync_connection._has_events or sync_connection.engine._has_events
-    if listened:
-        dispatch.before_cursor_execute(sync_connection, None, plan.sql, args, None, False)
-    try:
-        records = await driver.fetch(plan.sql, *args)
-    except Exception as exc:
-        if driver.is_closed():
-            await connection.invalidate(exc)
-        # The ordinary path runs the read again and reports any error in its own terms.
-        await AsyncSession.rollback(session)
-        return False, []
-    if listened:
-        dispatch.after_cursor_execute(sync_connection, None, plan.sql, args, None, False)
+
+
+def _objects(
+    session: Session, info: Any, plan: ReadPlan, records: list[Any]
+) -> tuple[bool, list[Any]]:
+    """Records to persistent objects in `session`; (False, []) if one is loaded already."""
     mapper = info.mapper
     new_instance = mapper.class_manager.new_instance
     identity_of = mapper.identity_key_from_primary_key

@@ -31,7 +31,8 @@ def record_statements(db: Database) -> Iterator[list[str]]:
 def assert_max_queries(db: Database, limit: int) -> Iterator[list[str]]:
     """Fail if the block sends more than `limit` statements through `db`; list them if so.
 
-    Statements sent on a raw driver connection (the token vault's hot read) are not seen.
+    Statements on the read lane are seen; statements sent on a raw driver connection (the
+    token vault's hot read when the read lane is off) are not.
     """
     with record_statements(db) as log:
         yield log

@@ -631,6 +631,14 @@ class TokenVault:
     # -- rows to objects ---------------------------------------------------------------------
 
     async def _read(self, provider: str, account: str) -> Any:
+        lane = self.db.read_lane
+        if lane is not None:
+            try:
+                records = await lane.fetch(_READ_SQL, (provider, account))
+            except Exception:  # noqa: S110 - the engine's connection reports it its own way
+                pass
+            else:
+                return records[0] if records else None
         async with self.db.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection

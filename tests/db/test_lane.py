@@ -1,0 +1,123 @@
+"""The read lane: pgstack's own pool for single statements outside a transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+
+from pgstack.config import Settings
+from pgstack.db.database import Database
+from pgstack.testing import record_statements
+
+
+@pytest.fixture
+async def lane_db(pgstack_settings: Settings) -> AsyncIterator[Database]:
+    """A Database with a one-connection read lane and a statement timeout of 4.5 s."""
+    db = Database(
+        pgstack_settings.model_copy(
+            update={"database_read_pool_size": 1, "database_statement_timeout_ms": 4500}
+        )
+    )
+    await db.connect()
+    yield db
+    await db.disconnect()
+
+
+def lane_of(db: Database) -> Any:
+    lane = db.read_lane
+    assert lane is not None
+    return lane
+
+
+async def test_the_lane_opens_connections_on_demand_with_the_engine_settings(
+    lane_db: Database,
+) -> None:
+    # proves: C1, C2
+    assert lane_db.settings.read_pool_size == 1
+    stats = lane_db.read_pool_stats()
+    assert stats == {
+        "size": 1,
+        "checked_in": 0,
+        "checked_out": 0,
+        "overflow": 0,
+        "max_overflow": 0,
+        "total": 0,
+    }
+    rows = await lane_of(lane_db).fetch(
+        "SELECT current_setting('application_name') AS app, "
+        "current_setting('statement_timeout') AS timeout, '{\"a\": [1]}'::jsonb AS doc",
+        (),
+    )
+    # Same server settings as the engine's connections, and its JSON codecs (decoded JSON).
+    assert (rows[0]["app"], rows[0]["timeout"], rows[0]["doc"]) == ("pgstack", "4500ms", {"a": [1]})
+    assert lane_db.read_pool_stats() == {**stats, "checked_in": 1, "total": 1}
+
+
+async def test_a_connection_that_dies_under_a_read_is_replaced_and_the_read_run_again(
+    lane_db: Database,
+) -> None:
+    # proves: R6
+    async with lane_db.transaction() as session:
+        await session.execute(text("CREATE SEQUENCE lane_attempts"))
+    lane = lane_of(lane_db)
+    before = await lane.fetch("SELECT pg_backend_pid() AS pid", ())
+    # The first attempt kills its own connection mid-statement; the second finds a new one.
+    rows = await lane.fetch(
+        "SELECT CASE WHEN nextval('lane_attempts') = 1 "
+        "THEN pg_terminate_backend(pg_backend_pid()) ELSE true END AS ok, "
+        "pg_backend_pid() AS pid",
+        (),
+    )
+    assert rows[0]["ok"] is True
+    assert rows[0]["pid"] != before[0]["pid"]
+    assert (await lane.fetch("SELECT last_value FROM lane_attempts", ()))[0][0] == 2
+
+
+async def test_a_read_that_fails_twice_raises_the_driver_error(lane_db: Database) -> None:
+    # proves: R6
+    with pytest.raises(Exception, match="terminat"):
+        await lane_of(lane_db).fetch("SELECT pg_terminate_backend(pg_backend_pid())", ())
+    # The lane is usable afterwards.
+    assert (await lane_of(lane_db).fetch("SELECT 1", ()))[0][0] == 1
+
+
+async def test_statement_listeners_and_metrics_see_lane_statements(lane_db: Database) -> None:
+    # proves: C7, O4
+    def observed() -> float:
+        return REGISTRY.get_sample_value("pgstack_query_duration_seconds_count") or 0.0
+
+    before = observed()
+    with record_statements(lane_db) as log:
+        await lane_of(lane_db).fetch("SELECT $1::int + 1", (41,))
+    assert log == ["SELECT $1::int + 1"]
+    assert observed() == before + 1
+
+
+async def test_the_lane_can_be_turned_off(pgstack_settings: Settings) -> None:
+    # proves: C1
+    db = Database(pgstack_settings.model_copy(update={"database_read_pool_size": 0}))
+    await db.connect()
+    try:
+        assert db.read_lane is None and db.read_pool_stats() is None
+        async with db.session() as session:
+            assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await db.disconnect()
+
+
+async def test_the_lane_is_a_pool_in_the_metrics_and_closes_with_the_database(
+    lane_db: Database,
+) -> None:
+    # proves: C7, C2
+    await lane_of(lane_db).fetch("SELECT 1", ())
+    label = {"pool": f"{lane_db.name}-reads"}
+    assert REGISTRY.get_sample_value("pgstack_pool_total", label) == 1.0
+    assert REGISTRY.get_sample_value("pgstack_pool_size", label) == 1.0
+    lane = lane_of(lane_db)
+    await lane_db.disconnect()
+    assert lane_db.read_lane is None
+    assert lane.pool.get_size() == 0
