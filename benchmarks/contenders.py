@@ -208,7 +208,7 @@ class Pgstack:
 
     async def w5_upsert(self, rows: list[dict[str, Any]]) -> int:
         async with self.db.transaction() as s:
-            await Repository(s, PgUpsert).upsert_many(rows)
+            await Repository(s, PgUpsert).upsert_many(rows, returning=False)
         return len(rows)
 
     async def w6_counter(self) -> int:

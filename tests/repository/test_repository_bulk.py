@@ -1,21 +1,37 @@
 """Bulk writes: create_many, upsert_many, update_many and delete_many.
 
-create_many on both its COPY and INSERT paths; upsert_many in one statement.
+create_many on both its COPY and INSERT paths; upsert_many in one statement, with and
+without returning objects, for column types that travel as arrays and for those that cannot.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, String, text
+from sqlalchemy import (
+    ARRAY,
+    CHAR,
+    JSON,
+    Enum,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    text,
+)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pgstack import Repository
 from pgstack.crypto import KeyRing
 from pgstack.db.database import Database
-from pgstack.errors import ConflictError, InvalidQueryError
+from pgstack.errors import ConflictError, EncryptionError, InvalidQueryError
 from pgstack.orm import (
     NAMING_CONVENTION,
     TYPE_ANNOTATION_MAP,
@@ -30,6 +46,7 @@ from pgstack.orm import (
     acting_as,
 )
 from pgstack.repository import Eq, Ge, In, Lt
+from pgstack.testing import assert_max_queries
 
 # The create_tables fixture (conftest.py): creates a base's tables, dropped after the test.
 CreateTables = Callable[[MetaData], Awaitable[None]]
@@ -52,6 +69,38 @@ class Reading(UUIDPrimaryKey, Timestamped, Audited, SoftDelete, Versioned, BulkB
 
 class Readings(Repository[Reading]):
     model = Reading
+
+
+class Mood(enum.Enum):
+    calm = "c"
+    stormy = "s"
+
+
+class Gadget(UUIDPrimaryKey, Timestamped, BulkBase):
+    """Column types that need converting on the way in: each must arrive as a VALUES row's."""
+
+    __tablename__ = "bulk_gadgets"
+    code: Mapped[str] = mapped_column(String(12), unique=True)
+    grade: Mapped[str | None] = mapped_column(CHAR(3))
+    contact: Mapped[str | None] = mapped_column(Email())
+    secret: Mapped[str | None] = mapped_column(EncryptedText())
+    spec: Mapped[dict[str, Any] | None]
+    parts: Mapped[list[Any] | None]
+    loose: Mapped[Any] = mapped_column(JSON, nullable=True)
+    mood: Mapped[Mood | None] = mapped_column(Enum(Mood, name="bulk_mood"))
+    label: Mapped[Mood | None] = mapped_column(Enum(Mood, native_enum=False))
+    price: Mapped[Decimal | None] = mapped_column(Numeric(8, 2))
+    blob: Mapped[bytes | None] = mapped_column(LargeBinary)
+    seen: Mapped[datetime | None]
+
+
+class Tagged(UUIDPrimaryKey, BulkBase):
+    """An ARRAY column, which cannot travel inside an array parameter."""
+
+    __tablename__ = "bulk_tagged"
+    code: Mapped[str] = mapped_column(String(8), unique=True)
+    tags: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
+    extra: Mapped[dict[str, Any] | None]
 
 
 @pytest.fixture(autouse=True)
@@ -228,3 +277,249 @@ async def test_bulk_verbs_without_filters_need_all_rows(pgstack_db: Database) ->
         assert await repo.count() == 0 and await repo.count(include_deleted=True) == 2
         assert await repo.delete_many(Eq("sensor", "s2"), hard=True) == 1
         assert await repo.count(include_deleted=True) == 1
+
+
+def gadget_rows(prefix: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "code": f"{prefix}-full",
+            "grade": "ab",
+            "contact": "  Ada@Example.COM ",
+            "secret": "open sesame",
+            "spec": {"size": [1, None, {"deep": True}]},
+            "parts": [[1, 2], "x"],
+            "loose": None,
+            "mood": Mood.stormy,
+            "label": Mood.calm,
+            "price": Decimal("12.345"),
+            "blob": b"\x00\xff",
+            "seen": datetime(2024, 5, 1, 12, tzinfo=timezone(timedelta(hours=2))),
+        },
+        {
+            "code": f"{prefix}-nulls",
+            "grade": None,
+            "contact": None,
+            "secret": None,
+            "spec": None,
+            "parts": [],
+            "loose": [1, "two"],
+            "mood": None,
+            "label": None,
+            "price": None,
+            "blob": None,
+            "seen": None,
+        },
+    ]
+
+
+GADGET_FIELDS = ("grade", "contact", "secret", "spec", "parts", "loose")
+GADGET_FIELDS += ("mood", "label", "price", "blob", "seen")
+
+
+def gadget_values(gadget: Gadget) -> tuple[Any, ...]:
+    return tuple(getattr(gadget, name) for name in GADGET_FIELDS)
+
+
+async def stored_gadgets(db: Database) -> dict[str, tuple[Any, ...]]:
+    """What the table holds, read back as text, by code without its prefix."""
+    async with db.session() as session:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT code, grade, contact, spec::text, parts::text, loose::text, "
+                    "loose IS NULL, mood::text, label, price::text, blob, seen "
+                    "FROM bulk_gadgets"
+                )
+            )
+        ).all()
+    return {row[0].split("-", 1)[1]: tuple(row[1:]) for row in rows}
+
+
+@pytest.mark.parametrize("returning", [False, True])
+async def test_upsert_many_stores_every_column_type_as_a_single_upsert_does(
+    pgstack_db: Database, encryption_ring: KeyRing, sql_log: list[str], returning: bool
+) -> None:
+    # proves: R4, M4
+    async with pgstack_db.transaction() as session:
+        repo = Repository(session, Gadget)
+        for row in gadget_rows("one"):
+            await repo.upsert(row, on=["code"])  # the multi-row VALUES statement, one row
+    expected = await stored_gadgets(pgstack_db)
+    async with pgstack_db.transaction() as session:
+        await session.execute(text("DELETE FROM bulk_gadgets"))
+    sql_log.clear()
+    async with pgstack_db.transaction() as session:
+        repo = Repository(session, Gadget)
+        result = await repo.upsert_many(gadget_rows("many"), on=["code"], returning=returning)
+        if returning:
+            assert isinstance(result, list)
+            assert [g.code for g in result] == ["many-full", "many-nulls"]
+            made = {g.code: gadget_values(g) for g in result}
+        else:
+            assert result == 2
+    assert [s for s in sql_log if "ON CONFLICT" in s] == [s for s in sql_log if "unnest(" in s]
+    assert len([s for s in sql_log if "unnest(" in s]) == 1
+    assert await stored_gadgets(pgstack_db) == expected
+    async with pgstack_db.transaction() as session:
+        read = {g.code: gadget_values(g) for g in await Repository(session, Gadget).list()}
+        raw = await session.scalar(text("SELECT secret FROM bulk_gadgets WHERE code = 'many-full'"))
+    assert "sesame" not in raw
+    assert read["many-full"][:3] == ("ab ", "ada@example.com", "open sesame")
+    assert read["many-full"][-1] == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    if returning:
+        assert made == read  # the objects hold what the database holds
+
+
+async def test_upsert_many_without_returning_counts_a_half_new_batch_in_one_statement(
+    pgstack_db: Database, encryption_ring: KeyRing, sql_log: list[str]
+) -> None:
+    # proves: R4, M2
+    async with pgstack_db.transaction() as session:
+        with acting_as("loader"):
+            await Readings(session).create_many(rows(750))
+    before = await stamps(pgstack_db)
+    batch = [
+        {
+            "sensor": f"s{i}",
+            "value": 1_000 + i,
+            "owner": f"Owner{i}@Example.COM",
+            "note": f"note {i}",
+            "meta": {"i": i, "tags": ["a", None]},
+        }
+        for i in range(1_500)
+    ]
+    sql_log.clear()
+    async with pgstack_db.transaction() as session:
+        with acting_as("merger"), assert_max_queries(pgstack_db, 1):
+            assert (
+                await Readings(session).upsert_many(batch, on=["sensor"], returning=False) == 1_500
+            )
+    assert len(sql_log) == 1 and "unnest(" in sql_log[0] and "RETURNING" not in sql_log[0]
+    async with pgstack_db.session() as session:
+        stored = {r.sensor: r for r in await Readings(session).list(limit=None)}
+    assert len(stored) == 1_500
+    for i, given in enumerate(batch):
+        reading = stored[given["sensor"]]
+        assert (reading.value, reading.owner, reading.note, reading.meta) == (
+            given["value"],
+            given["owner"].lower(),
+            given["note"],
+            given["meta"],
+        )
+        assert reading.updated_by == "merger" and reading.unit == "C"
+        if i < 750:  # existed: updated in place
+            created_at, created_by = before[given["sensor"]]
+            assert (reading.version, reading.created_by) == (2, created_by)
+            assert reading.created_at == created_at < reading.updated_at
+        else:  # new
+            assert (reading.version, reading.created_by) == (1, "merger")
+            assert reading.created_at == reading.updated_at
+
+
+async def stamps(db: Database) -> dict[str, tuple[datetime, str | None]]:
+    async with db.session() as session:
+        return {r.sensor: (r.created_at, r.created_by) for r in await Readings(session).list()}
+
+
+async def test_upsert_many_of_more_than_1000_rows_returns_objects_from_one_statement(
+    pgstack_db: Database, sql_log: list[str]
+) -> None:
+    # proves: R4
+    async with pgstack_db.transaction() as session:
+        await Readings(session).create_many(rows(600))
+    batch = [{"sensor": f"s{i}", "value": i % 7} for i in reversed(range(1_200))]
+    sql_log.clear()
+    async with pgstack_db.transaction() as session:
+        repo = Readings(session)
+        with assert_max_queries(pgstack_db, 1):
+            upserted = await repo.upsert_many(batch, on=["sensor"])
+        assert len(sql_log) == 1 and "unnest(" in sql_log[0]
+        assert [(r.sensor, r.value) for r in upserted] == [(b["sensor"], b["value"]) for b in batch]
+        assert {r.version for r in upserted[:600]} == {1}  # s1199 .. s600 are new
+        assert {r.version for r in upserted[600:]} == {2}
+        assert await repo.count() == 1_200
+
+
+@pytest.mark.parametrize("returning", [False, True])
+async def test_upsert_many_brings_soft_deleted_rows_back(
+    pgstack_db: Database, returning: bool
+) -> None:
+    # proves: R4
+    async with pgstack_db.transaction() as session:
+        repo = Readings(session)
+        await repo.create_many(rows(4))
+        assert await repo.delete_many(In("sensor", ["s1", "s2"])) == 2
+        result = await repo.upsert_many(
+            [{"sensor": f"s{i}", "value": 70 + i} for i in range(5)],
+            on=["sensor"],
+            returning=returning,
+        )
+        assert (len(result) if isinstance(result, list) else result) == 5
+    async with pgstack_db.session() as session:
+        visible = {r.sensor: r for r in await Readings(session).list()}
+    assert sorted(visible) == ["s0", "s1", "s2", "s3", "s4"]
+    assert all(r.deleted_at is None and r.value == 70 + int(s[1:]) for s, r in visible.items())
+    assert visible["s1"].version == 3  # deleted (2), then restored by the upsert (3)
+
+
+@pytest.mark.parametrize("returning", [False, True])
+async def test_upsert_many_refuses_bad_input_alike_in_both_modes(
+    pgstack_db: Database, encryption_ring: KeyRing, returning: bool
+) -> None:
+    # proves: R4
+    with pytest.raises(InvalidQueryError, match="same Reading key twice"):
+        async with pgstack_db.transaction() as session:
+            await Readings(session).upsert_many(
+                [{"sensor": "a", "value": 1}, {"sensor": "a", "value": 2}],
+                on=["sensor"],
+                returning=returning,
+            )
+    async with pgstack_db.transaction() as session:
+        repo = Readings(session)
+        with pytest.raises(InvalidQueryError, match="same fields"):
+            await repo.upsert_many(
+                [{"sensor": "a", "value": 1}, {"sensor": "b"}], on=["sensor"], returning=returning
+            )
+        with pytest.raises(InvalidQueryError, match="no field 'colour'"):
+            await repo.upsert_many([{"sensor": "a", "colour": 1}], returning=returning)
+        with pytest.raises(InvalidQueryError, match="no field 'serial'"):
+            await repo.upsert_many(
+                [{"sensor": "a", "value": 1}], on=["serial"], returning=returning
+            )
+        assert await repo.upsert_many([], returning=returning) == ([] if returning else 0)
+    with pytest.raises(DBAPIError, match="value too long"):  # never cut short silently
+        async with pgstack_db.transaction() as session:
+            await Readings(session).upsert_many(
+                [{"sensor": "x" * 41, "value": 1}], on=["sensor"], returning=returning
+            )
+    with pytest.raises(EncryptionError, match="stores text"):
+        async with pgstack_db.transaction() as session:
+            await Readings(session).upsert_many(
+                [{"sensor": "a", "value": 1, "note": 42}], on=["sensor"], returning=returning
+            )
+    async with pgstack_db.session() as session:
+        assert await Readings(session).count() == 0
+
+
+@pytest.mark.parametrize("returning", [False, True])
+async def test_upsert_many_sends_values_rows_for_array_columns(
+    pgstack_db: Database, sql_log: list[str], returning: bool
+) -> None:
+    # proves: R4
+    async with pgstack_db.transaction() as session:
+        repo = Repository(session, Tagged)
+        await repo.create(code="old", tags=[1], extra={"v": 1})
+        sql_log.clear()
+        result = await repo.upsert_many(
+            [
+                {"code": "old", "tags": [[1, 2], [3, 4]], "extra": {"v": [2]}},
+                {"code": "new", "tags": None, "extra": None},
+            ],
+            on=["code"],
+            returning=returning,
+        )
+        assert (len(result) if isinstance(result, list) else result) == 2
+        assert not any("unnest(" in s for s in sql_log)
+    async with pgstack_db.session() as session:
+        stored = {t.code: (t.tags, t.extra) for t in await Repository(session, Tagged).list()}
+    assert stored == {"old": ([[1, 2], [3, 4]], {"v": [2]}), "new": (None, None)}

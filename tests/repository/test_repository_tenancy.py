@@ -164,6 +164,41 @@ async def test_an_upsert_never_takes_over_another_tenants_row(pgstack_db: Databa
             assert await Repository(session, Domain).count(host="shared.example") == 1
 
 
+@pytest.mark.parametrize("returning", [False, True])
+async def test_upsert_many_stamps_the_tenant_and_never_takes_over_another_tenants_row(
+    pgstack_db: Database, returning: bool
+) -> None:
+    # proves: R7
+    with tenant_context(GLOBEX):
+        async with pgstack_db.transaction() as session:
+            await Repository(session, Domain).create(host="shared.example")
+    with tenant_context(ACME):
+        async with pgstack_db.transaction() as session:
+            repo = Repository(session, Domain)
+            hosts = [{"host": "a.example"}, {"host": "b.example"}]
+            result = await repo.upsert_many(hosts, on=["host"], returning=returning)
+            assert (len(result) if isinstance(result, list) else result) == 2
+            again = await repo.upsert_many(hosts[:1], on=["host"], returning=returning)
+            assert (len(again) if isinstance(again, list) else again) == 1
+        with pytest.raises(ConflictError, match="1 Domain row"):
+            async with pgstack_db.transaction() as session:
+                await Repository(session, Domain).upsert_many(
+                    [{"host": "c.example"}, {"host": "shared.example"}],
+                    on=["host"],
+                    returning=returning,
+                )
+        async with pgstack_db.transaction() as session:
+            with pytest.raises(TenantScopeError, match="another tenant"):
+                await Repository(session, Domain).upsert_many(
+                    [{"host": "d.example", "tenant_id": GLOBEX}], on=["host"], returning=returning
+                )
+    async with pgstack_db.session() as session:
+        owners = dict(
+            (await session.execute(text("SELECT host, tenant_id FROM tenant_domains"))).all()
+        )
+    assert owners == {"shared.example": GLOBEX, "a.example": ACME, "b.example": ACME}
+
+
 async def test_all_tenants_lifts_the_scope_on_purpose(pgstack_db: Database) -> None:
     # proves: R7
     await seed(pgstack_db)

@@ -46,6 +46,10 @@ async def use(session: AsyncSession) -> None:
     assert_type(await repo.restore(1), Invoice)
     assert_type(await repo.upsert({"number": "A-2", "total": 7}, on=["number"]), Invoice)
     assert_type(await repo.upsert_many([{"number": "A-4", "total": 1}]), list[Invoice])
+    assert_type(
+        await repo.upsert_many([{"number": "A-4", "total": 2}], returning=True), list[Invoice]
+    )
+    assert_type(await repo.upsert_many([{"number": "A-4", "total": 3}], returning=False), int)
     assert_type(await repo.create_many([{"number": "A-5", "total": 1}]), int)
     assert_type(
         await repo.create_many([Invoice(number="A-6", total=1)], returning=True), list[Invoice]

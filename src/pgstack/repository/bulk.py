@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from operator import itemgetter
 from typing import Any, ClassVar, Literal, cast, overload
 
-from sqlalchemy import ClauseElement, CursorResult, func, insert, update
+from sqlalchemy import (
+    ARRAY,
+    ClauseElement,
+    CursorResult,
+    Enum,
+    String,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import cast as sa_cast
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import bindparam
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 
 from pgstack.errors import ConflictError, DatabaseUnavailableError, InvalidQueryError
 from pgstack.repository.core import M
@@ -40,6 +55,76 @@ class _CopyContext:
     @property
     def current_parameters(self) -> Mapping[str, Any]:
         return self._row
+
+
+class _ArrayOf(UserDefinedType[list[Any]]):
+    """A one-dimensional array parameter holding one column's values, for `unnest`.
+
+    Each value goes through the column type's own bind processing, as it would in a VALUES
+    row, so encryption, normalisation and JSON encoding are the same either way.
+    """
+
+    cache_ok = True
+
+    def __init__(self, spec: str, item: TypeEngine[Any]) -> None:
+        self.spec = spec
+        self.item = item
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return f"{self.spec}[]"
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        process = self.item.dialect_impl(dialect).bind_processor(dialect)
+        if process is None:
+            return None
+
+        def convert(values: list[Any]) -> list[Any]:
+            return [process(value) for value in values]
+
+        return convert
+
+
+def _array_spec(column_type: TypeEngine[Any], dialect: Dialect) -> str | None:
+    """The element type of an array parameter for a column, or None if it cannot be one."""
+    if column_type._has_bind_expression:
+        return None  # the type wraps its parameter in SQL, which only a VALUES row keeps
+    base = column_type
+    while isinstance(base, TypeDecorator):
+        base = base.impl_instance
+    if isinstance(base, ARRAY | BIT):
+        return None  # unnest flattens nested arrays; a BIT(n) cast would cut values short
+    if isinstance(base, String) and not (isinstance(base, Enum) and base.native_enum):
+        # An explicit VARCHAR(n) or CHAR(n) cast truncates silently, where storing text in
+        # the column checks the length: cast to text and let the column do that.
+        return "TEXT"
+    try:
+        return str(column_type.compile(dialect=dialect))
+    except SQLAlchemyError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _UnnestPlan:
+    """How rows with one set of keys become the arrays of `INSERT ... SELECT FROM unnest`."""
+
+    #: Columns inserted: the ones the rows give, then those with Python-side defaults.
+    columns: tuple[Any, ...]
+    given: tuple[str, ...]
+    defaults: tuple[Any, ...]
+    params: tuple[str, ...]
+    rows: Any
+
+    def parameters(self, data: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """One list per column: the rows' values, then each row's Python default."""
+        count = len(data)
+        arrays = [list(map(itemgetter(key), data)) for key in self.given]
+        for default in self.defaults:
+            if default.is_scalar:
+                arrays.append([default.arg] * count)
+            else:
+                make = default.arg
+                arrays.append([make(_CopyContext(row)) for row in data])
+        return dict(zip(self.params, arrays, strict=True))
 
 
 class BulkOps(WriteOps[M]):
@@ -157,24 +242,19 @@ class BulkOps(WriteOps[M]):
         plan = info.statements.get(plan_key)
         if plan is not None:
             return plan or None
-        all_keys = list(keys)
+        column_defaults = self._python_defaults(keys)
+        if column_defaults is None:
+            info.statements[plan_key] = False  # a SQL-expression default: not for COPY
+            return None
+        all_keys = [*keys, *column_defaults]
         defaults: dict[str, Any] = {}
-        for key, facts in info.columns.items():
-            if key in keys:
-                continue
-            default = facts.attribute.property.columns[0].default
-            if default is None:
-                continue  # the server default (or NULL) applies to columns COPY leaves out
-            if getattr(default, "is_scalar", False):
+        for key, default in column_defaults.items():
+            if default.is_scalar:
                 value = default.arg
                 defaults[key] = lambda row, value=value: value
-            elif getattr(default, "is_callable", False):
+            else:
                 fn = default.arg
                 defaults[key] = lambda row, fn=fn: fn(_CopyContext(row))
-            else:
-                info.statements[plan_key] = False  # a SQL-expression default: not for COPY
-                return None
-            all_keys.append(key)
         names = [info.columns[k].name for k in all_keys]
         processors = [
             info.columns[k]
@@ -187,6 +267,55 @@ class BulkOps(WriteOps[M]):
         info.statements[plan_key] = plan
         return plan
 
+    def _python_defaults(self, keys: tuple[str, ...]) -> dict[str, Any] | None:
+        """The Python-side defaults of the columns `keys` leaves out; None if one is SQL.
+
+        Columns with neither keep their server default (or NULL), as in a VALUES row.
+        """
+        found: dict[str, Any] = {}
+        for key, facts in self._info.columns.items():
+            if key in keys:
+                continue
+            default = facts.attribute.property.columns[0].default
+            if default is None:
+                continue
+            if not (getattr(default, "is_scalar", False) or getattr(default, "is_callable", False)):
+                return None
+            found[key] = default
+        return found
+
+    def _unnest_plan(self, keys: tuple[str, ...]) -> _UnnestPlan | None:
+        """The `SELECT ... FROM unnest(...)` of rows with these keys; None if one cannot be."""
+        info = self._info
+        plan_key = ("unnest", keys)
+        plan = info.statements.get(plan_key)
+        if plan is not None:
+            return plan or None
+        defaults = self._python_defaults(keys)
+        dialect = self.session.get_bind().dialect
+        columns = [info.columns[k].attribute.property.columns[0] for k in keys]
+        if defaults is not None:
+            columns += [info.columns[k].attribute.property.columns[0] for k in defaults]
+        specs = [_array_spec(column.type, dialect) for column in columns]
+        if defaults is None or None in specs:
+            info.statements[plan_key] = False
+            return None
+        names = [column.name for column in columns]
+        params = tuple(f"pgstack_{i}" for i in range(len(columns)))
+        types = [_ArrayOf(cast(str, spec), c.type) for spec, c in zip(specs, columns, strict=True)]
+        arrays = [sa_cast(bindparam(p, type_=t), t) for p, t in zip(params, types, strict=True)]
+        source = func.unnest(*arrays).table_valued(*names).render_derived(name="pgstack_rows")
+        plan = _UnnestPlan(
+            columns=tuple(columns),
+            given=keys,
+            defaults=tuple(defaults.values()),
+            params=params,
+            rows=select(*(source.c[name] for name in names)),
+        )
+        info.statements[plan_key] = plan
+        return plan
+
+    @overload
     async def upsert_many(
         self,
         rows: Iterable[Mapping[str, Any]],
@@ -194,32 +323,97 @@ class BulkOps(WriteOps[M]):
         on: Sequence[str] | None = None,
         update: Sequence[str] | None = None,
         where: ColumnElement[bool] | None = None,
-    ) -> list[M]:
-        """Insert or update many rows with one `INSERT ... ON CONFLICT DO UPDATE`.
+        returning: Literal[True] = True,
+    ) -> list[M]: ...
 
-        Returns the rows in input order. Every row must give the same fields; two rows with
-        the same key are an InvalidQueryError. SQLAlchemy sends very large batches as one
-        such statement per 1,000 rows.
+    @overload
+    async def upsert_many(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        on: Sequence[str] | None = None,
+        update: Sequence[str] | None = None,
+        where: ColumnElement[bool] | None = None,
+        returning: Literal[False],
+    ) -> int: ...
+
+    async def upsert_many(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        on: Sequence[str] | None = None,
+        update: Sequence[str] | None = None,
+        where: ColumnElement[bool] | None = None,
+        returning: bool = True,
+    ) -> list[M] | int:
+        """Insert or update many rows in one `INSERT ... ON CONFLICT DO UPDATE` statement.
+
+        The rows travel as one array per column (`INSERT ... SELECT FROM unnest(...)`), so
+        the batch is one statement whatever its size. Returns the rows in input order, or,
+        with `returning=False`, how many rows were written (no objects are built). Every
+        row must give the same fields; two rows with the same key are an InvalidQueryError.
+        A model with a column type that cannot travel in an array (ARRAY, BIT, a type that
+        wraps its parameter in SQL, a SQL-expression default) sends multi-row VALUES instead.
         """
         data = self._rows(rows)
         if not data:
-            return []
-        keys = set(data[0])
-        if any(set(row) != keys for row in data):
+            return [] if returning else 0
+        first = data[0].keys()
+        if any(row.keys() != first for row in data):
             raise InvalidQueryError("upsert_many needs every row to give the same fields.")
-        statement = self._upsert_statement(list(data[0]), on, update, where)
+        keys = tuple(first)
+        statement = self._upsert_statement(keys, on, update, where)
+        plan = self._unnest_plan(keys)
+        if plan is None:
+            return await self._upsert_values(statement, data, on, returning)
+        params = plan.parameters(data)
+        statement = statement.from_select(plan.columns, plan.rows, include_defaults=False)
+        if not returning:
+            counted = cast(
+                CursorResult[Any],
+                await self._write(statement.execution_options(dml_strategy="raw"), params),
+            )
+            written = int(counted.rowcount)
+            self._all_upserted(written, len(data))
+            return written
+        result = await self._write(
+            statement.returning(self.model).execution_options(
+                populate_existing=True, dml_strategy="orm"
+            ),
+            params,
+        )
+        found = list(result.scalars().all())
+        self._all_upserted(len(found), len(data))
+        return self._in_input_order(found, data, on)
+
+    async def _upsert_values(
+        self,
+        statement: Any,
+        data: list[dict[str, Any]],
+        on: Sequence[str] | None,
+        returning: bool,
+    ) -> list[M] | int:
+        """Upsert as multi-row VALUES (SQLAlchemy sends one statement per 1,000 rows)."""
+        if not returning:
+            result = await self._write(statement.returning(self._info.pk), data)
+            written = len(result.all())
+            self._all_upserted(written, len(data))
+            return written
         # No sort_by_parameter_order: on conflict the returned key is the existing row's, so
         # SQLAlchemy could only keep order by sending one row per statement. Order by key here.
         result = await self._write(
             statement.returning(self.model).execution_options(populate_existing=True), data
         )
         found = list(result.scalars().all())
-        if len(found) != len(data):
+        self._all_upserted(len(found), len(data))
+        return self._in_input_order(found, data, on)
+
+    def _all_upserted(self, written: int, given: int) -> None:
+        if written != given:
             raise ConflictError(
-                f"{len(data) - len(found)} {self._info.name} row(s) share a key with rows that "
+                f"{given - written} {self._info.name} row(s) share a key with rows that "
                 "cannot be changed from here."
             )
-        return self._in_input_order(found, data, on)
 
     def _in_input_order(
         self, found: list[M], data: list[dict[str, Any]], on: Sequence[str] | None
