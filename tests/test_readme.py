@@ -54,6 +54,7 @@ def test_script_example_runs(pgstack_database_url: URL) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "PostgreSQL" in result.stdout
+    assert "[(1,)]" in result.stdout.splitlines()  # the counter's first tick, committed
     assert "'checked_out': 0" in result.stdout and result.stdout.strip().endswith("pass")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,8 @@ from sqlalchemy import text
 
 from pgstack.config import Settings
 from pgstack.db.database import Database
+from pgstack.db.lane import ReadLane
+from pgstack.errors import PoolExhaustedError
 from pgstack.testing import record_statements
 
 
@@ -120,4 +123,66 @@ async def test_the_lane_is_a_pool_in_the_metrics_and_closes_with_the_database(
     lane = lane_of(lane_db)
     await lane_db.disconnect()
     assert lane_db.read_lane is None
-    assert lane.pool.get_size() == 0
+    assert lane.stats()["total"] == 0
+
+
+async def test_readers_beyond_the_lane_size_wait_their_turn(lane_db: Database) -> None:
+    # proves: C2
+    lane = lane_of(lane_db)
+    results = await asyncio.gather(
+        *(lane.fetch("SELECT pg_sleep(0.02), $1::int AS n", (n,)) for n in range(6))
+    )
+    assert [rows[0]["n"] for rows in results] == list(range(6))
+    assert lane.stats()["total"] == 1  # one connection served them all
+
+
+async def test_an_exhausted_lane_says_so_after_the_pool_timeout(pgstack_db: Database) -> None:
+    # proves: C2
+    lane = ReadLane.open(pgstack_db.engine, pgstack_db._connect_args(), size=1, timeout=0.2)
+    try:
+        slow = asyncio.create_task(lane.fetch("SELECT pg_sleep(1)", ()))
+        await asyncio.sleep(0.1)
+        with pytest.raises(PoolExhaustedError, match="DATABASE_READ_POOL_SIZE"):
+            await lane.fetch("SELECT 1", ())
+        await slow
+        assert (await lane.fetch("SELECT 2", ()))[0][0] == 2
+    finally:
+        await lane.close(5)
+
+
+async def test_a_cancelled_read_never_hands_its_connection_out_again(lane_db: Database) -> None:
+    # proves: R6
+    lane = lane_of(lane_db)
+    first = (await lane.fetch("SELECT pg_backend_pid()", ()))[0][0]
+    slow = asyncio.create_task(lane.fetch("SELECT pg_sleep(5)", ()))
+    await asyncio.sleep(0.1)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert lane.stats()["total"] == 0
+    assert (await lane.fetch("SELECT pg_backend_pid()", ()))[0][0] != first
+
+
+async def test_unused_connections_are_closed(pgstack_db: Database) -> None:
+    # proves: C2
+    lane = ReadLane.open(
+        pgstack_db.engine, pgstack_db._connect_args(), size=2, timeout=1, idle_lifetime=0.05
+    )
+    try:
+        await asyncio.gather(*(lane.fetch("SELECT pg_sleep(0.05)", ()) for _ in range(2)))
+        assert lane.stats()["total"] == 2
+        for _ in range(200):
+            if lane.stats()["total"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert lane.stats() == {
+            "size": 2,
+            "checked_in": 0,
+            "checked_out": 0,
+            "overflow": 0,
+            "max_overflow": 0,
+            "total": 0,
+        }
+        assert (await lane.fetch("SELECT 3", ()))[0][0] == 3  # opens a new one on demand
+    finally:
+        await lane.close(5)

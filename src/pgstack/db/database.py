@@ -6,14 +6,16 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.util import await_
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -122,7 +124,7 @@ class Database:
         if s.read_pool_size:
             from pgstack.db.lane import ReadLane
 
-            self._lane = await ReadLane.open(
+            self._lane = ReadLane.open(
                 engine, self._connect_args(), s.read_pool_size, s.database_pool_timeout
             )
         self._engine = engine
@@ -242,6 +244,36 @@ class Database:
                     delay * 1000,
                 )
                 await asyncio.sleep(delay)
+
+    async def run(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement by itself, committed when it returns, and return its rows.
+
+        For work that is one statement and needs no session: a counter
+        (`INSERT ... ON CONFLICT DO UPDATE ... RETURNING`), claiming a job
+        (`UPDATE ... RETURNING`), a lookup. A single statement is atomic, so it runs without
+        BEGIN/COMMIT on the read lane. Build the statement once with `bindparam()`s and pass
+        the values in `params`: its compiled form is then reused. A connection lost while it
+        runs is a DatabaseUnavailableError (it is not run again: it may have taken effect).
+        """
+        lane = self._lane
+        if lane is not None and not lane.echo:
+            planned = lane.plan(statement)
+            if planned is not None:
+                try:
+                    return await lane.run(*planned, params)
+                except asyncpg.PostgresError:
+                    pass  # refused, so nothing changed: the engine reports it in its own terms
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(statement, params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        except Exception as exc:
+            translated = translate_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     # -- observation -------------------------------------------------------------------------
 

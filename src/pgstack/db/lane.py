@@ -1,11 +1,11 @@
-"""The read lane: single statements outside any transaction, on pgstack's own asyncpg pool.
+"""The read lane: single statements outside any transaction, on pgstack's own connections.
 
 A read on a session that has begun no work needs no transaction: one statement is atomic and
 sees one snapshot. Checking a connection out of SQLAlchemy's pool (through a greenlet) costs
 more client CPU than such a read itself, so pgstack's fast reads and the token vault's hot
 read run here instead:
 
-- connections open on demand, up to `DATABASE_READ_POOL_SIZE` (default: the pool size; 0
+- asyncpg connections open on demand, up to `DATABASE_READ_POOL_SIZE` (default: the pool size; 0
   turns the lane off), with the engine's server settings (application name, statement
   timeout), TLS options and JSON codecs, and close after a minute unused;
 - no reset query on release: the lane runs only pgstack's own single statements, which leave
@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import Engine
+from sqlalchemy import TypeDecorator
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pgstack.errors import DatabaseUnavailableError, PoolExhaustedError
 
 logger = logging.getLogger("pgstack.db")
 
@@ -39,6 +45,49 @@ _CONNECTION_LOST = (
 
 # Options SQLAlchemy's asyncpg adapter reads from the URL that asyncpg itself does not take.
 _ADAPTER_OPTIONS = ("prepared_statement_name_func", "async_fallback")
+
+
+# What a Float and a Numeric column are in PostgreSQL (float8, numeric): their result
+# processors convert between float and Decimal by the column's type.
+_FLOAT8_OID, _NUMERIC_OID = 701, 1700
+# Compiled statements kept per lane, by SQLAlchemy's cache key (bounded like its own cache).
+_MAX_PLANS = 500
+
+
+def result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The type's result processor; numeric ones depend on the column's PostgreSQL type."""
+    base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+    coltype = None
+    if isinstance(base, sqltypes.Float):
+        coltype = _FLOAT8_OID
+    elif isinstance(base, sqltypes.Numeric):
+        coltype = _NUMERIC_OID
+    processor: Callable[[Any], Any] | None = type_._cached_result_processor(dialect, coltype)
+    return processor
+
+
+def compile_for_driver(statement: Any, dialect: Dialect, cache_key: Any = None) -> Any | None:
+    """The statement compiled for asyncpg, or None where SQLAlchemy renders it per call."""
+    if dialect.driver != "asyncpg":
+        return None
+    compiled: Any = statement.compile(dialect=dialect, cache_key=cache_key)
+    if compiled.literal_execute_params or compiled.post_compile_params:
+        return None  # IN lists and the like are rendered per call: SQLAlchemy's job
+    return compiled
+
+
+def driver_parameters(compiled: Any) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    """The compiled statement's positional parameters: name and bind processor, in order."""
+    binds = compiled._bind_processors
+    return tuple((name, binds.get(name)) for name in compiled.positiontup or ())
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    sql: str
+    params: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    results: tuple[Callable[[Any], Any] | None, ...]
+    compiled: Any
 
 
 class LaneConnection:
@@ -60,22 +109,160 @@ class _Adapted:
         self._connection = connection
 
 
-async def _keep(connection: asyncpg.Connection) -> None:
-    """Release without a reset query (asyncpg still rolls back a transaction left open)."""
+class _Connections:
+    """A small pool of asyncpg connections, just what the lane needs and nothing per call.
+
+    asyncpg's own pool spends a task (`shield`), a timeout and a queue round on every
+    acquire/release, and a reset query on release: together more client CPU than a
+    primary-key read. Here a free connection is a pop from a list, a release an append.
+    Connections open on demand, the most recently used is reused first, and one unused for
+    `idle_lifetime` seconds is closed. A connection whose statement did not end cleanly
+    (cancelled, lost) is terminated, never reused.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        size: int,
+        idle_lifetime: float,
+    ) -> None:
+        self._connect = connect
+        self.size = size
+        self._idle_lifetime = idle_lifetime
+        self._idle: list[tuple[asyncpg.Connection, float]] = []
+        self._busy: set[asyncpg.Connection] = set()
+        self._opening = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def total(self) -> int:
+        return len(self._idle) + len(self._busy) + self._opening
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def busy(self) -> int:
+        return len(self._busy)
+
+    async def acquire(self, timeout: float) -> asyncpg.Connection:
+        while True:
+            if self._closed:
+                raise DatabaseUnavailableError("The database is disconnected.")
+            if self._idle:
+                connection = self._idle.pop()[0]
+                if connection.is_closed():
+                    continue
+                self._busy.add(connection)
+                return connection
+            if self.total < self.size:
+                self._opening += 1
+                try:
+                    connection = await self._connect()
+                finally:
+                    self._opening -= 1
+                self._busy.add(connection)
+                return connection
+            await self._wait(timeout)
+
+    async def _wait(self, timeout: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise PoolExhaustedError(
+                "No read-lane connection became free within DATABASE_POOL_TIMEOUT. Release "
+                "sessions sooner, or raise DATABASE_READ_POOL_SIZE within the server's "
+                "max_connections."
+            ) from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake()  # this turn was handed to us: pass it on
+            raise
+        finally:
+            if not waiter.done():
+                self._waiters.remove(waiter)
+
+    def release(self, connection: asyncpg.Connection, reusable: bool) -> None:
+        self._busy.discard(connection)
+        if reusable and not self._closed and not connection.is_closed():
+            loop = asyncio.get_running_loop()
+            self._idle.append((connection, loop.time()))
+            if self._timer is None:
+                self._timer = loop.call_later(self._idle_lifetime, self._close_unused)
+        elif not connection.is_closed():
+            connection.terminate()
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _close_unused(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self._idle_lifetime
+        # The list is oldest first: the expired connections are a prefix.
+        expired = 0
+        while expired < len(self._idle) and self._idle[expired][1] <= cutoff:
+            expired += 1
+        for connection, _ in self._idle[:expired]:
+            task = loop.create_task(connection.close(timeout=5))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        del self._idle[:expired]
+        if self._idle:
+            delay = self._idle[0][1] + self._idle_lifetime - loop.time()
+            self._timer = loop.call_later(max(delay, 0.0), self._close_unused)
+
+    async def close(self, timeout: float) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)  # they find the pool closed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._busy or self._opening) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        for connection in list(self._busy):
+            logger.warning("closing the read lane with a statement still running")
+            connection.terminate()
+        self._busy.clear()
+        idle, self._idle = self._idle, []
+        await asyncio.gather(
+            *(c.close(timeout=5) for c, _ in idle), *self._closing, return_exceptions=True
+        )
 
 
 class ReadLane:
-    """pgstack's own asyncpg pool for single statements run outside a transaction."""
+    """pgstack's own asyncpg connections for single statements run outside a transaction."""
 
-    def __init__(self, pool: asyncpg.Pool, engine: AsyncEngine, size: int, timeout: float):
+    def __init__(self, pool: _Connections, engine: AsyncEngine, timeout: float):
         self.pool = pool
-        self.size = size
         self._engine = engine.sync_engine
         self._timeout = timeout
+        self._plans: dict[Any, _Plan] = {}
 
     @classmethod
-    async def open(
-        cls, engine: AsyncEngine, connect_args: dict[str, Any], size: int, timeout: float
+    def open(
+        cls,
+        engine: AsyncEngine,
+        connect_args: dict[str, Any],
+        size: int,
+        timeout: float,
+        idle_lifetime: float = 60.0,
     ) -> ReadLane:
         """A lane to the engine's database; no connection opens until the first statement."""
         dialect: Any = engine.sync_engine.dialect
@@ -87,37 +274,98 @@ class ReadLane:
             options["statement_cache_size"] = cache_size
         options.update(connect_args)
 
-        async def init(connection: asyncpg.Connection) -> None:
-            # The engine's JSON codecs, so compiled result processors apply unchanged.
-            await dialect.setup_asyncpg_json_codec(_Adapted(connection))
-            await dialect.setup_asyncpg_jsonb_codec(_Adapted(connection))
+        async def connect() -> asyncpg.Connection:
+            connection = await asyncpg.connect(**options)
+            try:
+                # The engine's JSON codecs, so compiled result processors apply unchanged.
+                await dialect.setup_asyncpg_json_codec(_Adapted(connection))
+                await dialect.setup_asyncpg_jsonb_codec(_Adapted(connection))
+            except BaseException:
+                connection.terminate()
+                raise
+            return connection
 
-        pool = asyncpg.create_pool(
-            min_size=0,
-            max_size=size,
-            max_inactive_connection_lifetime=60.0,
-            init=init,
-            reset=_keep,
-            **options,
-        )
-        await pool
-        return cls(pool, engine, size, timeout)
+        return cls(_Connections(connect, size, idle_lifetime), engine, timeout)
 
     @property
     def echo(self) -> bool:
         """Whether SQL echo is on (then reads take the ordinary, logged path)."""
         return bool(self._engine.echo)
 
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        """Run one statement and return its records; a dead connection gets one more try."""
+    def plan(self, statement: Any) -> tuple[_Plan, Any] | None:
+        """A Core statement's compiled plan and cache key, or None if the lane cannot run it."""
+        cache_key = statement._generate_cache_key()
+        if cache_key is None:
+            return None
+        plan = self._plans.get(cache_key.key)
+        if plan is None:
+            compiled = compile_for_driver(statement, self._engine.dialect, cache_key)
+            if compiled is None:
+                return None
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            dialect = self._engine.dialect
+            plan = _Plan(
+                sql=compiled.string,
+                params=driver_parameters(compiled),
+                results=tuple(result_processor(e[3], dialect) for e in compiled._result_columns),
+                compiled=compiled,
+            )
+            self._plans[cache_key.key] = plan
+        return plan, cache_key
+
+    async def run(
+        self, plan: _Plan, cache_key: Any, values: Mapping[str, Any] | None
+    ) -> list[tuple[Any, ...]]:
+        """Run a planned statement once (no second try: it may write) and return its rows."""
+        params = plan.compiled.construct_params(
+            values, extracted_parameters=cache_key.bindparams, escape_names=False
+        )
+        args = [
+            params[name] if processor is None else processor(params[name])
+            for name, processor in plan.params
+        ]
+        records = await self.fetch(plan.sql, args, retry=False)
+        results = plan.results
+        if not any(results):
+            return [tuple(record) for record in records]
+        return [
+            tuple(
+                value if process is None or value is None else process(value)
+                for process, value in zip(results, record, strict=True)
+            )
+            for record in records
+        ]
+
+    async def fetch(self, sql: str, args: Sequence[Any], *, retry: bool = True) -> list[Any]:
+        """Run one statement and return its records.
+
+        With `retry` (reads), a statement that finds its connection dead runs once more on
+        another; without, a lost connection is a DatabaseUnavailableError.
+        """
+        pool = self.pool
         for attempt in (1, 2):
-            async with self.pool.acquire(timeout=self._timeout) as connection:
-                try:
-                    return await self._run(connection, sql, args)
-                except _CONNECTION_LOST:
-                    if attempt == 2:
-                        raise
-                    logger.info("a read-lane connection was gone; running the read again")
+            connection = await pool.acquire(self._timeout)
+            reusable = False
+            try:
+                records = await self._run(connection, sql, args)
+                reusable = True
+                return records
+            except _CONNECTION_LOST as exc:
+                if not retry:
+                    raise DatabaseUnavailableError(
+                        "The connection to PostgreSQL was lost while a statement ran "
+                        f"({type(exc).__name__}); whether it took effect is unknown. Check, "
+                        "then run it again if it did not."
+                    ) from exc
+                if attempt == 2:
+                    raise
+                logger.info("a read-lane connection was gone; running the read again")
+            except asyncpg.PostgresError:
+                reusable = True  # the server refused the statement; the connection is fine
+                raise
+            finally:
+                pool.release(connection, reusable)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(self, connection: Any, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -134,20 +382,16 @@ class ReadLane:
 
     def stats(self) -> dict[str, int]:
         """The lane's numbers in the shape of `Database.pool_stats()`."""
-        total, idle = self.pool.get_size(), self.pool.get_idle_size()
+        pool = self.pool
         return {
-            "size": self.size,
-            "checked_in": idle,
-            "checked_out": total - idle,
+            "size": pool.size,
+            "checked_in": pool.idle,
+            "checked_out": pool.busy,
             "overflow": 0,
             "max_overflow": 0,
-            "total": total,
+            "total": pool.total,
         }
 
     async def close(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for statements in flight, then close every connection."""
-        try:
-            await asyncio.wait_for(self.pool.close(), timeout)
-        except TimeoutError:
-            logger.warning("closing the read lane with statements still running")
-            self.pool.terminate()
+        await self.pool.close(timeout)

@@ -99,6 +99,14 @@ class Session(AsyncSession):
     #: use it to work on the session's connection directly without losing the D2 guard).
     _pgstack_run_exclusive: Callable[..., Awaitable[Any]] = _guarded(_call)
 
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        if not self.sync_session.in_transaction():
+            # No transaction, so no connection to give back: closing only forgets the loaded
+            # objects, with no I/O (no task and greenlet needed, which cost more than a read).
+            self.sync_session.close()
+            return
+        await super().__aexit__(type_, value, traceback)
+
     # Wrapped only at run time, so type checkers keep AsyncSession's precise overloads.
     if not TYPE_CHECKING:
         execute = _guarded(AsyncSession.execute)

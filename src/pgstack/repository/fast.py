@@ -24,18 +24,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import TypeDecorator
-from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.base import instance_state
 
+from pgstack.db.lane import compile_for_driver, driver_parameters, result_processor
 from pgstack.db.session import Session
+from pgstack.errors import PgStackError
 
 _UNSUPPORTED = object()
-# What a Float and a Numeric column are in PostgreSQL (float8, numeric): their result
-# processors convert between float and Decimal by the column's type.
-_FLOAT8_OID, _NUMERIC_OID = 701, 1700
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,20 +75,18 @@ def _compile(
     info: Any, statement: Any, dialect: Dialect, cache_key: Any = None, extra: int = 0
 ) -> ReadPlan | None:
     mapper = info.mapper
-    if not _plain_mapper(mapper) or dialect.driver != "asyncpg":
+    if not _plain_mapper(mapper):
         return None
-    compiled: Any = statement.compile(dialect=dialect, cache_key=cache_key)
-    if compiled.literal_execute_params or compiled.post_compile_params:
-        return None  # IN lists and the like are rendered per call: SQLAlchemy's job
-    names = compiled.positiontup or ()
-    binds = compiled._bind_processors
+    compiled = compile_for_driver(statement, dialect, cache_key)
+    if compiled is None:
+        return None
     columns = []
     entries = compiled._result_columns
     if extra:
         if len(entries) <= extra:
             return None
         entries, trailing = entries[:-extra], entries[-extra:]
-        extras = tuple(_result_processor(e[3], dialect) for e in trailing)
+        extras = tuple(result_processor(e[3], dialect) for e in trailing)
     else:
         extras = ()
     for entry in entries:
@@ -100,29 +95,17 @@ def _compile(
             prop = mapper.get_property_by_column(column)
         except Exception:
             return None
-        processor = _result_processor(entry[3], dialect)
+        processor = result_processor(entry[3], dialect)
         columns.append((prop.key, processor))
     if {key for key, _ in columns} != {prop.key for prop in mapper.column_attrs}:
         return None
     return ReadPlan(
         sql=compiled.string,
-        params=tuple((name, binds.get(name)) for name in names),
+        params=driver_parameters(compiled),
         columns=tuple(columns),
         compiled=compiled if cache_key is not None else None,
         extra=extras,
     )
-
-
-def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
-    """The type's result processor; numeric ones depend on the column's PostgreSQL type."""
-    base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
-    coltype = None
-    if isinstance(base, sqltypes.Float):
-        coltype = _FLOAT8_OID
-    elif isinstance(base, sqltypes.Numeric):
-        coltype = _NUMERIC_OID
-    processor: Callable[[Any], Any] | None = type_._cached_result_processor(dialect, coltype)
-    return processor
 
 
 # Plans of statements built per call (filters, sorts, cursors), by SQLAlchemy's cache key:
@@ -196,6 +179,8 @@ async def _fetch_all(
         return False, []
     try:
         records = await lane.fetch(plan.sql, _arguments(plan, params))
+    except PgStackError:
+        raise  # the lane is exhausted or closed: the ordinary path would fare no better
     except Exception:
         # The ordinary path runs the read again and reports any error in its own terms.
         return False, []

@@ -27,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pgstack.crypto import KeyRing, get_key_ring
 from pgstack.db.database import Database
 from pgstack.db.metrics import sqlstate_of
-from pgstack.errors import EncryptionError, InvalidInputError, NotFoundError, TokenRefreshError
+from pgstack.errors import (
+    EncryptionError,
+    InvalidInputError,
+    NotFoundError,
+    PgStackError,
+    TokenRefreshError,
+)
 from pgstack.orm.mixins import new_uuid7
 from pgstack.tokens.models import OAuthToken, TokenRefreshAudit
 
@@ -635,6 +641,8 @@ class TokenVault:
         if lane is not None:
             try:
                 records = await lane.fetch(_READ_SQL, (provider, account))
+            except PgStackError:
+                raise  # the lane is exhausted or closed
             except Exception:  # noqa: S110 - the engine's connection reports it its own way
                 pass
             else:
