@@ -95,3 +95,26 @@ async def test_statements_reach_query_listeners(db: Database) -> None:
     with record_statements(db) as log:
         await db.run(TICK, tick("k"))
     assert len(log) == 1 and log[0].startswith("INSERT INTO run_counters")
+
+
+async def test_python_side_column_defaults_apply(db: Database) -> None:
+    # proves: C3
+    stamped = Table(
+        "run_stamped",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("label", String(20), default=lambda: "from-python"),
+        Column("n", Integer, default=7, onupdate=lambda: 8),
+    )
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(stamped.create)
+        assert await db.run(stamped.insert().values(id=1).returning(stamped.c.label)) == [
+            ("from-python",)
+        ]
+        await db.run(stamped.update().where(stamped.c.id == 1).values(label="x"))
+        assert await db.run(select(stamped.c.label, stamped.c.n)) == [("x", 8)]
+    finally:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(stamped.drop)
+        metadata.remove(stamped)

@@ -73,6 +73,8 @@ def compile_for_driver(statement: Any, dialect: Dialect, cache_key: Any = None) 
     compiled: Any = statement.compile(dialect=dialect, cache_key=cache_key)
     if compiled.literal_execute_params or compiled.post_compile_params:
         return None  # IN lists and the like are rendered per call: SQLAlchemy's job
+    if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
+        return None  # Python-side column defaults are computed per call by SQLAlchemy
     return compiled
 
 
