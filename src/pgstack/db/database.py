@@ -338,6 +338,7 @@ class Database:
         )
         if s.database_pool_pre_ping:
             event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
+            event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
         metrics.instrument(engine.sync_engine)
         metrics.POOL_COLLECTOR.track(self)
         return engine
@@ -395,13 +396,29 @@ class Database:
         )
 
 
+# A connection given back this recently is handed out again without a ping: it was working
+# a moment ago (the same window HikariCP uses). A failure inside it surfaces on the first
+# statement as DatabaseUnavailableError, and the connection is replaced.
+_PING_SKIP_WINDOW_S = 0.5
+_CHECKED_IN = "pgstack_checked_in"
+
+
+def _note_checkin(dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+
 def _ping_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     """Probe a connection as the pool hands it out; a dead one is replaced before use.
 
     One simple-protocol `SELECT 1`: a single round trip that needs no prepared statement,
     so it also works behind PgBouncer in transaction pooling mode. DisconnectionError makes
-    the pool discard the connection and check out (or open) another.
+    the pool discard the connection and check out (or open) another. A connection given
+    back less than half a second ago is not pinged.
     """
+    checked_in = record.info.pop(_CHECKED_IN, None)
+    if checked_in is not None and time.monotonic() - checked_in < _PING_SKIP_WINDOW_S:
+        return
     driver = record.driver_connection
     try:
         await_(driver.execute("SELECT 1"))
