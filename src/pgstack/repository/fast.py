@@ -47,6 +47,11 @@ class ReadPlan:
     #: come back as `(object, *values)` tuples.
     extra: tuple[Callable[[Any], Any] | None, ...] = ()
 
+    #: The model's attribute names in column order, and position, attribute and result
+    #: processor of the columns that have one.
+    keys: tuple[str, ...] = ()
+    converted: tuple[tuple[int, str, Callable[[Any], Any]], ...] = ()
+
 
 def _plain_mapper(mapper: Any) -> bool:
     return (
@@ -105,6 +110,12 @@ def _compile(
         columns=tuple(columns),
         compiled=compiled if cache_key is not None else None,
         extra=extras,
+        keys=tuple(key for key, _ in columns),
+        converted=tuple(
+            (index, key, processor)
+            for index, (key, processor) in enumerate(columns)
+            if processor is not None
+        ),
     )
 
 
@@ -200,36 +211,40 @@ def _objects(
     """Records to persistent objects in `session`; (False, []) if one is loaded already."""
     mapper = info.mapper
     new_instance = mapper.class_manager.new_instance
-    identity_of = mapper.identity_key_from_primary_key
+    identity_class = mapper._identity_class
     pk_key = info.pk_key
     sync_session = session.sync_session
     identity_map = sync_session.identity_map
-    columns = plan.columns
+    keys, converted = plan.keys, plan.converted
     extras = plan.extra
-    width = len(columns)
+    width = len(keys)
     made = []
     trailing: list[tuple[Any, ...]] = []
     for record in records:
         instance = new_instance()
         state = instance_state(instance)
         values = state.dict
-        for (key, processor), value in zip(columns, record, strict=not extras):
-            values[key] = value if processor is None or value is None else processor(value)
-        identity = identity_of((values[pk_key],))
+        values.update(zip(keys, record, strict=False))  # stops at the model's columns
+        for index, key, processor in converted:
+            value = record[index]
+            if value is not None:
+                values[key] = processor(value)
+        identity = (identity_class, (values[pk_key],), None)
         if identity in identity_map:
             # Already loaded in this session: the ordinary path refreshes that object in
             # place (the read is idempotent; nothing has been added to the session yet).
             return False, []
         made.append((instance, state, identity))
         if extras:
-            trailing.append(
-                tuple(
-                    value if processor is None or value is None else processor(value)
-                    for processor, value in zip(
-                        extras, (record[width + i] for i in range(len(extras))), strict=True
-                    )
-                )
+            trailing.append(record[width:])
+    if trailing and any(extras):
+        trailing = [
+            tuple(
+                value if processor is None or value is None else processor(value)
+                for processor, value in zip(extras, values, strict=True)
             )
+            for values in trailing
+        ]
     # Persistent in this session, loaded and unchanged, as SQLAlchemy's loader leaves a new
     # object: its identity key and session set, in the identity map, then the load event.
     load = mapper.class_manager.dispatch.load
