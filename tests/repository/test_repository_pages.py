@@ -194,3 +194,23 @@ async def test_insert_rows_directly_then_page(pgstack_db: Database) -> None:
         assert len(page.items) == 2 and page.next_cursor is not None
         rest = await Entries(session).page_after(cursor=page.next_cursor, sort="score", limit=2)
         assert len(rest.items) == 1 and rest.next_cursor is None
+
+
+@pytest.mark.parametrize("sort", ["label", "-label", ["group", "label"], ["-group", "-label"]])
+async def test_pages_without_filters_match_pages_with_a_filter_that_keeps_every_row(
+    pgstack_db: Database, sort: Any
+) -> None:
+    # proves: R3
+    # Unfiltered pages take statements built once per sort; filtered ones are built per call.
+    await fill(pgstack_db, 37)
+    everything = Gt("group", 0)
+    async with pgstack_db.session() as session:
+        repo = Entries(session)
+        for offset in (0, 10, 30, 40):
+            plain = await repo.page(sort=sort, offset=offset)
+            filtered = await repo.page(everything, sort=sort, offset=offset)
+            assert [e.id for e in plain.items] == [e.id for e in filtered.items]
+            assert plain.total == filtered.total == 37
+        walked = [e.id for e in await walk(repo, sort, 7)]
+        assert walked == [e.id for e in await walk(repo, sort, 7, everything)]
+        assert len(set(walked)) == 37

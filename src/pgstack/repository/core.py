@@ -37,6 +37,8 @@ M = TypeVar("M")
 
 # Repository reads return what the database holds, even for objects already in the session.
 POPULATE = {"populate_existing": True}
+# Statements built once per model and shape (`_shaped`); bounded, as sort orders vary.
+_MAX_SHAPES = 200
 
 # Columns the repository maintains itself; `update()` refuses to set them directly.
 MANAGED = frozenset(
@@ -354,29 +356,68 @@ class RepositoryCore(Generic[M]):
 
     # -- execution ---------------------------------------------------------------------------
 
+    def _shape_scope(self, include_deleted: bool) -> tuple[list[ColumnElement[bool]], bool]:
+        """`_scope` for statements built once: the tenant is the `pgstack_tenant` parameter.
+
+        Returns the conditions and whether the statement is tenant-scoped (part of its shape).
+        """
+        info = self._info
+        scoped = info.tenant_scoped and not tenant_scope_lifted()
+        conditions: list[ColumnElement[bool]] = []
+        if info.soft_delete and not include_deleted:
+            conditions.append(info.attribute("deleted_at").is_(None))
+        if scoped:
+            conditions.append(info.attribute("tenant_id") == bindparam("pgstack_tenant"))
+        return conditions, scoped
+
+    def _shape_params(self, scoped: bool, **params: Any) -> dict[str, Any]:
+        if scoped:
+            params["pgstack_tenant"] = require_tenant(self._info.name)
+        return params
+
+    def _shaped(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The statement of `key`, built once per model and shape (`build()` the first time).
+
+        Each call then only binds parameters: no statement building, no cache key.
+        """
+        shapes = self._info.statements.setdefault("shapes", {})
+        statement = shapes.get(key)
+        if statement is None:
+            if len(shapes) >= _MAX_SHAPES:
+                shapes.clear()
+            statement = shapes[key] = build()
+        return statement
+
+    async def _read_shaped(
+        self, key: Any, statement: Any, params: Mapping[str, Any], *, extra: int = 0
+    ) -> list[Any]:
+        """Run a statement from `_shaped`: objects, or `(object, *values)` rows with `extra`."""
+        session: Any = self.session
+        bind = session.bind if fast.session_is_fresh(session) else None
+        if bind is not None:
+            plan = fast.read_plan(self._info, key, statement, bind.dialect, extra)
+            if plan is not None:
+                done, rows = await fast.fetch_all(session, self._info, plan, params)
+                if done:
+                    return rows
+        result = await self._read(statement, params)
+        return list(result.all() if extra else result.scalars().all())
+
     def _get_statement(self, include_deleted: bool) -> tuple[Any, bool]:
         info = self._info
         scoped = info.tenant_scoped and not tenant_scope_lifted()
-        key = ("get", include_deleted, scoped)
-        statement = info.statements.get(key)
-        if statement is None:
-            # Built once per model and shape; each call only binds parameters.
-            conditions: list[ColumnElement[bool]] = [info.pk == bindparam("pgstack_pk")]
-            if info.soft_delete and not include_deleted:
-                conditions.append(info.attribute("deleted_at").is_(None))
-            if scoped:
-                conditions.append(info.attribute("tenant_id") == bindparam("pgstack_tenant"))
-            statement = info.statements[key] = (
-                select(self.model).where(*conditions).execution_options(**POPULATE)
-            )
-        return statement, scoped
+
+        def build() -> Any:
+            conditions, _ = self._shape_scope(include_deleted)
+            conditions.append(info.pk == bindparam("pgstack_pk"))
+            return select(self.model).where(*conditions).execution_options(**POPULATE)
+
+        return self._shaped(("get", include_deleted, scoped), build), scoped
 
     async def _get_row(self, id: Any, include_deleted: bool = False) -> M | None:
         info = self._info
         statement, scoped = self._get_statement(include_deleted)
-        params = {"pgstack_pk": info.columns[info.pk_key].field.coerce(id)}
-        if scoped:
-            params["pgstack_tenant"] = require_tenant(info.name)
+        params = self._shape_params(scoped, pgstack_pk=info.columns[info.pk_key].field.coerce(id))
         session: Any = self.session
         bind = session.bind if fast.session_is_fresh(session) else None
         if bind is not None:

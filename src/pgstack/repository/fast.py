@@ -65,15 +65,20 @@ def _plain_mapper(mapper: Any) -> bool:
     )
 
 
-def read_plan(info: Any, key: Any, statement: Any, dialect: Dialect) -> ReadPlan | None:
-    """The compiled plan of `statement` (cached on the model's info), or None if not eligible."""
-    cache_key = ("fast", key, dialect.name)
-    plan = info.statements.get(cache_key)
-    if plan is not None:
-        return None if plan is _UNSUPPORTED else plan
-    plan = _compile(info, statement, dialect)
-    info.statements[cache_key] = _UNSUPPORTED if plan is None else plan
-    return plan
+def read_plan(
+    info: Any, key: Any, statement: Any, dialect: Dialect, extra: int = 0
+) -> ReadPlan | None:
+    """The compiled plan of a statement built once per `key` (cached on the model's info).
+
+    None if it is not eligible. `extra`: columns after the model's, as for `statement_plan`.
+    """
+    plans = info.statements.setdefault(("fast", dialect.name), {})
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plan = plans[key] = _compile(info, statement, dialect, extra=extra) or _UNSUPPORTED
+    return None if plan is _UNSUPPORTED else plan
 
 
 def _compile(
