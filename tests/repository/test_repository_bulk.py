@@ -7,6 +7,7 @@ without returning objects, for column types that travel as arrays and for those 
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -31,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from pgstack import Repository
 from pgstack.crypto import KeyRing
 from pgstack.db.database import Database
-from pgstack.errors import ConflictError, EncryptionError, InvalidQueryError
+from pgstack.errors import ConflictError, EncryptionError, InvalidQueryError, TenantScopeError
 from pgstack.orm import (
     NAMING_CONVENTION,
     TYPE_ANNOTATION_MAP,
@@ -40,10 +41,13 @@ from pgstack.orm import (
     EncryptedText,
     ModelMixin,
     SoftDelete,
+    TenantScoped,
     Timestamped,
     UUIDPrimaryKey,
     Versioned,
     acting_as,
+    all_tenants,
+    tenant_context,
 )
 from pgstack.repository import Eq, Ge, In, Lt
 from pgstack.testing import assert_max_queries
@@ -101,6 +105,27 @@ class Tagged(UUIDPrimaryKey, BulkBase):
     code: Mapped[str] = mapped_column(String(8), unique=True)
     tags: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
     extra: Mapped[dict[str, Any] | None]
+
+
+def _doubled(context: Any) -> int:
+    return int(context.get_current_parameters()["value"]) * 2
+
+
+def _tenant_seen(context: Any) -> str:
+    return str(context.get_current_parameters()["tenant_id"])
+
+
+class Ledger(UUIDPrimaryKey, TenantScoped, BulkBase):
+    """Tenant-scoped, with defaults that read the row being inserted."""
+
+    __tablename__ = "bulk_ledger"
+    entry: Mapped[str] = mapped_column(String(20))
+    value: Mapped[int]
+    doubled: Mapped[int] = mapped_column(default=_doubled)
+    tenant_seen: Mapped[str] = mapped_column(default=_tenant_seen)
+
+
+ACME, GLOBEX = uuid.uuid4(), uuid.uuid4()
 
 
 @pytest.fixture(autouse=True)
@@ -206,6 +231,102 @@ async def test_create_many_conflict_is_a_conflict_error(pgstack_db: Database) ->
         with pytest.raises(ConflictError, match="uq_bulk_readings_sensor"):
             async with pgstack_db.transaction() as session:
                 await Readings(session).create_many(rows(count) + rows(1))
+
+
+async def test_copy_takes_rows_with_different_keys_and_objects_in_one_call(
+    pgstack_db: Database, encryption_ring: KeyRing, sql_log: list[str]
+) -> None:
+    # proves: R4, M4
+    mixed: list[Any] = []
+    for i in range(600):
+        row: Any = {"sensor": f"s{i}", "value": i}
+        if i % 4 == 1:
+            row = {"value": i, "sensor": f"s{i}", "unit": "K"}  # other keys, other order
+        elif i % 4 == 2:
+            row = {**row, "note": f"secret {i}" if i % 8 == 2 else None, "owner": "A@B.COM"}
+        elif i % 4 == 3:
+            row = Reading(sensor=f"s{i}", value=i, note=f"secret {i}")
+        mixed.append(row)
+    async with pgstack_db.transaction() as session:
+        with acting_as("loader"):
+            assert await Readings(session).create_many(iter(mixed)) == 600
+    assert not any(s.lstrip().upper().startswith("INSERT") for s in sql_log)
+    async with pgstack_db.session() as session:
+        stored = {r.sensor: r for r in await Readings(session).list(limit=None)}
+        assert len(stored) == 600
+        for i in range(600):
+            got = stored[f"s{i}"]
+            assert (got.value, got.version, got.created_by) == (i, 1, "loader")
+            assert got.unit == ("K" if i % 4 == 1 else "C")
+            assert got.owner == ("a@b.com" if i % 4 == 2 else None)
+            secret = i % 8 == 2 or i % 4 == 3
+            assert got.note == (f"secret {i}" if secret else None)
+        raw = await session.scalars(text("SELECT note FROM bulk_readings WHERE note IS NOT NULL"))
+        assert not any("secret" in value for value in raw)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"sensor": "x", "value": 1, "bogus": 2}, "no field 'bogus'"),  # an extra key
+        ({"sensor": "x", "bogus": 2}, "no field 'bogus'"),  # as many keys, one unknown
+        (42, "must be mappings"),
+    ],
+)
+async def test_copy_refuses_a_bad_row_anywhere_in_the_batch(
+    pgstack_db: Database, bad: Any, message: str
+) -> None:
+    # proves: R4
+    errors = []
+    for count in (3, 600):  # INSERT path and COPY path: the same error
+        batch: list[Any] = rows(count)
+        batch[count - 2] = bad
+        with pytest.raises(InvalidQueryError, match=message) as caught:
+            async with pgstack_db.transaction() as session:
+                await Readings(session).create_many(batch)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+    async with pgstack_db.session() as session:
+        assert await Readings(session).count() == 0
+
+
+async def test_copy_stamps_the_tenant_and_refuses_other_tenants(pgstack_db: Database) -> None:
+    # proves: R7, R4
+    with tenant_context(ACME):
+        async with pgstack_db.transaction() as session:
+            given = [{"entry": f"a{i}", "value": i} for i in range(200)]
+            given += [{"entry": f"t{i}", "value": i, "tenant_id": ACME} for i in range(200)]
+            assert await Repository(session, Ledger).create_many(given) == 400
+        batch: list[dict[str, Any]] = [{"entry": f"x{i}", "value": i} for i in range(300)]
+        batch[150] = {"entry": "theirs", "value": 0, "tenant_id": GLOBEX}
+        with pytest.raises(TenantScopeError, match="another tenant"):
+            async with pgstack_db.transaction() as session:
+                await Repository(session, Ledger).create_many(batch)
+    with all_tenants():
+        async with pgstack_db.transaction() as session:
+            repo = Repository(session, Ledger)
+            with pytest.raises(TenantScopeError, match="explicit tenant_id"):
+                await repo.create_many([{"entry": f"n{i}", "value": i} for i in range(200)])
+            await repo.create_many(
+                [{"entry": f"g{i}", "value": i, "tenant_id": GLOBEX} for i in range(200)]
+            )
+    with pytest.raises(TenantScopeError, match="No tenant in context"):
+        async with pgstack_db.transaction() as session:
+            await Repository(session, Ledger).create_many(
+                [{"entry": f"n{i}", "value": i} for i in range(200)]
+            )
+    async with pgstack_db.session() as session:
+        summary = (
+            await session.execute(
+                text(
+                    "SELECT tenant_id, count(*), bool_and(doubled = value * 2), "
+                    "bool_and(tenant_seen = tenant_id::text) FROM bulk_ledger GROUP BY tenant_id"
+                )
+            )
+        ).all()
+    assert sorted(map(tuple, summary)) == sorted(
+        [(ACME, 400, True, True), (GLOBEX, 200, True, True)]
+    )
 
 
 async def test_upsert_many_is_one_statement_and_returns_rows_in_order(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from operator import itemgetter
@@ -104,6 +104,18 @@ def _array_spec(column_type: TypeEngine[Any], dialect: Dialect) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class _CopyPlan:
+    """How rows with one set of keys become COPY records."""
+
+    #: Column names: the given keys' (tenant_id stamped last if not given), then defaulted ones.
+    names: list[str]
+    #: The Python-side defaults of the columns the rows leave out, in `names` order.
+    defaults: tuple[Any, ...]
+    #: (position, bind processor) for the columns whose type converts values on the way in.
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _UnnestPlan:
     """How rows with one set of keys become the arrays of `INSERT ... SELECT FROM unnest`."""
 
@@ -133,25 +145,26 @@ class BulkOps(WriteOps[M]):
     #: Batches of at least this many rows go through COPY (see COPY_THRESHOLD).
     copy_threshold: ClassVar[int] = COPY_THRESHOLD
 
+    def _row_dict(self, row: M | Mapping[str, Any]) -> dict[str, Any]:
+        """The fields a row gives, as a dict; a plain dict is returned as it is (not copied)."""
+        if type(row) is dict:
+            return row
+        if isinstance(row, self.model):
+            loaded = sa_inspect(row).dict
+            return {k: loaded[k] for k in self._info.columns if k in loaded}
+        if isinstance(row, Mapping):
+            return dict(row)
+        raise InvalidQueryError(
+            f"Rows for {self._info.name} must be mappings or {self._info.name} objects."
+        )
+
     def _rows(self, rows: Iterable[M | Mapping[str, Any]]) -> list[dict[str, Any]]:
         checked: set[tuple[str, ...]] = set()
         result: list[dict[str, Any]] = []
-        columns = self._info.columns
         stamp = self._info.tenant_scoped
         for row in rows:
-            # Plain dicts first: the common case, and cheaper than an ABC isinstance check
-            # (this loop runs once per row of batches of 100,000).
-            if type(row) is dict:
-                data = row.copy()
-            elif isinstance(row, self.model):
-                loaded = sa_inspect(row).dict
-                data = {k: loaded[k] for k in columns if k in loaded}
-            elif isinstance(row, Mapping):
-                data = dict(row)
-            else:
-                raise InvalidQueryError(
-                    f"Rows for {self._info.name} must be mappings or {self._info.name} objects."
-                )
+            # Plain dicts first: the common case, and cheaper than an ABC isinstance check.
+            data = row.copy() if type(row) is dict else self._row_dict(row)
             keys = tuple(data)
             if keys not in checked:
                 self._writable(data, managed_ok=True)
@@ -180,6 +193,10 @@ class BulkOps(WriteOps[M]):
         VALUES); `returning=True` is a multi-row INSERT ... RETURNING. Defaults are filled
         either way.
         """
+        if not returning:
+            rows = rows if isinstance(rows, list) else list(rows)
+            if len(rows) >= self.copy_threshold and await self._copy(rows):
+                return len(rows)
         data = self._rows(rows)
         if not data:
             return [] if returning else 0
@@ -187,29 +204,18 @@ class BulkOps(WriteOps[M]):
             statement = insert(self.model).returning(self.model, sort_by_parameter_order=True)
             result = await self._write(statement, data)
             return list(result.scalars().all())
-        if len(data) >= self.copy_threshold and await self._copy(data):
-            return len(data)
         await self._write(insert(self.model), data)
         return len(data)
 
-    async def _copy(self, data: list[dict[str, Any]]) -> bool:
+    async def _copy(self, rows: list[M | Mapping[str, Any]]) -> bool:
         """COPY the rows in; False (nothing done) when a value or default needs SQL."""
         info = self._info
+        batches = self._copy_batches(rows, self.session.get_bind().dialect)
+        if batches is None:
+            return False
         # COPY bypasses the ORM, so send pending objects first (rows may refer to them).
         await self._flush()
         connection = await self.session.connection()
-        dialect = connection.dialect
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row in data:
-            groups.setdefault(tuple(row), []).append(row)
-        plans = []
-        for keys, group in groups.items():
-            plan = self._copy_plan(keys, dialect)
-            if plan is None or any(
-                isinstance(v, ClauseElement) for row in group for v in row.values()
-            ):
-                return False
-            plans.append((plan, group))
         raw = await connection.get_raw_connection()
         adapted: Any = raw.dbapi_connection
         if getattr(adapted, "_transaction", None) is None:
@@ -217,8 +223,7 @@ class BulkOps(WriteOps[M]):
             # it do so now, or the COPY would commit on its own, outside the session's work.
             await connection.exec_driver_sql("SELECT 1")
         driver: Any = raw.driver_connection
-        for (names, keys, defaults, processors), group in plans:
-            records = _records(group, keys, defaults, processors)
+        for names, records in batches:
             try:
                 await driver.copy_records_to_table(
                     info.table.name, records=records, columns=names, schema_name=info.table.schema
@@ -235,27 +240,100 @@ class BulkOps(WriteOps[M]):
                 raise self._write_error(exc) from exc
         return True
 
-    def _copy_plan(self, keys: tuple[str, ...], dialect: Dialect) -> Any:
-        """Column names, keys, Python defaults and bind processors for rows with these keys."""
+    def _copy_batches(
+        self, rows: list[M | Mapping[str, Any]], dialect: Dialect
+    ) -> list[tuple[list[str], Iterator[tuple[Any, ...]]]] | None:
+        """Column names and COPY records, one batch per set of keys; None if SQL is needed.
+
+        Values are checked and converted column by column, in C loops where they can be
+        (`map`, `itemgetter`, `zip`): this runs for batches of 100,000 rows.
+        """
+        first = rows[0]
+        if type(first) is dict:
+            # The usual batch: plain dicts of one length that all hold the first row's keys,
+            # so all have exactly its keys. Any other batch is grouped row by row below.
+            keys = tuple(first)
+            group = cast(list[dict[str, Any]], rows)
+            if set(map(type, group)) == {dict} and set(map(len, group)) == {len(keys)}:
+                try:
+                    values = _columns(group, keys)
+                except KeyError:
+                    pass  # a row gives other keys
+                else:
+                    batch = self._copy_batch(keys, group, values, dialect)
+                    return None if batch is None else [batch]
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in map(self._row_dict, rows):
+            groups.setdefault(tuple(row), []).append(row)
+        batches = []
+        for keys, group in groups.items():
+            batch = self._copy_batch(keys, group, _columns(group, keys), dialect)
+            if batch is None:
+                return None
+            batches.append(batch)
+        return batches
+
+    def _copy_batch(
+        self,
+        keys: tuple[str, ...],
+        group: list[dict[str, Any]],
+        values: list[list[Any]],
+        dialect: Dialect,
+    ) -> tuple[list[str], Iterator[tuple[Any, ...]]] | None:
+        """COPY column names and records for rows that all give `keys` (their `values`)."""
+        self._writable(group[0], managed_ok=True)
+        info = self._info
+        stamp = info.tenant_scoped
+        plan_keys = (*keys, "tenant_id") if stamp and "tenant_id" not in keys else keys
+        plan = self._copy_plan(plan_keys, dialect)
+        if plan is None or any(
+            issubclass(kind, ClauseElement) for column in values for kind in set(map(type, column))
+        ):
+            return None  # a SQL-expression default or value: only an INSERT carries it
+        count = len(group)
+        tenants: list[Any] | None = None
+        if stamp:
+            if "tenant_id" in keys:
+                at = keys.index("tenant_id")
+                tenants = values[at] = list(map(self._tenant_for_insert, values[at]))
+            else:
+                tenants = [self._tenant_for_insert(None)] * count
+                values.append(tenants)
+        for default in plan.defaults:
+            if default.is_scalar:
+                values.append([default.arg] * count)
+                continue
+            plain = getattr(default, "_fn", None)
+            if plain is not None and default.arg is not plain:
+                # A function of no arguments (SQLAlchemy wraps it to ignore the context).
+                values.append([plain() for _ in range(count)])
+                continue
+            # It reads the row's values, as for an INSERT: the tenant stamped, if any.
+            context = (
+                group
+                if tenants is None
+                else [{**row, "tenant_id": t} for row, t in zip(group, tenants, strict=True)]
+            )
+            make = default.arg
+            values.append([make(_CopyContext(row)) for row in context])
+        for at, process in plan.converters:
+            values[at] = [None if value is None else process(value) for value in values[at]]
+        # The records are made while COPY sends them, each dropped once encoded: a list of
+        # them all would make the garbage collector walk the heap on the way.
+        return plan.names, zip(*values, strict=True)
+
+    def _copy_plan(self, keys: tuple[str, ...], dialect: Dialect) -> _CopyPlan | None:
+        """Column names, Python defaults and bind processors for rows with these keys."""
         info = self._info
         plan_key = ("copy", keys)
         plan = info.statements.get(plan_key)
         if plan is not None:
             return plan or None
-        column_defaults = self._python_defaults(keys)
-        if column_defaults is None:
+        defaults = self._python_defaults(keys)
+        if defaults is None:
             info.statements[plan_key] = False  # a SQL-expression default: not for COPY
             return None
-        all_keys = [*keys, *column_defaults]
-        defaults: dict[str, Any] = {}
-        for key, default in column_defaults.items():
-            if default.is_scalar:
-                value = default.arg
-                defaults[key] = lambda row, value=value: value
-            else:
-                fn = default.arg
-                defaults[key] = lambda row, fn=fn: fn(_CopyContext(row))
-        names = [info.columns[k].name for k in all_keys]
+        all_keys = [*keys, *defaults]
         processors = [
             info.columns[k]
             .attribute.property.columns[0]
@@ -263,7 +341,11 @@ class BulkOps(WriteOps[M]):
             .bind_processor(dialect)
             for k in all_keys
         ]
-        plan = (names, all_keys, defaults, processors)
+        plan = _CopyPlan(
+            names=[info.columns[k].name for k in all_keys],
+            defaults=tuple(defaults.values()),
+            converters=tuple((i, p) for i, p in enumerate(processors) if p is not None),
+        )
         info.statements[plan_key] = plan
         return plan
 
@@ -510,32 +592,9 @@ class BulkOps(WriteOps[M]):
         return int(result.rowcount)
 
 
-def _records(
-    group: list[dict[str, Any]],
-    keys: list[str],
-    defaults: Mapping[str, Callable[[Mapping[str, Any]], Any]],
-    processors: list[Any],
-) -> list[tuple[Any, ...]]:
-    """COPY records: each row's given values, then its Python defaults, bind-processed.
-
-    Every row of `group` has the same keys (the first ones of `keys`); the loop does only
-    the work a column needs, since it runs once per row of batches of 100,000.
-    """
-    given = [key for key in keys if key not in defaults]
-    fill = [defaults[key] for key in keys[len(given) :]]
-    convert = [(i, p) for i, p in enumerate(processors) if p is not None]
-    pick = itemgetter(*given) if len(given) > 1 else None
-    records: list[tuple[Any, ...]] = []
-    for row in group:
-        values = list(pick(row)) if pick is not None else [row[key] for key in given]
-        for default in fill:
-            values.append(default(row))
-        for i, processor in convert:
-            value = values[i]
-            if value is not None:
-                values[i] = processor(value)
-        records.append(tuple(values))
-    return records
+def _columns(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[list[Any]]:
+    """Each key's values over the rows, one list per key (KeyError if a row lacks one)."""
+    return [list(map(itemgetter(key), rows)) for key in keys]
 
 
 def _same(value: Any) -> Any:
