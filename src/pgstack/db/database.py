@@ -164,16 +164,18 @@ class Database:
 
     # -- sessions and transactions -----------------------------------------------------------
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
-        """A session for one request or task; it is closed (connection returned) on exit."""
+    def session(self) -> Session:
+        """A session for one request or task: `async with db.session() as session: ...`.
+
+        It is closed (its connection returned) when the block ends.
+        """
         if self._sessionmaker is None:
             raise DatabaseUnavailableError(
                 "The database is not connected: call `await db.connect()` first."
             )
-        async with self._sessionmaker() as session:
-            session._pgstack_lane = self._lane
-            yield session
+        session = self._sessionmaker()
+        session._pgstack_lane = self._lane
+        return session
 
     @asynccontextmanager
     async def transaction(
