@@ -362,13 +362,17 @@ class RepositoryCore(Generic[M]):
         Returns the conditions and whether the statement is tenant-scoped (part of its shape).
         """
         info = self._info
-        scoped = info.tenant_scoped and not tenant_scope_lifted()
+        scoped = self._scoped()
         conditions: list[ColumnElement[bool]] = []
         if info.soft_delete and not include_deleted:
             conditions.append(info.attribute("deleted_at").is_(None))
         if scoped:
             conditions.append(info.attribute("tenant_id") == bindparam("pgstack_tenant"))
         return conditions, scoped
+
+    def _scoped(self) -> bool:
+        """Whether statements on this model carry the tenant condition right now."""
+        return self._info.tenant_scoped and not tenant_scope_lifted()
 
     def _shape_params(self, scoped: bool, **params: Any) -> dict[str, Any]:
         if scoped:
@@ -405,7 +409,7 @@ class RepositoryCore(Generic[M]):
 
     def _get_statement(self, include_deleted: bool) -> tuple[Any, bool]:
         info = self._info
-        scoped = info.tenant_scoped and not tenant_scope_lifted()
+        scoped = self._scoped()
 
         def build() -> Any:
             conditions, _ = self._shape_scope(include_deleted)

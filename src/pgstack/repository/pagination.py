@@ -99,7 +99,7 @@ def encode_cursor(query: str, values: Sequence[Any]) -> str:
     payload = json.dumps(
         {"q": query, "v": [_jsonable(v) for v in values]}, separators=(",", ":")
     ).encode()
-    tag = hmac.new(_key(), payload, hashlib.sha256).digest()[:_TAG_BYTES]
+    tag = hmac.digest(_key(), payload, "sha256")[:_TAG_BYTES]
     return f"{_b64(payload)}.{_b64(tag)}"
 
 
@@ -112,7 +112,7 @@ def decode_cursor(cursor: str, query: str, count: int) -> list[Any]:
         payload, given = _unb64(body), _unb64(tag)
     except (binascii.Error, ValueError):
         raise InvalidQueryError(_INVALID) from None
-    expected = hmac.new(_key(), payload, hashlib.sha256).digest()[:_TAG_BYTES]
+    expected = hmac.digest(_key(), payload, "sha256")[:_TAG_BYTES]
     if not hmac.compare_digest(expected, given):
         raise InvalidQueryError(_INVALID)
     data = json.loads(payload)
@@ -268,7 +268,7 @@ class PaginationOps(RepositoryCore[M]):
         self, order: list[Sort], size: int, start: int, include_deleted: bool
     ) -> Page[M]:
         """`page()` without filters: its statement is built once per sort and reused."""
-        _, scoped = self._shape_scope(include_deleted)
+        scoped = self._scoped()
         key = ("page", tuple((s.field, s.descending) for s in order), include_deleted, scoped)
 
         def build() -> Any:
@@ -366,7 +366,7 @@ class PaginationOps(RepositoryCore[M]):
         include_deleted: bool,
     ) -> list[M]:
         """`page_after()` without filters: its statement is built once per sort and reused."""
-        _, scoped = self._shape_scope(include_deleted)
+        scoped = self._scoped()
         shape = tuple((s.field, s.descending) for s in order)
         key = ("after", shape, include_deleted, scoped, bool(values))
 
