@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,9 +113,20 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is not UTC:
-            return value.astimezone(UTC)
-        return value
+        return _as_utc(value)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        # One call per value (the decorator's default wraps process_result_value in another),
+        # when the driver's own processor has nothing to do: every row read pays for this.
+        if self.impl_instance.result_processor(dialect, coltype) is None:
+            return _as_utc
+        return super().result_processor(dialect, coltype)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is not UTC:
+        return value.astimezone(UTC)
+    return value
 
 
 class Email(TypeDecorator[str]):
