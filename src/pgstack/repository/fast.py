@@ -51,6 +51,8 @@ class ReadPlan:
     #: processor of the columns that have one.
     keys: tuple[str, ...] = ()
     converted: tuple[tuple[int, str, Callable[[Any], Any]], ...] = ()
+    #: Position and result processor of the primary key.
+    pk: tuple[int, Callable[[Any], Any] | None] = (0, None)
 
 
 def _plain_mapper(mapper: Any) -> bool:
@@ -116,6 +118,7 @@ def _compile(
         compiled=compiled if cache_key is not None else None,
         extra=extras,
         keys=tuple(key for key, _ in columns),
+        pk=next((i, p) for i, (key, p) in enumerate(columns) if key == info.pk_key),
         converted=tuple(
             (index, key, processor)
             for index, (key, processor) in enumerate(columns)
@@ -215,17 +218,30 @@ def _objects(
 ) -> tuple[bool, list[Any]]:
     """Records to persistent objects in `session`; (False, []) if one is loaded already."""
     mapper = info.mapper
-    new_instance = mapper.class_manager.new_instance
     identity_class = mapper._identity_class
-    pk_key = info.pk_key
     sync_session = session.sync_session
     identity_map = sync_session.identity_map
+    if len(identity_map):
+        # An object this session holds already is refreshed in place by the ordinary path
+        # (the read is idempotent; nothing has been added to the session yet). A fresh
+        # session's map is empty: nothing to look for.
+        at, process = plan.pk
+        for record in records:
+            pk = record[at]
+            if process is not None and pk is not None:
+                pk = process(pk)
+            if (identity_class, (pk,), None) in identity_map:
+                return False, []
+    new_instance = mapper.class_manager.new_instance
+    pk_key = info.pk_key
     keys, converted = plan.keys, plan.converted
-    extras = plan.extra
-    width = len(keys)
+    session_id = sync_session.hash_key
+    add = identity_map._add_unpresent
     made = []
-    trailing: list[tuple[Any, ...]] = []
+    states = []
     for record in records:
+        # Persistent in this session, loaded and unchanged, as SQLAlchemy's loader leaves a
+        # new object: attributes filled, identity key and session set, in the identity map.
         instance = new_instance()
         state = instance_state(instance)
         values = state.dict
@@ -235,38 +251,35 @@ def _objects(
             if value is not None:
                 values[key] = processor(value)
         identity = (identity_class, (values[pk_key],), None)
-        if identity in identity_map:
-            # Already loaded in this session: the ordinary path refreshes that object in
-            # place (the read is idempotent; nothing has been added to the session yet).
-            return False, []
-        made.append((instance, state, identity))
-        if extras:
-            trailing.append(record[width:])
-    if trailing and any(extras):
-        trailing = [
-            tuple(
-                value if processor is None or value is None else processor(value)
-                for processor, value in zip(extras, values, strict=True)
-            )
-            for values in trailing
-        ]
-    # Persistent in this session, loaded and unchanged, as SQLAlchemy's loader leaves a new
-    # object: its identity key and session set, in the identity map, then the load event.
-    load = mapper.class_manager.dispatch.load
-    loaded_as_persistent = sync_session.dispatch.loaded_as_persistent
-    session_id = sync_session.hash_key
-    for _, state, identity in made:
         state.key = identity
         state.session_id = session_id
-        identity_map._add_unpresent(state, identity)
-    for _, state, _ in made:
-        if load:
-            load(state, None)
-        if loaded_as_persistent:
-            loaded_as_persistent(sync_session, state)
+        add(state, identity)
+        made.append(instance)
+        states.append(state)
+    load = mapper.class_manager.dispatch.load
+    loaded_as_persistent = sync_session.dispatch.loaded_as_persistent
+    if load or loaded_as_persistent:
+        for state in states:
+            if load:
+                load(state, None)
+            if loaded_as_persistent:
+                loaded_as_persistent(sync_session, state)
     # The identity map holds objects weakly: these references keep them alive until returned.
-    if extras:
+    extras = plan.extra
+    if not extras:
+        return True, made
+    width = len(keys)
+    if not any(extras):
         return True, [
-            (instance, *values) for (instance, _, _), values in zip(made, trailing, strict=True)
+            (instance, *record[width:]) for instance, record in zip(made, records, strict=True)
         ]
-    return True, [instance for instance, _, _ in made]
+    return True, [
+        (
+            instance,
+            *(
+                value if processor is None or value is None else processor(value)
+                for processor, value in zip(extras, record[width:], strict=True)
+            ),
+        )
+        for instance, record in zip(made, records, strict=True)
+    ]
