@@ -128,15 +128,29 @@ class _UnnestPlan:
 
     def parameters(self, data: list[dict[str, Any]]) -> dict[str, list[Any]]:
         """One list per column: the rows' values, then each row's Python default."""
-        count = len(data)
         arrays = [list(map(itemgetter(key), data)) for key in self.given]
-        for default in self.defaults:
-            if default.is_scalar:
-                arrays.append([default.arg] * count)
-            else:
-                make = default.arg
-                arrays.append([make(_CopyContext(row)) for row in data])
+        arrays += [_default_values(default, data) for default in self.defaults]
         return dict(zip(self.params, arrays, strict=True))
+
+
+def _reads_row(default: Any) -> bool:
+    """Whether a Python-side column default is a function of the row's values."""
+    if default.is_scalar:
+        return False
+    # SQLAlchemy wraps a function of no arguments to ignore the context; `_fn` is the original.
+    plain = getattr(default, "_fn", None)
+    return plain is None or default.arg is plain
+
+
+def _default_values(default: Any, rows: list[dict[str, Any]]) -> list[Any]:
+    """A Python-side column default's value for each row (a row as its INSERT would see it)."""
+    if default.is_scalar:
+        return [default.arg] * len(rows)
+    if not _reads_row(default):
+        plain = default._fn
+        return [plain() for _ in rows]
+    make = default.arg
+    return [make(_CopyContext(row)) for row in rows]
 
 
 class BulkOps(WriteOps[M]):
@@ -299,23 +313,11 @@ class BulkOps(WriteOps[M]):
             else:
                 tenants = [self._tenant_for_insert(None)] * count
                 values.append(tenants)
-        for default in plan.defaults:
-            if default.is_scalar:
-                values.append([default.arg] * count)
-                continue
-            plain = getattr(default, "_fn", None)
-            if plain is not None and default.arg is not plain:
-                # A function of no arguments (SQLAlchemy wraps it to ignore the context).
-                values.append([plain() for _ in range(count)])
-                continue
-            # It reads the row's values, as for an INSERT: the tenant stamped, if any.
-            context = (
-                group
-                if tenants is None
-                else [{**row, "tenant_id": t} for row, t in zip(group, tenants, strict=True)]
-            )
-            make = default.arg
-            values.append([make(_CopyContext(row)) for row in context])
+        context = group
+        if tenants is not None and any(map(_reads_row, plan.defaults)):
+            # Defaults read the row as an INSERT would: with the tenant stamped.
+            context = [{**row, "tenant_id": t} for row, t in zip(group, tenants, strict=True)]
+        values += [_default_values(default, context) for default in plan.defaults]
         for at, process in plan.converters:
             values[at] = [None if value is None else process(value) for value in values[at]]
         # The records are made while COPY sends them, each dropped once encoded: a list of
