@@ -186,3 +186,21 @@ async def test_unused_connections_are_closed(pgstack_db: Database) -> None:
         assert (await lane.fetch("SELECT 3", ()))[0][0] == 3  # opens a new one on demand
     finally:
         await lane.close(5)
+
+
+async def test_a_failed_connect_frees_its_slot_for_the_next_reader(pgstack_db: Database) -> None:
+    # proves: C2
+    broken = {**pgstack_db._connect_args(), "server_settings": {"pgstack_no_such": "1"}}
+    lane = ReadLane.open(pgstack_db.engine, broken, size=1, timeout=5)
+    try:
+        results = await asyncio.gather(
+            lane.fetch("SELECT 1", ()), lane.fetch("SELECT 1", ()), return_exceptions=True
+        )
+        # Both readers tried to connect and got the server's answer; neither waited out the
+        # pool timeout for a connection that was never made.
+        assert all(isinstance(r, Exception) and "pgstack_no_such" in str(r) for r in results), (
+            results
+        )
+        assert lane.stats()["total"] == 0
+    finally:
+        await lane.close(5)

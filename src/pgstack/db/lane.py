@@ -165,8 +165,11 @@ class _Connections:
                 self._opening += 1
                 try:
                     connection = await self._connect()
-                finally:
+                except BaseException:
                     self._opening -= 1
+                    self._wake()  # the slot is free again: a waiter may try in its turn
+                    raise
+                self._opening -= 1
                 self._busy.add(connection)
                 return connection
             await self._wait(timeout)
