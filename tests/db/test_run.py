@@ -118,3 +118,18 @@ async def test_python_side_column_defaults_apply(db: Database) -> None:
         async with db.engine.begin() as conn:
             await conn.run_sync(stamped.drop)
         metadata.remove(stamped)
+
+
+async def test_session_state_a_statement_leaves_does_not_reach_the_next_one(db: Database) -> None:
+    # proves: C3, R6
+    # Settings, advisory locks and open transactions are reset before the connection
+    # serves anyone else, as asyncpg's own pool does.
+    await db.run(text("SELECT set_config('application_name', 'leaked', false)"))
+    await db.run(text("SELECT pg_advisory_lock(4242)"))
+    await db.run(text("BEGIN"))
+    assert await db.run(text("SELECT current_setting('application_name')")) == [("pgstack",)]
+    assert await db.run(text("SELECT pg_try_advisory_lock(4242)")) == [(True,)]
+    await db.run(text("SELECT pg_advisory_unlock_all()"))
+    await db.run(counters.insert().values(key="after", n=1))
+    async with db.session() as session:  # committed, not left in an open transaction
+        assert await session.scalar(select(counters.c.n).where(counters.c.key == "after")) == 1

@@ -258,6 +258,8 @@ class Database:
         BEGIN/COMMIT on the read lane. Build the statement once with `bindparam()`s and pass
         the values in `params`: its compiled form is then reused. A connection lost while it
         runs is a DatabaseUnavailableError (it is not run again: it may have taken effect).
+        Session state it leaves (SET, advisory locks, LISTEN, an open transaction) is reset
+        before the connection serves anyone else.
         """
         lane = self._lane
         if lane is not None and not lane.echo:
@@ -268,9 +270,15 @@ class Database:
                 except asyncpg.PostgresError:
                     pass  # refused, so nothing changed: the engine reports it in its own terms
         try:
-            async with self.engine.begin() as conn:
+            async with self.engine.connect() as conn:
                 result = await conn.execute(statement, params)
-                return [tuple(row) for row in result] if result.returns_rows else []
+                rows = [tuple(row) for row in result] if result.returns_rows else []
+                await conn.commit()
+                # As on the lane: settings, locks and listeners the statement left go now.
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                await driver.reset()
+                return rows
         except Exception as exc:
             translated = translate_error(exc)
             if translated is exc:

@@ -322,7 +322,11 @@ class ReadLane:
     async def run(
         self, plan: _Plan, cache_key: Any, values: Mapping[str, Any] | None
     ) -> list[tuple[Any, ...]]:
-        """Run a planned statement once (no second try: it may write) and return its rows."""
+        """Run a planned statement once and return its rows.
+
+        No second try (it may write), and its connection is reset afterwards: the statement
+        is the caller's and may leave session state behind.
+        """
         params = plan.compiled.construct_params(
             values, extracted_parameters=cache_key.bindparams, escape_names=False
         )
@@ -330,7 +334,7 @@ class ReadLane:
             params[name] if processor is None else processor(params[name])
             for name, processor in plan.params
         ]
-        records = await self.fetch(plan.sql, args, retry=False)
+        records = await self.fetch(plan.sql, args, retry=False, reset=True)
         results = plan.results
         if not any(results):
             return [tuple(record) for record in records]
@@ -342,11 +346,15 @@ class ReadLane:
             for record in records
         ]
 
-    async def fetch(self, sql: str, args: Sequence[Any], *, retry: bool = True) -> list[Any]:
+    async def fetch(
+        self, sql: str, args: Sequence[Any], *, retry: bool = True, reset: bool = False
+    ) -> list[Any]:
         """Run one statement and return its records.
 
         With `retry` (reads), a statement that finds its connection dead runs once more on
-        another; without, a lost connection is a DatabaseUnavailableError.
+        another; without, a lost connection is a DatabaseUnavailableError. With `reset` (a
+        statement pgstack did not write, which may SET, LISTEN, lock or BEGIN), the
+        connection is reset as asyncpg's pool does before anyone uses it again.
         """
         pool = self.pool
         for attempt in (1, 2):
@@ -370,7 +378,15 @@ class ReadLane:
                 reusable = True  # the server refused the statement; the connection is fine
                 raise
             finally:
-                pool.release(connection, reusable)
+                try:
+                    if reusable and reset:
+                        reusable = False
+                        await connection.reset(timeout=self._timeout)
+                        reusable = True
+                except Exception:  # noqa: S110 - one that cannot be reset is closed instead
+                    pass
+                finally:
+                    pool.release(connection, reusable)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(self, connection: Any, sql: str, args: Sequence[Any]) -> list[Any]:
