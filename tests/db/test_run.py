@@ -55,7 +55,7 @@ def tick(key: str) -> dict[str, Any]:
 
 
 async def test_a_counter_counts_every_call_once_and_commits_at_once(db: Database) -> None:
-    # proves: C3
+    # proves: C2
     results = await asyncio.gather(*(db.run(TICK, tick("hits")) for _ in range(40)))
     assert sorted(rows[0][0] for rows in results) == list(range(1, 41))
     # Values come back as their Python types.
@@ -67,7 +67,7 @@ async def test_a_counter_counts_every_call_once_and_commits_at_once(db: Database
 async def test_a_statement_without_rows_returns_none_and_one_with_returns_them(
     db: Database,
 ) -> None:
-    # proves: C3
+    # proves: C2
     assert await db.run(counters.insert().values(key="a", n=5)) == []
     assert await db.run(select(counters.c.key, counters.c.n)) == [("a", 5)]
     assert await db.run(text("SELECT CAST(:x AS int) + 1"), {"x": 41}) == [(42,)]
@@ -76,11 +76,21 @@ async def test_a_statement_without_rows_returns_none_and_one_with_returns_them(
 async def test_a_refused_statement_raises_the_engine_error_and_changes_nothing(
     db: Database,
 ) -> None:
-    # proves: C3, R6
+    # proves: C2, R6
     await db.run(counters.insert().values(key="a", n=1))
-    with pytest.raises(sa_exc.IntegrityError, match="run_counters_pkey"):
+    with record_statements(db) as log, pytest.raises(sa_exc.IntegrityError, match="pkey"):
         await db.run(counters.insert().values(key="a", n=2))
+    assert len(log) == 1  # sent once: a refused statement is never sent again
     assert await db.run(select(counters.c.n)) == [(1,)]
+
+
+async def test_a_statement_that_would_pass_a_second_time_fails_once(db: Database) -> None:
+    # proves: C2, R6
+    await db.run(text("CREATE SEQUENCE run_tries"))
+    with pytest.raises(sa_exc.DBAPIError, match="division by zero"):
+        await db.run(text("SELECT 1 / (nextval('run_tries') - 1)"))
+    assert await db.run(text("SELECT last_value FROM run_tries")) == [(1,)]
+    await db.run(text("DROP SEQUENCE run_tries"))
 
 
 async def test_a_connection_lost_mid_statement_is_one_clear_error(db: Database) -> None:
@@ -98,7 +108,7 @@ async def test_statements_reach_query_listeners(db: Database) -> None:
 
 
 async def test_python_side_column_defaults_apply(db: Database) -> None:
-    # proves: C3
+    # proves: C2
     stamped = Table(
         "run_stamped",
         metadata,
@@ -121,7 +131,7 @@ async def test_python_side_column_defaults_apply(db: Database) -> None:
 
 
 async def test_session_state_a_statement_leaves_does_not_reach_the_next_one(db: Database) -> None:
-    # proves: C3, R6
+    # proves: C2, R6
     # Settings, advisory locks and open transactions are reset before the connection
     # serves anyone else, as asyncpg's own pool does.
     await db.run(text("SELECT set_config('application_name', 'leaked', false)"))

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
@@ -261,29 +260,30 @@ class Database:
         Session state it leaves (SET, advisory locks, LISTEN, an open transaction) is reset
         before the connection serves anyone else.
         """
-        lane = self._lane
-        if lane is not None and not lane.echo:
-            planned = lane.plan(statement)
-            if planned is not None:
-                try:
-                    return await lane.run(*planned, params)
-                except asyncpg.PostgresError:
-                    pass  # refused, so nothing changed: the engine reports it in its own terms
         try:
-            async with self.engine.connect() as conn:
-                result = await conn.execute(statement, params)
-                rows = [tuple(row) for row in result] if result.returns_rows else []
-                await conn.commit()
-                # As on the lane: settings, locks and listeners the statement left go now.
-                raw = await conn.get_raw_connection()
-                driver: Any = raw.driver_connection
-                await driver.reset()
-                return rows
+            return await self._run(statement, params)
         except Exception as exc:
             translated = translate_error(exc)
             if translated is exc:
                 raise
             raise translated from exc
+
+    async def _run(
+        self, statement: Executable, params: Mapping[str, Any] | None
+    ) -> list[tuple[Any, ...]]:
+        lane = self._lane
+        planned = lane.plan(statement) if lane is not None and not lane.echo else None
+        if lane is not None and planned is not None:
+            return await lane.run(*planned, params)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(statement, params)
+            rows = [tuple(row) for row in result] if result.returns_rows else []
+            await conn.commit()
+            # As on the lane: settings, locks and listeners the statement left go now.
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.reset()
+            return rows
 
     # -- observation -------------------------------------------------------------------------
 

@@ -8,9 +8,10 @@ read run here instead:
 - asyncpg connections open on demand, up to `DATABASE_READ_POOL_SIZE` (default: the pool size; 0
   turns the lane off), with the engine's server settings (application name, statement
   timeout), TLS options and JSON codecs, and close after a minute unused;
-- no reset query on release: the lane runs only pgstack's own single statements, which leave
-  no session state behind (no SET, LISTEN, cursor or advisory lock);
-- no ping on checkout: a statement that finds its connection dead runs once more on another
+- no reset query after pgstack's own single-statement reads, which leave no session state
+  behind (no SET, LISTEN, cursor or advisory lock); `Database.run`, whose statement is the
+  caller's, resets the connection after it as asyncpg's pool does;
+- no ping on checkout: a read that finds its connection dead runs once more on another
   (reads can be repeated), so a restarted server costs one failed attempt, not an error;
 - the engine's statement listeners (query metrics, `pgstack.testing.record_statements`) see
   every statement; the `conn` they receive is a `LaneConnection` with `info` and `engine`.
@@ -27,7 +28,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import TypeDecorator
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -50,8 +53,39 @@ _ADAPTER_OPTIONS = ("prepared_statement_name_func", "async_fallback")
 # What a Float and a Numeric column are in PostgreSQL (float8, numeric): their result
 # processors convert between float and Decimal by the column's type.
 _FLOAT8_OID, _NUMERIC_OID = 701, 1700
-# Compiled statements kept per lane, by SQLAlchemy's cache key (bounded like its own cache).
+# Compiled statements kept per cache (bounded like SQLAlchemy's own cache).
 _MAX_PLANS = 500
+
+
+def cached(plans: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
+    """`plans[key]`, made by `make()` the first time; the cache is emptied when full."""
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plan = plans[key] = make()
+    return plan
+
+
+def driver_arguments(
+    params: tuple[tuple[str, Callable[[Any], Any] | None], ...], values: Mapping[str, Any]
+) -> list[Any]:
+    """The positional arguments for asyncpg: each parameter's value, bind-processed."""
+    return [
+        values[name] if processor is None else processor(values[name]) for name, processor in params
+    ]
+
+
+def engine_error(engine: Engine, error: Exception, sql: str, args: Sequence[Any]) -> Exception:
+    """asyncpg's error as SQLAlchemy raises it for the same statement (IntegrityError, ...)."""
+    dialect: Any = engine.dialect
+    try:
+        AsyncAdapt_asyncpg_connection._handle_exception_no_connection(dialect.dbapi, error)
+    except Exception as adapted:
+        return sa_exc.DBAPIError.instance(
+            sql, list(args), adapted, dialect.dbapi.Error, dialect=dialect
+        )
+    return error  # pragma: no cover - the call above always raises
 
 
 def result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -302,22 +336,21 @@ class ReadLane:
         cache_key = statement._generate_cache_key()
         if cache_key is None:
             return None
-        plan = self._plans.get(cache_key.key)
-        if plan is None:
-            compiled = compile_for_driver(statement, self._engine.dialect, cache_key)
+        dialect = self._engine.dialect
+
+        def make() -> _Plan | bool:
+            compiled = compile_for_driver(statement, dialect, cache_key)
             if compiled is None:
-                return None
-            if len(self._plans) >= _MAX_PLANS:
-                self._plans.clear()
-            dialect = self._engine.dialect
-            plan = _Plan(
+                return False
+            return _Plan(
                 sql=compiled.string,
                 params=driver_parameters(compiled),
                 results=tuple(result_processor(e[3], dialect) for e in compiled._result_columns),
                 compiled=compiled,
             )
-            self._plans[cache_key.key] = plan
-        return plan, cache_key
+
+        plan = cached(self._plans, cache_key.key, make)
+        return (plan, cache_key) if plan else None
 
     async def run(
         self, plan: _Plan, cache_key: Any, values: Mapping[str, Any] | None
@@ -330,10 +363,7 @@ class ReadLane:
         params = plan.compiled.construct_params(
             values, extracted_parameters=cache_key.bindparams, escape_names=False
         )
-        args = [
-            params[name] if processor is None else processor(params[name])
-            for name, processor in plan.params
-        ]
+        args = driver_arguments(plan.params, params)
         records = await self.fetch(plan.sql, args, retry=False, reset=True)
         results = plan.results
         if not any(results):
@@ -352,7 +382,8 @@ class ReadLane:
         """Run one statement and return its records.
 
         With `retry` (reads), a statement that finds its connection dead runs once more on
-        another; without, a lost connection is a DatabaseUnavailableError. With `reset` (a
+        another; without, a lost connection is a DatabaseUnavailableError. A statement the
+        server refuses raises the error SQLAlchemy would (IntegrityError, ...). With `reset` (a
         statement pgstack did not write, which may SET, LISTEN, lock or BEGIN), the
         connection is reset as asyncpg's pool does before anyone uses it again.
         """
@@ -372,11 +403,14 @@ class ReadLane:
                         "then run it again if it did not."
                     ) from exc
                 if attempt == 2:
-                    raise
+                    raise DatabaseUnavailableError(
+                        "The connection to PostgreSQL was lost twice in a row while reading "
+                        f"({type(exc).__name__}). Check that the server is running."
+                    ) from exc
                 logger.info("a read-lane connection was gone; running the read again")
-            except asyncpg.PostgresError:
+            except asyncpg.PostgresError as exc:
                 reusable = True  # the server refused the statement; the connection is fine
-                raise
+                raise engine_error(self._engine, exc, sql, args) from exc
             finally:
                 try:
                     if reusable and reset:

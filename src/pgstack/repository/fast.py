@@ -13,9 +13,10 @@ Anything out of the ordinary takes the ordinary path instead: a session inside a
 transaction or with pending changes, a session not opened by `Database.session()` or a
 Database whose read lane is off, a row whose object is already in the identity map (the
 ordinary path refreshes it in place), SQL echo on, a model with relationships, inheritance
-or deferred columns, a driver other than asyncpg. A driver error falls back too, so callers
-see exactly the ordinary path's errors; a connection found dead is dropped and the read run
-once more on another first (see the lane).
+or deferred columns, a driver other than asyncpg, a value the driver cannot encode. An error
+from the server is raised as SQLAlchemy raises it on the ordinary path (the read is not sent
+twice); a connection found dead is dropped and the read run once more on another (see the
+lane).
 """
 
 from __future__ import annotations
@@ -25,14 +26,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.base import instance_state
 
-from pgstack.db.lane import compile_for_driver, driver_parameters, result_processor
+from pgstack.db.lane import (
+    cached,
+    compile_for_driver,
+    driver_arguments,
+    driver_parameters,
+    result_processor,
+)
 from pgstack.db.session import Session
 from pgstack.errors import PgStackError
-
-_UNSUPPORTED = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +47,7 @@ class ReadPlan:
 
     sql: str
     params: tuple[tuple[str, Callable[[Any], Any] | None], ...]
-    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
-    compiled: Any = None
+    compiled: Any
     #: Result processors of columns after the model's (e.g. a page's total); with any, rows
     #: come back as `(object, *values)` tuples.
     extra: tuple[Callable[[Any], Any] | None, ...] = ()
@@ -68,35 +73,36 @@ def _plain_mapper(mapper: Any) -> bool:
 
 
 def read_plan(
-    info: Any, key: Any, statement: Any, dialect: Dialect, extra: int = 0
-) -> ReadPlan | None:
-    """The compiled plan of a statement built once per `key` (cached on the model's info).
+    info: Any, key: Any, statement: Any, dialect: Dialect, extra: int, params: Any
+) -> tuple[ReadPlan, Any] | None:
+    """The plan of a statement built once per `key` (cached on the model's info) and `params`.
 
     None if it is not eligible. `extra`: columns after the model's, as for `statement_plan`.
     """
     plans = info.statements.setdefault(("fast", dialect.name), {})
-    plan = plans.get(key)
-    if plan is None:
-        if len(plans) >= _MAX_PLANS:
-            plans.clear()
-        plan = plans[key] = _compile(info, statement, dialect, extra=extra) or _UNSUPPORTED
-    return None if plan is _UNSUPPORTED else plan
+    plan = cached(plans, key, lambda: _compile(info, statement, dialect, extra=extra))
+    return (plan, params) if plan else None
 
 
 def _compile(
-    info: Any, statement: Any, dialect: Dialect, cache_key: Any = None, extra: int = 0
-) -> ReadPlan | None:
+    info: Any, statement: Any, dialect: Dialect, extra: int = 0, cache_key: Any = None
+) -> ReadPlan | bool:
+    """The statement's plan, or False if it cannot take the fast path.
+
+    With SQLAlchemy's `cache_key`, the plan serves every statement of the same shape: each
+    call's values come from its own cache key (`statement_plan`).
+    """
     mapper = info.mapper
     if not _plain_mapper(mapper):
-        return None
+        return False
     compiled = compile_for_driver(statement, dialect, cache_key)
     if compiled is None:
-        return None
+        return False
     columns = []
     entries = compiled._result_columns
     if extra:
         if len(entries) <= extra:
-            return None
+            return False
         entries, trailing = entries[:-extra], entries[-extra:]
         extras = tuple(result_processor(e[3], dialect) for e in trailing)
     else:
@@ -106,16 +112,15 @@ def _compile(
         try:
             prop = mapper.get_property_by_column(column)
         except Exception:
-            return None
+            return False
         processor = result_processor(entry[3], dialect)
         columns.append((prop.key, processor))
     if {key for key, _ in columns} != {prop.key for prop in mapper.column_attrs}:
-        return None
+        return False
     return ReadPlan(
         sql=compiled.string,
         params=driver_parameters(compiled),
-        columns=tuple(columns),
-        compiled=compiled if cache_key is not None else None,
+        compiled=compiled,
         extra=extras,
         keys=tuple(key for key, _ in columns),
         pk=next((i, p) for i, (key, p) in enumerate(columns) if key == info.pk_key),
@@ -125,11 +130,6 @@ def _compile(
             if processor is not None
         ),
     )
-
-
-# Plans of statements built per call (filters, sorts, cursors), by SQLAlchemy's cache key:
-# the same shape with other values reuses one plan. Bounded, like SQLAlchemy's own cache.
-_MAX_PLANS = 500
 
 
 def statement_plan(
@@ -142,14 +142,11 @@ def statement_plan(
     cache_key = statement._generate_cache_key()
     if cache_key is None:
         return None
-    plans = info.statements.setdefault(("fast-many", dialect.name, extra), {})
-    plan = plans.get(cache_key.key)
-    if plan is None:
-        if len(plans) >= _MAX_PLANS:
-            plans.clear()
-        plan = _compile(info, statement, dialect, cache_key, extra) or _UNSUPPORTED
-        plans[cache_key.key] = plan
-    if plan is _UNSUPPORTED:
+    plans = info.statements.setdefault(("fast-many", dialect.name), {})
+    plan = cached(
+        plans, cache_key.key, lambda: _compile(info, statement, dialect, extra, cache_key)
+    )
+    if not plan:
         return None
     params = plan.compiled.construct_params(
         extracted_parameters=cache_key.bindparams, escape_names=False
@@ -165,19 +162,6 @@ def session_is_fresh(session: AsyncSession) -> bool:
         and not session.in_transaction()
         and not (session.new or session.dirty or session.deleted)
     )
-
-
-async def fetch_one(
-    session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any], identity: Any
-) -> tuple[bool, Any]:
-    """Run `plan` on the session's connection outside a transaction: (done, object or None).
-
-    `done` False means "use the ordinary path" (nothing was changed that it would see).
-    """
-    if identity in session.identity_map:
-        return False, None
-    done, rows = await fetch_all(session, info, plan, params)
-    return done, (rows[0] if rows else None)
 
 
 async def fetch_all(
@@ -197,20 +181,14 @@ async def _fetch_all(
     if lane is None or lane.echo:
         return False, []
     try:
-        records = await lane.fetch(plan.sql, _arguments(plan, params))
-    except PgStackError:
-        raise  # the lane is exhausted or closed: the ordinary path would fare no better
+        records = await lane.fetch(plan.sql, driver_arguments(plan.params, params))
+    except (PgStackError, DBAPIError):
+        raise  # the server's answer (as SQLAlchemy reports it), or a lost or busy lane
     except Exception:
-        # The ordinary path runs the read again and reports any error in its own terms.
+        # Refused by the driver before sending (a value it cannot encode): the ordinary
+        # path reports that in its own terms.
         return False, []
     return _objects(session, info, plan, records)
-
-
-def _arguments(plan: ReadPlan, params: Mapping[str, Any]) -> list[Any]:
-    return [
-        params[name] if processor is None else processor(params[name])
-        for name, processor in plan.params
-    ]
 
 
 def _objects(

@@ -31,7 +31,6 @@ from pgstack.errors import (
     EncryptionError,
     InvalidInputError,
     NotFoundError,
-    PgStackError,
     TokenRefreshError,
 )
 from pgstack.orm.mixins import new_uuid7
@@ -639,14 +638,8 @@ class TokenVault:
     async def _read(self, provider: str, account: str) -> Any:
         lane = self.db.read_lane
         if lane is not None:
-            try:
-                records = await lane.fetch(_READ_SQL, (provider, account))
-            except PgStackError:
-                raise  # the lane is exhausted or closed
-            except Exception:  # noqa: S110 - the engine's connection reports it its own way
-                pass
-            else:
-                return records[0] if records else None
+            records = await lane.fetch(_READ_SQL, (provider, account))
+            return records[0] if records else None
         async with self.db.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
