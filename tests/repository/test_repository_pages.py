@@ -214,3 +214,22 @@ async def test_pages_without_filters_match_pages_with_a_filter_that_keeps_every_
         walked = [e.id for e in await walk(repo, sort, 7)]
         assert walked == [e.id for e in await walk(repo, sort, 7, everything)]
         assert len(set(walked)) == 37
+
+
+class Narrow(Repository[Entry]):
+    model = Entry
+    sortable = ("label",)
+
+
+async def test_a_sort_one_repository_allows_stays_refused_by_another(
+    pgstack_db: Database,
+) -> None:
+    # proves: R2, R3
+    # Unfiltered pages keep their statement per sort; the allow-list is still each class's.
+    await fill(pgstack_db, 3)
+    async with pgstack_db.session() as session:
+        assert len((await Entries(session).page(sort="score")).items) == 3
+        with pytest.raises(InvalidQueryError, match="score"):
+            await Narrow(session).page(sort="score")
+        with pytest.raises(InvalidQueryError, match="score"):
+            await Narrow(session).page_after(sort="score")

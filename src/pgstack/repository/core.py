@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Mapper
 from sqlalchemy.sql.elements import ColumnElement
 
+from pgstack.db.lane import cached
 from pgstack.db.metrics import sqlstate_of
 from pgstack.db.session import translate_error
 from pgstack.errors import (
@@ -37,8 +38,6 @@ M = TypeVar("M")
 
 # Repository reads return what the database holds, even for objects already in the session.
 POPULATE = {"populate_existing": True}
-# Statements built once per model and shape (`_shaped`); bounded, as sort orders vary.
-_MAX_SHAPES = 200
 
 # Columns the repository maintains itself; `update()` refuses to set them directly.
 MANAGED = frozenset(
@@ -251,6 +250,11 @@ def _shown(name: object) -> str:
 _fields_cache: dict[tuple[type, type], QueryFields] = {}
 
 
+def sort_term(column: Any, descending: bool) -> Any:
+    """ORDER BY term: ascending with NULLs last, or descending with NULLs first."""
+    return column.desc().nulls_first() if descending else column.asc().nulls_last()
+
+
 class RepositoryCore(Generic[M]):
     """The state and helpers every repository verb uses."""
 
@@ -286,14 +290,20 @@ class RepositoryCore(Generic[M]):
 
     # -- conditions --------------------------------------------------------------------------
 
-    def _scope(self, include_deleted: bool = False) -> list[ColumnElement[bool]]:
-        """Soft-delete and tenant conditions every statement on this model carries."""
+    def _scope(
+        self, include_deleted: bool = False, *, shaped: bool = False
+    ) -> list[ColumnElement[bool]]:
+        """Soft-delete and tenant conditions every statement on this model carries.
+
+        `shaped`: for a statement built once (`_shaped`), the tenant is the `pgstack_tenant`
+        parameter instead of the current tenant's value.
+        """
         info = self._info
         conditions: list[ColumnElement[bool]] = []
         if info.soft_delete and not include_deleted:
             conditions.append(info.attribute("deleted_at").is_(None))
-        if info.tenant_scoped and not tenant_scope_lifted():
-            tenant = require_tenant(info.name)
+        if self._scoped():
+            tenant = bindparam("pgstack_tenant") if shaped else require_tenant(info.name)
             conditions.append(info.attribute("tenant_id") == tenant)
         return conditions
 
@@ -324,11 +334,7 @@ class RepositoryCore(Generic[M]):
                 pk_named = True
             else:
                 field = self._fields.sort_field(item.field)
-            terms.append(
-                field.column.desc().nulls_first()
-                if item.descending
-                else field.column.asc().nulls_last()
-            )
+            terms.append(sort_term(field.column, item.descending))
         if not pk_named:
             terms.append(info.pk.asc())
         return terms
@@ -356,20 +362,6 @@ class RepositoryCore(Generic[M]):
 
     # -- execution ---------------------------------------------------------------------------
 
-    def _shape_scope(self, include_deleted: bool) -> tuple[list[ColumnElement[bool]], bool]:
-        """`_scope` for statements built once: the tenant is the `pgstack_tenant` parameter.
-
-        Returns the conditions and whether the statement is tenant-scoped (part of its shape).
-        """
-        info = self._info
-        scoped = self._scoped()
-        conditions: list[ColumnElement[bool]] = []
-        if info.soft_delete and not include_deleted:
-            conditions.append(info.attribute("deleted_at").is_(None))
-        if scoped:
-            conditions.append(info.attribute("tenant_id") == bindparam("pgstack_tenant"))
-        return conditions, scoped
-
     def _scoped(self) -> bool:
         """Whether statements on this model carry the tenant condition right now."""
         return self._info.tenant_scoped and not tenant_scope_lifted()
@@ -384,80 +376,56 @@ class RepositoryCore(Generic[M]):
 
         Each call then only binds parameters: no statement building, no cache key.
         """
-        shapes = self._info.statements.setdefault("shapes", {})
-        statement = shapes.get(key)
-        if statement is None:
-            if len(shapes) >= _MAX_SHAPES:
-                shapes.clear()
-            statement = shapes[key] = build()
-        return statement
+        return cached(self._info.statements.setdefault("shapes", {}), key, build)
 
-    async def _read_shaped(
-        self, key: Any, statement: Any, params: Mapping[str, Any], *, extra: int = 0
+    async def _read_objects(
+        self,
+        statement: Any,
+        params: Mapping[str, Any] | None = None,
+        *,
+        key: Any = None,
+        extra: int = 0,
     ) -> list[Any]:
-        """Run a statement from `_shaped`: objects, or `(object, *values)` rows with `extra`."""
+        """Run a `select(Model, *extra columns)` read, on the fast path when it may.
+
+        Returns objects, or `(object, *values)` rows with `extra`. `key` names a statement
+        from `_shaped` (its plan is kept by key); without it the statement was built for
+        this call (its plan is found by SQLAlchemy's cache key).
+        """
         session: Any = self.session
-        bind = session.bind if fast.session_is_fresh(session) else None
-        if bind is not None:
-            plan = fast.read_plan(self._info, key, statement, bind.dialect, extra)
-            if plan is not None:
-                done, rows = await fast.fetch_all(session, self._info, plan, params)
+        if fast.session_is_fresh(session):
+            info, dialect = self._info, session.bind.dialect
+            planned = (
+                fast.statement_plan(info, statement, dialect, extra)
+                if key is None
+                else fast.read_plan(info, key, statement, dialect, extra, params)
+            )
+            if planned is not None:
+                done, rows = await fast.fetch_all(session, info, *planned)
                 if done:
                     return rows
         result = await self._read(statement, params)
         return list(result.all() if extra else result.scalars().all())
 
-    def _get_statement(self, include_deleted: bool) -> tuple[Any, bool]:
+    async def _get_row(self, id: Any, include_deleted: bool = False) -> M | None:
         info = self._info
         scoped = self._scoped()
+        key = ("get", include_deleted, scoped)
 
         def build() -> Any:
-            conditions, _ = self._shape_scope(include_deleted)
+            conditions = self._scope(include_deleted, shaped=True)
             conditions.append(info.pk == bindparam("pgstack_pk"))
             return select(self.model).where(*conditions).execution_options(**POPULATE)
 
-        return self._shaped(("get", include_deleted, scoped), build), scoped
-
-    async def _get_row(self, id: Any, include_deleted: bool = False) -> M | None:
-        info = self._info
-        statement, scoped = self._get_statement(include_deleted)
-        params = self._shape_params(scoped, pgstack_pk=info.columns[info.pk_key].field.coerce(id))
-        session: Any = self.session
-        bind = session.bind if fast.session_is_fresh(session) else None
-        if bind is not None:
-            plan = fast.read_plan(info, ("get", include_deleted, scoped), statement, bind.dialect)
-            if plan is not None:
-                identity = info.mapper.identity_key_from_primary_key((params["pgstack_pk"],))
-                done, row = await fast.fetch_one(session, info, plan, params, identity)
-                if done:
-                    return row  # type: ignore[no-any-return]
-        result = await self._read(statement, params)
-        found: M | None = result.scalar_one_or_none()
-        return found
-
-    async def _read_models(self, statement: Any) -> list[M]:
-        """Run a `select(Model)` read and return its objects (the fast path when it may)."""
-        session: Any = self.session
-        bind = session.bind if fast.session_is_fresh(session) else None
-        if bind is not None:
-            planned = fast.statement_plan(self._info, statement, bind.dialect)
-            if planned is not None:
-                done, rows = await fast.fetch_all(session, self._info, *planned)
-                if done:
-                    return rows
-        return list((await self._read(statement)).scalars().all())
-
-    async def _read_rows(self, statement: Any, *, extra: int) -> Sequence[Any]:
-        """Run a `select(Model, *extra columns)` read: `(object, *values)` rows (fast if it may)."""
-        session: Any = self.session
-        bind = session.bind if fast.session_is_fresh(session) else None
-        if bind is not None:
-            planned = fast.statement_plan(self._info, statement, bind.dialect, extra)
-            if planned is not None:
-                done, rows = await fast.fetch_all(session, self._info, *planned)
-                if done:
-                    return rows
-        return (await self._read(statement)).all()
+        statement = self._shaped(key, build)
+        pk = info.columns[info.pk_key].field.coerce(id)
+        params = self._shape_params(scoped, pgstack_pk=pk)
+        if info.mapper.identity_key_from_primary_key((pk,)) in self.session.identity_map:
+            # Loaded already: the ordinary path refreshes that object in place.
+            found: M | None = (await self._read(statement, params)).scalar_one_or_none()
+            return found
+        rows = await self._read_objects(statement, params, key=key)
+        return rows[0] if rows else None
 
     async def _read(self, statement: Any, params: Mapping[str, Any] | None = None) -> Result[Any]:
         """Run a read; a dropped connection at the start of a transaction is retried once.

@@ -29,7 +29,7 @@ from sqlalchemy import Integer, and_, bindparam, false, func, or_, select, tuple
 from sqlalchemy.sql.elements import ColumnElement
 
 from pgstack.errors import InvalidQueryError
-from pgstack.repository.core import POPULATE, M, RepositoryCore
+from pgstack.repository.core import POPULATE, M, RepositoryCore, sort_term
 from pgstack.repository.filters import Filter, ResolvedField, Sort, SortSpec, sorts
 
 logger = logging.getLogger("pgstack.repository")
@@ -207,11 +207,12 @@ def _row_comparable(
     )
 
 
+def _shape_of(order: Sequence[Sort]) -> tuple[tuple[str, bool], ...]:
+    return tuple((s.field, s.descending) for s in order)
+
+
 def _keyset_order(fields: Sequence[ResolvedField], order: Sequence[Sort]) -> list[Any]:
-    return [
-        f.column.desc().nulls_first() if s.descending else f.column.asc().nulls_last()
-        for f, s in zip(fields, order, strict=True)
-    ]
+    return [sort_term(f.column, s.descending) for f, s in zip(fields, order, strict=True)]
 
 
 class PaginationOps(RepositoryCore[M]):
@@ -242,70 +243,64 @@ class PaginationOps(RepositoryCore[M]):
         start = offset or 0
         if not isinstance(start, int) or start < 0:
             raise InvalidQueryError("offset must be a whole number, 0 or more.")
-        if not filters and not equals:
-            return await self._plain_page(list(sorts(sort)), size, start, include_deleted)
-        conditions = self._where(filters, equals, include_deleted)
-        statement = (
-            select(self.model, self._total_of(conditions))
-            .where(*conditions)
-            .order_by(*self._order_by(sorts(sort)))
-            .limit(size)
-            .offset(start)
-            .execution_options(**POPULATE)
-        )
-        rows: Sequence[Any] = await self._read_rows(statement, extra=1)
+        order = list(sorts(sort))
+        key: Any = None
+        params: dict[str, Any] | None = None
+        if filters or equals:
+            conditions = self._where(filters, equals, include_deleted)
+            statement = self._page_statement(conditions, order, size, start)
+        else:
+            # No filters: the statement is built once per sort, the rest are parameters.
+            scoped = self._scoped()
+            # Keyed by repository class too: the sort is checked against its `sortable`
+            # when the statement is built.
+            key = ("page", type(self), _shape_of(order), include_deleted, scoped)
+            statement = self._shaped(
+                key,
+                lambda: self._page_statement(
+                    self._scope(include_deleted, shaped=True),
+                    order,
+                    bindparam("pgstack_limit", type_=Integer),
+                    bindparam("pgstack_offset", type_=Integer),
+                ),
+            )
+            params = self._shape_params(scoped, pgstack_limit=size, pgstack_offset=start)
+        rows = await self._read_objects(statement, params, key=key, extra=1)
         if rows:
             total = int(rows[0][1])  # the subquery's count: the same on every row
         elif start == 0:
             total = 0
         else:
             # Past the end the count has no row to ride on; count on its own.
-            count_statement = select(func.count()).select_from(self.model).where(*conditions)
-            total = int((await self._read(count_statement)).scalar_one())
+            where = self._where(filters, equals, include_deleted)
+            counted = select(func.count()).select_from(self.model).where(*where)
+            total = int((await self._read(counted)).scalar_one())
         return Page(items=[row[0] for row in rows], total=total, limit=size, offset=start)
 
-    async def _plain_page(
-        self, order: list[Sort], size: int, start: int, include_deleted: bool
-    ) -> Page[M]:
-        """`page()` without filters: its statement is built once per sort and reused."""
-        scoped = self._scoped()
-        key = ("page", tuple((s.field, s.descending) for s in order), include_deleted, scoped)
-
-        def build() -> Any:
-            conditions, _ = self._shape_scope(include_deleted)
-            return (
-                select(self.model, self._total_of(conditions))
-                .where(*conditions)
-                .order_by(*self._order_by(order))
-                .limit(bindparam("pgstack_limit", type_=Integer))
-                .offset(bindparam("pgstack_offset", type_=Integer))
-                .execution_options(**POPULATE)
-            )
-
-        statement = self._shaped(key, build)
-        params = self._shape_params(scoped, pgstack_limit=size, pgstack_offset=start)
-        rows = await self._read_shaped(key, statement, params, extra=1)
-        if rows:
-            total = int(rows[0][1])
-        elif start == 0:
-            total = 0
-        else:
-            count_statement = (
-                select(func.count()).select_from(self.model).where(*self._scope(include_deleted))
-            )
-            total = int((await self._read(count_statement)).scalar_one())
-        return Page(items=[row[0] for row in rows], total=total, limit=size, offset=start)
-
-    def _total_of(self, conditions: Sequence[ColumnElement[bool]]) -> Any:
+    def _page_statement(
+        self,
+        conditions: Sequence[ColumnElement[bool]],
+        order: Sequence[Sort],
+        limit: Any,
+        offset: Any,
+    ) -> Any:
         # The total as an uncorrelated scalar subquery: the server counts once (an InitPlan)
         # in the same statement and snapshot, instead of a window count that carries every
         # matching row through the sort (measured 2-3x the server time at 20,000 rows).
-        return (
+        total = (
             select(func.count())
             .select_from(self.model)
             .where(*conditions)
             .correlate(None)
             .scalar_subquery()
+        )
+        return (
+            select(self.model, total)
+            .where(*conditions)
+            .order_by(*self._order_by(order))
+            .limit(limit)
+            .offset(offset)
+            .execution_options(**POPULATE)
         )
 
     async def page_after(
@@ -336,20 +331,32 @@ class PaginationOps(RepositoryCore[M]):
         if cursor:
             raw = decode_cursor(cursor, query, len(order))
             values = [f.coerce(v) for f, v in zip(fields, raw, strict=True)]
+        key: Any = None
+        params: dict[str, Any] | None = None
         if not filters and not equals and _row_comparable(fields, order, values):
-            items = await self._plain_page_after(fields, order, values, size, include_deleted)
+            # No filters and a plain row comparison: the statement is built once per sort.
+            scoped = self._scoped()
+            key = ("after", _shape_of(order), include_deleted, scoped, bool(values))
+            bound = [
+                bindparam(f"pgstack_after_{i}", type_=field.column.type)
+                for i, field in enumerate(fields[: len(values)])
+            ]
+            statement = self._shaped(
+                key,
+                lambda: self._after_statement(
+                    self._scope(include_deleted, shaped=True),
+                    fields,
+                    order,
+                    bound,
+                    bindparam("pgstack_limit", type_=Integer),
+                ),
+            )
+            params = self._shape_params(scoped, pgstack_limit=size + 1)
+            params.update((b.key, v) for b, v in zip(bound, values, strict=True))
         else:
             conditions = self._where(filters, equals, include_deleted)
-            if cursor:
-                conditions.append(keyset_after(fields, order, values))
-            statement = (
-                select(self.model)
-                .where(*conditions)
-                .order_by(*_keyset_order(fields, order))
-                .limit(size + 1)
-                .execution_options(**POPULATE)
-            )
-            items = await self._read_models(statement)
+            statement = self._after_statement(conditions, fields, order, values, size + 1)
+        items: list[M] = await self._read_objects(statement, params, key=key)
         next_cursor = None
         if len(items) > size:
             items = items[:size]
@@ -357,42 +364,24 @@ class PaginationOps(RepositoryCore[M]):
             next_cursor = encode_cursor(query, [getattr(last, s.field) for s in order])
         return CursorPage(items=items, next_cursor=next_cursor, limit=size)
 
-    async def _plain_page_after(
+    def _after_statement(
         self,
+        conditions: list[ColumnElement[bool]],
         fields: Sequence[ResolvedField],
         order: Sequence[Sort],
-        values: Sequence[Any],
-        size: int,
-        include_deleted: bool,
-    ) -> list[M]:
-        """`page_after()` without filters: its statement is built once per sort and reused."""
-        scoped = self._scoped()
-        shape = tuple((s.field, s.descending) for s in order)
-        key = ("after", shape, include_deleted, scoped, bool(values))
-
-        def build() -> Any:
-            conditions, _ = self._shape_scope(include_deleted)
-            if values:
-                bound = [
-                    bindparam(f"pgstack_after_{i}", type_=f.column.type)
-                    for i, f in enumerate(fields)
-                ]
-                row = tuple_(*(f.column for f in fields))
-                after = tuple_(*bound)
-                conditions.append(row < after if order[0].descending else row > after)
-            return (
-                select(self.model)
-                .where(*conditions)
-                .order_by(*_keyset_order(fields, order))
-                .limit(bindparam("pgstack_limit", type_=Integer))
-                .execution_options(**POPULATE)
-            )
-
-        statement = self._shaped(key, build)
-        params = self._shape_params(scoped, pgstack_limit=size + 1)
-        params.update((f"pgstack_after_{i}", value) for i, value in enumerate(values))
-        items: list[M] = await self._read_shaped(key, statement, params)
-        return items
+        after: Sequence[Any],
+        limit: Any,
+    ) -> Any:
+        """Rows after the row with sort values `after` (from the start if none)."""
+        if after:
+            conditions.append(keyset_after(fields, order, after))
+        return (
+            select(self.model)
+            .where(*conditions)
+            .order_by(*_keyset_order(fields, order))
+            .limit(limit)
+            .execution_options(**POPULATE)
+        )
 
     def _query_digest(
         self,

@@ -41,7 +41,7 @@ class ReadOps(RepositoryCore[M]):
             .limit(2)
             .execution_options(**POPULATE)
         )
-        found = await self._read_models(statement)
+        found = await self._read_objects(statement)
         if len(found) > 1:
             raise InvalidQueryError(
                 f"get_by({', '.join(equals)}) matched more than one {self._info.name}; use "
@@ -86,7 +86,7 @@ class ReadOps(RepositoryCore[M]):
             if offset < 0:
                 raise InvalidQueryError("offset cannot be negative.")
             statement = statement.offset(offset)
-        return await self._read_models(statement)
+        return await self._read_objects(statement)
 
     async def count(self, *filters: Filter, include_deleted: bool = False, **equals: Any) -> int:
         """How many rows match."""
