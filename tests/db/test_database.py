@@ -320,7 +320,7 @@ async def test_one_session_used_by_two_tasks_raises_pgstack_error(pgstack_db: Da
 
 
 async def test_separate_sessions_run_concurrently(pgstack_db: Database) -> None:
-    # proves: D2
+    # proves: C2
     async def one(n: int) -> int:
         async with pgstack_db.session() as session:
             await session.execute(text("SELECT pg_sleep(0.05)"))

@@ -260,7 +260,7 @@ def test_a_column_only_in_the_models_is_drift(
 def test_check_reports_pending_revisions_before_comparing(
     pgstack_empty_url: URL, sample_project: MigrationProject, sample_models: ModuleType
 ) -> None:
-    # proves: G3, C5
+    # proves: G3
     upgrade(pgstack_empty_url, "pgstack@head", project=sample_project)
     problems = check(
         pgstack_empty_url, project=sample_project, metadata=explicit_metadata(sample_models)

@@ -98,10 +98,10 @@ async def test_ready_warns_when_a_newer_release_migrated_first(
     assert check.output is not None and "sampleapp_0002" in check.output
 
 
-async def test_app_migrates_at_startup_under_the_lock(
+async def test_app_migrates_at_startup(
     pgstack_empty_url: URL, sample_project: MigrationProject
 ) -> None:
-    # proves: W1, D5, C5
+    # proves: W1, C5
     app = create_app(
         settings_for(pgstack_empty_url),
         monitor_interval=None,

@@ -356,7 +356,7 @@ async def test_lists_are_scoped_to_the_tenant(pgstack_db: Database, path: list[b
 async def test_offset_pages_count_and_hide_deleted_rows(
     pgstack_db: Database, path: list[bool]
 ) -> None:
-    # proves: R2, M2
+    # proves: R3, M2
     made = [await make(pgstack_db, name=f"g{i:02}", size=i % 2) for i in range(7)]
     async with pgstack_db.transaction() as session:
         await Repository(session, Gadget).delete(made[3].id)
