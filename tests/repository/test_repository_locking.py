@@ -23,6 +23,7 @@ from pgstack.orm import (
     TYPE_ANNOTATION_MAP,
     BigIntPrimaryKey,
     ModelMixin,
+    SoftDelete,
     Timestamped,
     Versioned,
 )
@@ -43,6 +44,11 @@ class Counter(BigIntPrimaryKey, Timestamped, Versioned, LockBase):
 
 class Unversioned(BigIntPrimaryKey, LockBase):
     __tablename__ = "lock_unversioned"
+    value: Mapped[int]
+
+
+class SoftUnversioned(BigIntPrimaryKey, SoftDelete, LockBase):
+    __tablename__ = "lock_soft_unversioned"
     value: Mapped[int]
 
 
@@ -96,6 +102,15 @@ async def test_expected_version_needs_a_versioned_model(pgstack_db: Database) ->
         row = await repo.create(value=1)
         with pytest.raises(InvalidQueryError, match="not Versioned"):
             await repo.update(row.id, value=2, expected_version=1)
+        for write in (repo.update, repo.delete, repo.hard_delete):
+            with pytest.raises(InvalidQueryError, match="not Versioned"):
+                await write(row.id, expected_version=1)
+        # Without expected_version, an update with nothing to change returns the row as it is.
+        assert (await repo.update(row.id)).value == 1
+        soft = Repository(session, SoftUnversioned)
+        kept = await soft.create(value=1)
+        with pytest.raises(InvalidQueryError, match="not Versioned"):
+            await soft.delete(kept.id, expected_version=1)
 
 
 @pytest.fixture

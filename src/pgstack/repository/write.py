@@ -46,6 +46,14 @@ class WriteOps(RepositoryCore[M]):
             row["tenant_id"] = self._tenant_for_insert(row.get("tenant_id"))
         return row
 
+    def _version_check(self, expected_version: int | None) -> list[ColumnElement[bool]] | None:
+        """The condition a write with `expected_version` adds (None without one)."""
+        if expected_version is None:
+            return None
+        if not self._info.versioned:
+            raise InvalidQueryError(f"{self._info.name} is not Versioned; drop expected_version.")
+        return [self._info.attribute("version") == expected_version]
+
     def _pk_value(self, id: Any) -> Any:
         return self._info.columns[self._info.pk_key].field.coerce(id)
 
@@ -119,17 +127,15 @@ class WriteOps(RepositoryCore[M]):
         """
         info = self._info
         data = self._writable({**(values or {}), **fields}, managed_ok=False)
-        if expected_version is not None and not info.versioned:
-            raise InvalidQueryError(f"{info.name} is not Versioned; drop expected_version.")
+        version_check = self._version_check(expected_version)
         if not data:
             current = await self._get_current(id)
-            version = cast(Any, current).version
-            if expected_version is not None and version != expected_version:
+            if version_check is not None and cast(Any, current).version != expected_version:
                 raise await self._missing_or_conflict(id, expected_version)
             return current
-        statement = update(self.model).where(info.pk == self._pk_value(id), *self._scope())
-        if expected_version is not None:
-            statement = statement.where(info.attribute("version") == expected_version)
+        statement = update(self.model).where(
+            info.pk == self._pk_value(id), *self._scope(), *version_check or ()
+        )
         statement = statement.values({**self._values(data), **self._change_tracking()})
         result = await self._write(
             statement.returning(self.model).execution_options(**_RETURNING_OPTIONS)
@@ -151,9 +157,11 @@ class WriteOps(RepositoryCore[M]):
         if not info.soft_delete:
             await self.hard_delete(id, expected_version=expected_version)
             return
-        statement = update(self.model).where(info.pk == self._pk_value(id), *self._scope())
-        if expected_version is not None:
-            statement = statement.where(info.attribute("version") == expected_version)
+        statement = update(self.model).where(
+            info.pk == self._pk_value(id),
+            *self._scope(),
+            *self._version_check(expected_version) or (),
+        )
         statement = statement.values(
             {info.attribute("deleted_at"): func.now(), **self._change_tracking()}
         )
@@ -167,12 +175,10 @@ class WriteOps(RepositoryCore[M]):
         """Remove one row for good (soft-deleted or not)."""
         info = self._info
         statement = delete(self.model).where(
-            info.pk == self._pk_value(id), *self._scope(include_deleted=True)
+            info.pk == self._pk_value(id),
+            *self._scope(include_deleted=True),
+            *self._version_check(expected_version) or (),
         )
-        if expected_version is not None:
-            if not info.versioned:
-                raise InvalidQueryError(f"{info.name} is not Versioned; drop expected_version.")
-            statement = statement.where(info.attribute("version") == expected_version)
         result = await self._write(
             statement.returning(info.pk).execution_options(synchronize_session="fetch")
         )
