@@ -243,3 +243,16 @@ async def test_a_token_shorter_lived_than_the_buffer_is_still_refreshed_once(
     )
     assert len({t.access_token for t in tokens}) == 1
     assert len(await provider.calls()) == 1
+
+
+async def test_a_token_without_a_refresh_token_serves_until_it_expires(
+    vault: TokenVault, provider: FakeProvider
+) -> None:
+    # proves: T3
+    await vault.save("crm", "solo", "at-solo", None, expires_in=120)  # inside the buffer
+    token = await vault.get_valid_token("crm", "solo", provider.refresh)
+    assert token.access_token == "at-solo"
+    await vault.save("crm", "gone", "at-gone", None, expires_in=-10)
+    with pytest.raises(TokenRefreshError, match="authorized again"):
+        await vault.get_valid_token("crm", "gone", provider.refresh)
+    assert await provider.calls() == []  # nothing to refresh with: the provider is not called

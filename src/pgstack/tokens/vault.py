@@ -361,8 +361,14 @@ class TokenVault:
         if record is None:
             raise _not_found(provider, account)
         expires_at = record["expires_at"]
-        if expires_at is None or expires_at > self._now() + self.buffer:
+        now = self._now()
+        if expires_at is None or expires_at > now + self.buffer:
             return self._token(record)
+        if record["refresh_token"] is None:
+            # Nothing to refresh with: the token serves until it expires, without a lock.
+            if expires_at > now:
+                return self._token(record)
+            raise _no_refresh_token(provider, account)
         return await self._refresh_locked(provider, account, refresher, record["version"])
 
     async def _refresh_locked(
@@ -442,10 +448,7 @@ class TokenVault:
         """Call the refresher for a locked row, then store and audit the outcome."""
         old = self._token(mapping)
         if old.refresh_token is None:
-            raise TokenRefreshError(
-                f"No refresh token is stored for {old.provider}/{old.account}: the account "
-                "must be authorized again."
-            )
+            raise _no_refresh_token(old.provider, old.account)
         secrets = [old.refresh_token, old.access_token]
         started = time.perf_counter()
         error: str | None = None
@@ -676,6 +679,13 @@ def _context(column: str, provider: str, account: str) -> str:
     # The row's identity is part of the associated data: JSON keeps it unambiguous for any
     # provider or account text.
     return f"oauth_tokens.{column}{json.dumps([provider, account], ensure_ascii=False)}"
+
+
+def _no_refresh_token(provider: str, account: str) -> TokenRefreshError:
+    return TokenRefreshError(
+        f"No refresh token is stored for {provider}/{account} and its access token has "
+        "expired: the account must be authorized again."
+    )
 
 
 def _not_found(provider: str, account: str) -> NotFoundError:
