@@ -213,3 +213,15 @@ async def test_purge_removes_only_long_ended_sessions_and_tokens(
     assert (await identity.auth.user_for_session(live.token)).id == alice.id
     assert fresh_token is not None
     assert await identity.auth.reset_password(fresh_token, OTHER_STRONG)
+
+
+async def test_deactivating_through_update_ends_sessions_like_set_active(
+    identity: Identity, alice: User
+) -> None:
+    # proves: I3
+    login = await identity.auth.login("alice@example.com", STRONG)
+    await identity.users.update(alice.id, is_active=False)
+    await identity.users.update(alice.id, is_active=True)
+    # Active again, but the session from before stays ended.
+    with pytest.raises(AuthenticationError):
+        await identity.auth.user_for_session(login.token)

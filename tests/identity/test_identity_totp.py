@@ -69,6 +69,10 @@ async def test_recovery_codes_work_once_each(identity: Identity, alice: User) ->
         await identity.auth.authenticate("alice@example.com", STRONG, otp=codes[0])
     assert await identity.two_factor.remaining_recovery_codes(alice.id) == 9
     assert not await identity.two_factor.verify(alice.id, "aaaa-bbbb-cccc-dddd")
+    # Typed without its dashes, or with spaces, a code is the same code.
+    assert await identity.two_factor.verify(alice.id, codes[1].replace("-", ""))
+    assert await identity.two_factor.verify(alice.id, codes[2].replace("-", " "))
+    assert await identity.two_factor.remaining_recovery_codes(alice.id) == 7
 
 
 async def test_secret_is_encrypted_and_codes_hashed_at_rest(

@@ -26,8 +26,8 @@ def utcnow() -> datetime:
 def digest(secret: str) -> str:
     """The SHA-256 of a high-entropy secret (token, key, code) as stored in the database.
 
-    A fast hash is enough here, unlike for passwords: the secrets carry 128 bits or more of
-    randomness, so a stolen digest cannot be reversed by guessing.
+    A fast hash is enough here, unlike for passwords: the secrets carry 80 (recovery codes)
+    to 256 bits of randomness, so a stolen digest cannot be reversed by guessing.
     """
     return hashlib.sha256(secret.encode()).hexdigest()
 

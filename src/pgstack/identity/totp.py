@@ -44,7 +44,14 @@ def _recovery_code() -> str:
 
 
 def _normalise_code(code: str) -> str:
-    return code.strip().lower().replace(" ", "")
+    # Typed with or without the dashes and spaces it is shown with.
+    return code.strip().lower().replace(" ", "").replace("-", "")
+
+
+def _code_digest(code: str) -> str:
+    """The stored digest of a recovery code: of its dashed form, as it is shown."""
+    raw = _normalise_code(code)
+    return digest("-".join(raw[i : i + 4] for i in range(0, len(raw), 4)))
 
 
 class TwoFactor(ServiceBase):
@@ -176,7 +183,7 @@ class TwoFactor(ServiceBase):
             update(RecoveryCode)
             .where(
                 RecoveryCode.user_id == user_id,
-                RecoveryCode.code_hash == digest(code),
+                RecoveryCode.code_hash == _code_digest(code),
                 RecoveryCode.used_at.is_(None),
             )
             .values(used_at=func.now())
@@ -190,8 +197,6 @@ class TwoFactor(ServiceBase):
     async def _new_recovery_codes(self, session: Session, user_id: uuid.UUID) -> list[str]:
         await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
         codes = [_recovery_code() for _ in range(self.config.recovery_code_count)]
-        session.add_all(
-            RecoveryCode(user_id=user_id, code_hash=digest(_normalise_code(c))) for c in codes
-        )
+        session.add_all(RecoveryCode(user_id=user_id, code_hash=_code_digest(c)) for c in codes)
         await session.flush()
         return codes

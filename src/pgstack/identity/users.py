@@ -168,7 +168,10 @@ class Users(ServiceBase):
             if key in changes:
                 changes[key] = list(dict.fromkeys(changes[key]))
         async with self.db.transaction() as session:
-            return await UserRepository(session).update(user_id, changes)
+            user = await UserRepository(session).update(user_id, changes)
+            if changes.get("is_active") is False:
+                await _end_sessions(session, user.id)  # as set_active(False) does
+            return user
 
     async def set_roles(
         self, user_id: uuid.UUID, *, add: Sequence[str] = (), remove: Sequence[str] = ()
