@@ -299,10 +299,10 @@ def test_two_heads_on_a_branch_are_refused_until_merged(
 
     path = merge("join t2 and t3", branch="tmpapp", project=project)
     assert path.parent == tmp_path / "migrations" / "versions"
-    merged = MigrationProject.build(root=tmp_path, migrations="migrations", branch="tmpapp")
-    applied = upgrade(pgstack_empty_url, project=merged)
+    # The same project object sees the merge it just wrote.
+    applied = upgrade(pgstack_empty_url, project=project)
     assert {"tmpapp_0002a", "tmpapp_0002b"} <= set(applied)
-    assert is_at_head(pgstack_empty_url, project=merged)
+    assert is_at_head(pgstack_empty_url, project=project)
 
 
 async def test_waiting_for_the_migration_lock_is_bounded(pgstack_empty_url: URL) -> None:
@@ -428,6 +428,6 @@ def test_autogenerate_writes_wrapped_types_as_their_database_type(
     assert "Stamp" not in body
     assert "op.f('ix_events_at')" in body  # the naming convention, rendered
 
-    written = MigrationProject.build(root=tmp_path, migrations="migrations", branch="tmpapp")
-    assert len(upgrade(pgstack_empty_url, project=written)) == 1
-    assert check(pgstack_empty_url, project=written, metadata=metadata) == []
+    # The same project object sees the revision it just wrote.
+    assert len(upgrade(pgstack_empty_url, project=project)) == 1
+    assert check(pgstack_empty_url, project=project, metadata=metadata) == []

@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgstack.config import Settings, to_asyncpg_url
-from pgstack.errors import ConfigurationError, MigrationError, PgStackError
+from pgstack.errors import ConfigurationError, MigrationError
 from pgstack.migrations._engine import as_pgstack_error, migration_engine
 from pgstack.migrations.compare import differences
 from pgstack.migrations.project import PGSTACK_BRANCH, PGSTACK_VERSIONS, MigrationProject
@@ -349,6 +349,7 @@ def revision(
             process_revision_directives=refuse_empty,
             **kwargs,
         )
+        project.forget_scripts()  # the new file is one of them now
         if not isinstance(script_obj, Script):
             raise MigrationError("Alembic wrote no revision file.")
         return Path(script_obj.path)
@@ -373,6 +374,7 @@ def merge(
     def run() -> Path:
         # Alembic writes a merge beside the heads it merges, so it lands on their branch.
         script_obj = command.merge(config, own, message=message)
+        project.forget_scripts()
         if script_obj is None:
             raise MigrationError("Alembic wrote no merge revision.")
         return Path(script_obj.path)
@@ -485,8 +487,6 @@ def _guarded(fn: Callable[[], T], settings: Settings | None, doing: str) -> T:
         return run_off_loop(fn)
     except CommandError as exc:
         raise MigrationError(f"{doing[:1].upper()}{doing[1:]} failed: {exc}") from None
-    except PgStackError as exc:
-        raise as_pgstack_error(exc, url, doing) from None
     except Exception as exc:
         raise as_pgstack_error(exc, url, doing) from None
 

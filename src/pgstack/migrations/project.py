@@ -159,6 +159,10 @@ class MigrationProject:
         config.set_main_option("version_locations", "\n".join(locations))
         return config
 
+    def forget_scripts(self) -> None:
+        """Read the revision files again next time (after one was written)."""
+        self.__dict__.pop("script", None)
+
     @cached_property
     def script(self) -> ScriptDirectory:
         """The revisions of pgstack and the app, loaded once."""
