@@ -342,3 +342,12 @@ def test_serve_embedded_starts_then_reuses_its_data(
     assert "embedded PostgreSQL (reused)" in out
     assert "embedded PostgreSQL stopped" in out
     assert not (data / "postmaster.pid").exists(), "SIGTERM left the server running"
+
+
+@pytest.mark.parametrize("command", [["users", "list"], ["tokens", "list"]])
+def test_commands_that_change_stored_data_need_a_configured_database(command: list[str]) -> None:
+    # proves: C1
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("DATABASE_")}
+    result = runner.invoke(app, command, env={**unset, "DATABASE_URL": None})
+    assert result.exit_code == 1
+    assert "No database is configured: set DATABASE_URL" in result.output

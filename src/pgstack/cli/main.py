@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -17,7 +17,7 @@ from rich.table import Table
 from pgstack.config import Settings
 from pgstack.db.database import Database
 from pgstack.db.health import Check, HealthReport
-from pgstack.errors import PgStackError
+from pgstack.errors import ConfigurationError, PgStackError
 
 app = typer.Typer(
     name="pgstack",
@@ -34,6 +34,7 @@ app.add_typer(db_app, name="db")
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def expected_failures(fn: F) -> F:
@@ -50,6 +51,25 @@ def expected_failures(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def on_database(work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `work` on the configured database.
+
+    No embedded fallback: these commands change what a real deployment stores (users, API
+    keys, tokens).
+    """
+    settings = Settings()
+    if not settings.is_configured:
+        raise ConfigurationError(
+            "No database is configured: set DATABASE_URL (or DATABASE_HOST and friends)."
+        )
+
+    async def main() -> T:
+        async with Database(settings) as db:
+            return await work(db)
+
+    return asyncio.run(main())
 
 
 @app.callback()

@@ -5,7 +5,6 @@ No command ever prints a token value: lists show expiry status, history shows ou
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import sys
@@ -17,9 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from pgstack.cli.main import console, expected_failures
-from pgstack.config import Settings
-from pgstack.db.database import Database
+from pgstack.cli.main import console, expected_failures, on_database
 from pgstack.errors import ConfigurationError
 from pgstack.tokens import Refresher, TokenVault
 
@@ -32,15 +29,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _run(work: Callable[[TokenVault], Awaitable[T]]) -> T:
-    async def run() -> T:
-        db = Database(Settings())
-        await db.connect()
-        try:
-            return await work(TokenVault(db))
-        finally:
-            await db.disconnect()
-
-    return asyncio.run(run())
+    return on_database(lambda db: work(TokenVault(db)))
 
 
 def _iso(value: Any) -> str:

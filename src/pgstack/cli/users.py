@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -11,9 +10,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.table import Table
 
-from pgstack.cli.main import console, expected_failures
-from pgstack.config import Settings
-from pgstack.db.database import Database
+from pgstack.cli.main import console, expected_failures, on_database
 from pgstack.errors import ConfigurationError
 from pgstack.identity import Identity, generate_password
 
@@ -24,17 +21,7 @@ api_keys_app = typer.Typer(help="API keys: create and revoke.", no_args_is_help=
 
 
 def _run(work: Callable[[Identity], Awaitable[T]]) -> T:
-    settings = Settings()
-    if not settings.is_configured:
-        raise ConfigurationError(
-            "No database is configured: set DATABASE_URL (or DATABASE_HOST and friends)."
-        )
-
-    async def main() -> T:
-        async with Database(settings) as db:
-            return await work(Identity(db))
-
-    return asyncio.run(main())
+    return on_database(lambda db: work(Identity(db)))
 
 
 @users_app.command("create-admin")
