@@ -32,10 +32,10 @@ from benchmarks.contenders import (
     DataSet,
     Pgstack,
     RawAsyncpg,
-    asyncpg_dsn,
 )
 from benchmarks.models import BULK, INSERTS, ITEMS, UPSERTS, PgBase
 from pgstack import Database, Repository, Settings
+from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.embedded import EmbeddedPostgres
 
 CONCURRENCY = 16

@@ -36,6 +36,7 @@ from benchmarks.models import (
     PlainUpsert,
 )
 from pgstack import Database, Repository, Settings
+from pgstack.db.admin import asyncpg_dsn
 
 POOL = 10
 PAGE, OFFSET = 50, 1_000
@@ -66,10 +67,6 @@ class DataSet:
         old = random.sample(self.upsert_ids, half)
         keys = old + [uuid.uuid4() for _ in range(self.upsert_rows - half)]
         return [{"id": k, "name": f"u{i}", "qty": i, "note": "x"} for i, k in enumerate(keys)]
-
-
-def asyncpg_dsn(url: Any) -> str:
-    return str(url.set(drivername="postgresql").render_as_string(hide_password=False))
 
 
 class RawAsyncpg:
