@@ -51,7 +51,6 @@ class TrackedJSON(Mutable):
         key = attribute.key
         if parent_cls is not attribute.class_:
             return
-        parent_cls = attribute.class_
         listen_keys = cls._get_listen_keys(attribute)
 
         def load(state: InstanceState[Any], *args: Any) -> None:

@@ -128,7 +128,7 @@ class _UnnestPlan:
 
     def parameters(self, data: list[dict[str, Any]]) -> dict[str, list[Any]]:
         """One list per column: the rows' values, then each row's Python default."""
-        arrays = [list(map(itemgetter(key), data)) for key in self.given]
+        arrays = _columns(data, self.given)
         arrays += [_default_values(default, data) for default in self.defaults]
         return dict(zip(self.params, arrays, strict=True))
 

@@ -30,7 +30,7 @@ from pgstack.orm.context import require_tenant, tenant_scope_lifted
 from pgstack.orm.mixins import Audited, SoftDelete, TenantScoped, Timestamped, Versioned
 from pgstack.orm.types import is_secret, python_type_of
 from pgstack.repository import fast
-from pgstack.repository.filters import Eq, Filter, ResolvedField, Sort
+from pgstack.repository.filters import Eq, Filter, ResolvedField, Sort, text_to_bool
 
 logger = logging.getLogger("pgstack.repository")
 
@@ -45,15 +45,6 @@ MANAGED = frozenset(
 )
 
 
-def _text_to_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes", "on", "t"):
-        return True
-    if lowered in ("false", "0", "no", "off", "f"):
-        return False
-    raise ValueError(value)
-
-
 def _text_to_datetime(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     # Text from a URL has no zone more often than not; pgstack stores UTC, so read it as UTC.
@@ -61,7 +52,7 @@ def _text_to_datetime(value: str) -> datetime:
 
 
 _FROM_TEXT: dict[type, tuple[Callable[[str], Any], str]] = {
-    bool: (_text_to_bool, "true or false"),
+    bool: (text_to_bool, "true or false"),
     int: (int, "whole number"),
     float: (float, "number"),
     Decimal: (Decimal, "decimal number"),

@@ -367,9 +367,16 @@ OPERATORS: dict[str, str] = {
     "isnull": "true or false",
 }
 _ALIASES = {"lte": "le", "gte": "ge", "nin": "not_in", "notin": "not_in", "neq": "ne"}
-RESERVED = frozenset({"sort", "limit", "offset", "cursor"})
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+
+
+def text_to_bool(value: str) -> bool:
+    """`true`/`false` (also 1/0, yes/no, on/off, t/f) in any case; ValueError otherwise."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on", "t"):
+        return True
+    if lowered in ("false", "0", "no", "off", "f"):
+        return False
+    raise ValueError(value)
 
 
 @dataclass(frozen=True)
@@ -454,7 +461,7 @@ def _filter_from(key: str, value: str) -> Filter:
     if op == "ne":
         return Ne(name, value)
     if op in ("in", "not_in"):
-        values = [v for v in value.split(",")] if value else []
+        values = value.split(",") if value else []
         return In(name, values) if op == "in" else NotIn(name, values)
     if op == "like":
         return Like(name, value)
@@ -466,10 +473,12 @@ def _filter_from(key: str, value: str) -> Filter:
             raise InvalidQueryError(f"{key[:80]} needs two comma-separated values: low,high.")
         return Between(name, parts[0], parts[1])
     if op == "isnull":
-        flag = value.strip().lower()
-        if flag not in _TRUE | _FALSE:
-            raise InvalidQueryError(f"{key[:80]} takes true or false, not {value[:40]!r}.")
-        return IsNull(name, flag in _TRUE)
+        try:
+            return IsNull(name, text_to_bool(value))
+        except ValueError:
+            raise InvalidQueryError(
+                f"{key[:80]} takes true or false, not {value[:40]!r}."
+            ) from None
     return _COMPARISONS[op](name, value)
 
 
