@@ -17,7 +17,12 @@ from pgstack.db.database import Database
 from pgstack.db.embedded import EmbeddedPostgres
 from pgstack.db.health import Check, HealthMonitor, liveness, readiness, startup
 
-READINESS_CHECKS = {"postgres:responseTime", "postgres:queryPerformance", "postgres:poolSaturation"}
+READINESS_CHECKS = {
+    "postgres:responseTime",
+    "postgres:queryPerformance",
+    "postgres:poolSaturation",
+    "postgres:readPoolSaturation",
+}
 
 
 def relaxed(settings: Settings) -> Settings:
@@ -225,3 +230,22 @@ async def test_monitor_checks_in_the_background_and_logs_changes(
         await monitor.check_now()
         assert "warn -> pass" in caplog.records[-1].getMessage()
         assert caplog.records[-1].levelno == logging.INFO
+
+
+async def test_read_lane_saturation_is_its_own_check(pgstack_settings: Settings) -> None:
+    # proves: C5
+    settings = relaxed(pgstack_settings).model_copy(update={"database_read_pool_size": 1})
+    async with Database(settings) as db:
+        lane = db.read_lane
+        assert lane is not None
+        await lane.fetch("SELECT 1", ())  # open its connection, so taking it is immediate
+        busy = asyncio.create_task(lane.fetch("SELECT pg_sleep(1)", ()))
+        await asyncio.sleep(0.05)
+        report = await db.health_check()
+        check = report.checks["postgres:readPoolSaturation"]
+        assert (check.status, check.output) == ("warn", "1 of 1 connections checked out")
+        assert report.checks["postgres:poolSaturation"].status == "pass"
+        await busy
+    off = relaxed(pgstack_settings).model_copy(update={"database_read_pool_size": 0})
+    async with Database(off) as db:
+        assert "postgres:readPoolSaturation" not in (await db.health_check()).checks

@@ -150,15 +150,21 @@ async def readiness(db: Database, extra: list[HealthCheckFn] | None = None) -> H
     report.checks["postgres:queryPerformance"] = Check(
         "warn" if heavy > s.health_query_warn_ms else "pass", round(heavy, 3), "ms"
     )
-    stats = db.pool_stats()
-    capacity = stats["size"] + stats["max_overflow"]
-    ratio = stats["checked_out"] / capacity if capacity else 0.0
-    report.checks["postgres:poolSaturation"] = Check(
-        "warn" if ratio >= s.health_pool_warn_ratio else "pass",
-        round(ratio, 3),
-        "ratio",
-        output=f"{stats['checked_out']} of {capacity} connections checked out",
+    pools = (
+        ("postgres:poolSaturation", db.pool_stats()),
+        ("postgres:readPoolSaturation", db.read_pool_stats()),  # None: the read lane is off
     )
+    for name, stats in pools:
+        if stats is None:
+            continue
+        capacity = stats["size"] + stats["max_overflow"]
+        ratio = stats["checked_out"] / capacity if capacity else 0.0
+        report.checks[name] = Check(
+            "warn" if ratio >= s.health_pool_warn_ratio else "pass",
+            round(ratio, 3),
+            "ratio",
+            output=f"{stats['checked_out']} of {capacity} connections checked out",
+        )
     for fn in [*db.health_checks, *(extra or [])]:
         name = getattr(fn, "check_name", fn.__name__)
         try:
