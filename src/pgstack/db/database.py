@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from pgstack.config import Settings, render_url
 from pgstack.db import metrics
 from pgstack.db.metrics import sqlstate_of
-from pgstack.db.session import Session, translate_error
+from pgstack.db.session import Session, translated_errors
 from pgstack.errors import ConfigurationError, DatabaseUnavailableError, TransactionRetryError
 
 if TYPE_CHECKING:
@@ -194,16 +194,11 @@ class Database:
         if readonly:
             options["postgresql_readonly"] = True
         async with self.session() as session:
-            try:
+            with translated_errors():
                 async with session.begin():
                     if options:
                         await session.connection(execution_options=options)
                     yield session
-            except Exception as exc:
-                translated = translate_error(exc)
-                if translated is exc:
-                    raise
-                raise translated from exc
 
     async def run_in_transaction(
         self,
@@ -260,13 +255,8 @@ class Database:
         Session state it leaves (SET, advisory locks, LISTEN, an open transaction) is reset
         before the connection serves anyone else.
         """
-        try:
+        with translated_errors():
             return await self._run(statement, params)
-        except Exception as exc:
-            translated = translate_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
 
     async def _run(
         self, statement: Executable, params: Mapping[str, Any] | None

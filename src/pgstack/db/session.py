@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -59,6 +60,18 @@ def translate_error(exc: BaseException) -> BaseException:
     return exc
 
 
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise the errors of the block in pgstack's terms (`translate_error`)."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate_error(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
 def _guarded(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(method)
     async def wrapper(self: Session, *args: Any, **kwargs: Any) -> T:
@@ -68,12 +81,8 @@ def _guarded(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
         self._pgstack_owner = task
         self._pgstack_depth += 1
         try:
-            return await method(self, *args, **kwargs)
-        except Exception as exc:
-            translated = translate_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            with translated_errors():
+                return await method(self, *args, **kwargs)
         finally:
             self._pgstack_depth -= 1
             if not self._pgstack_depth:
