@@ -425,3 +425,22 @@ def test_tls_files_in_the_url_are_settings_not_driver_arguments(tmp_path: Path) 
     with pytest.raises(ConfigurationError, match="disable"):
         _ = Settings(database_url=raw, database_sslmode="disable", _env_file=None).ssl_option
     assert Settings(database_url="postgresql://u@h/d?sslmode=require").ssl_option == "require"
+
+
+def test_readme_lists_every_setting_and_marks_every_secret() -> None:
+    # proves: C1, O5
+    from pgstack.config import _env_names, _is_secret
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for name, field in Settings.model_fields.items():
+        variable = _env_names(name, field)[0].upper()
+        # `DATABASE_HOST` / `PORT` / ... rows name the parts after the first.
+        part = variable.removeprefix("DATABASE_")
+        row = next(
+            (r for r in rows if f"`{variable}`" in r or (f"`{part}`" in r and "DATABASE_" in r)),
+            None,
+        )
+        assert row is not None, f"README's configuration table lacks {variable}"
+        if _is_secret(field.annotation):
+            assert "🔑" in row, f"README does not mark {variable} as a secret (NAME_FILE)"
