@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Date, cast, func, literal, select, update
+from sqlalchemy import ColumnElement, Date, cast, func, literal, or_, select, update
 
 from pgstack.errors import ConflictError, InvalidInputError
 from pgstack.identity._common import ServiceBase, utcnow
-from pgstack.identity.models import LoginSession, Provider, User
+from pgstack.identity.models import ApiKey, LoginSession, Provider, User
 from pgstack.identity.passwords import require_strong_password
 from pgstack.orm.types import normalise_email
 from pgstack.repository import Eq, Filter, ILike, IsNull, Page, Repository
@@ -170,7 +170,7 @@ class Users(ServiceBase):
         async with self.db.transaction() as session:
             user = await UserRepository(session).update(user_id, changes)
             if changes.get("is_active") is False:
-                await _end_sessions(session, user.id)  # as set_active(False) does
+                await end_sessions(session, user.id)  # as set_active(False) does
             return user
 
     async def set_roles(
@@ -194,7 +194,7 @@ class Users(ServiceBase):
                 user.activate()
             else:
                 user.deactivate()
-                await _end_sessions(session, user.id)
+                await end_sessions(session, user.id)
             await session.flush()
             return user
 
@@ -202,7 +202,7 @@ class Users(ServiceBase):
         """Soft-delete a user: hidden, unable to sign in, their keys and sessions refused."""
         async with self.db.transaction() as session:
             await UserRepository(session).delete(user_id)
-            await _end_sessions(session, user_id)
+            await end_sessions(session, user_id)
 
     async def restore(self, user_id: uuid.UUID) -> User:
         """Bring back a soft-deleted user."""
@@ -326,9 +326,20 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-async def _end_sessions(session: Any, user_id: uuid.UUID) -> None:
+async def end_sessions(session: Any, user_id: uuid.UUID, *, api_keys: bool = False) -> None:
+    """End every session of the user, and with `api_keys` revoke every key of theirs too."""
     await session.execute(
         update(LoginSession)
         .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None))
         .values(revoked_at=func.now())
     )
+    if api_keys:
+        # A key rotated with a grace period still working is cut off now as well.
+        await session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.user_id == user_id,
+                or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > func.now()),
+            )
+            .values(revoked_at=func.now())
+        )
