@@ -41,3 +41,9 @@ def statements(pgstack_migrated_db: Database) -> Iterator[list[str]]:
     """Every SQL statement the test's Database sends from now on."""
     with record_statements(pgstack_migrated_db) as log:
         yield log
+
+
+async def reset_token(identity: Identity, email: str) -> str | None:
+    """The password-reset token issued for `email`, or None when it has no local account."""
+    issued = await identity.auth.request_password_reset(email)
+    return issued.token if issued is not None else None

@@ -16,6 +16,7 @@ from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, utcnow
 from pgstack.identity.lockout import Outcome
 from pgstack.identity.models import LoginSession, TokenPurpose, User, UserToken
 from pgstack.identity.passwords import require_strong_password
+from pgstack.identity.text import has_control_characters
 from pgstack.identity.totp import TwoFactor, spend_code
 from pgstack.identity.users import UserRepository, end_sessions
 from pgstack.orm.types import normalise_email
@@ -50,6 +51,17 @@ class LoginResult:
 
     def __repr__(self) -> str:
         return f"LoginResult(user={self.user.id}, token='***', expires_at={self.expires_at})"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A single-use token to deliver to its user (shown once)."""
+
+    user: User
+    token: str
+
+    def __repr__(self) -> str:
+        return f"IssuedToken(user={self.user.id}, token='***')"
 
 
 class Authenticator(ServiceBase):
@@ -93,6 +105,8 @@ class Authenticator(ServiceBase):
                     )
             return {**values, "last_login_at": func.now(), "login_count": User.login_count + 1}
 
+        if has_control_characters(email):
+            email = ""  # matches no one, and still costs the same work as an unknown address
         user = await self.lockout.run(User.email == normalise_email(email), check)
         if user is None:
             logger.info("login failed: unknown address, locked account or wrong password")
@@ -245,11 +259,14 @@ class Authenticator(ServiceBase):
         await session.flush()
         return user
 
-    async def request_password_reset(self, email: str) -> str | None:
-        """A reset token to send to this address, or None when no such local user exists.
+    async def request_password_reset(self, email: str) -> IssuedToken | None:
+        """A reset token and its user, to send to this address; None without a local account.
 
-        Callers answer the same way either way, so the reset form does not reveal accounts.
+        One transaction. Callers answer the same way either way, and deliver the token after
+        answering (as the router does), so neither the answer nor its timing reveals accounts.
         """
+        if has_control_characters(email):
+            return None
         async with self.db.transaction() as session:
             user = await UserRepository(session).get_by_or_none(email=normalise_email(email))
             if user is None or user.is_external or not user.is_active:
@@ -259,7 +276,7 @@ class Authenticator(ServiceBase):
                 session, user.id, TokenPurpose.PASSWORD_RESET, self.config.reset_token_ttl
             )
         logger.info("password reset token issued for user %s", user.id)
-        return token
+        return IssuedToken(user, token)
 
     async def reset_password(self, token: str, new: str) -> User:
         """Set a new password with a reset token; the token then stops working."""
