@@ -9,6 +9,7 @@ from typing import Any
 
 import pyotp
 import pytest
+from sqlalchemy import text
 
 from pgstack.db.database import Database
 from pgstack.errors import AuthenticationError
@@ -19,6 +20,7 @@ from .conftest import OTHER_STRONG, STRONG
 
 LIMIT = 5
 WRONG = "not the password at all"
+NOW = 1_800_000_015.0  # a pinned clock, mid-step: codes at NOW - 30 and NOW are both fresh
 
 
 def count_real_checks(identity: Identity, user: User) -> list[str]:
@@ -38,13 +40,22 @@ def count_real_checks(identity: Identity, user: User) -> list[str]:
 @pytest.fixture
 def guarded(pgstack_migrated_db: Database) -> Identity:
     return Identity(
-        pgstack_migrated_db, IdentityConfig(max_failed_logins=LIMIT, lockout=timedelta(minutes=5))
+        pgstack_migrated_db,
+        IdentityConfig(max_failed_logins=LIMIT, lockout=timedelta(minutes=5), clock=lambda: NOW),
     )
 
 
 @pytest.fixture
 async def victim(guarded: Identity) -> User:
     return await guarded.users.create("victim@example.com", STRONG)
+
+
+async def _unlock(identity: Identity, user: User) -> None:
+    async with identity.db.transaction() as session:
+        await session.execute(
+            text("UPDATE users SET locked_until = now() - interval '1 second' WHERE id = :id"),
+            {"id": user.id},
+        )
 
 
 async def _refused(call: Any) -> bool:
@@ -104,7 +115,7 @@ async def test_change_password_and_disable_feed_the_same_lockout(
     # proves: I7
     checked = count_real_checks(guarded, victim)
     enrolment = await guarded.two_factor.enrol(victim.id)
-    await guarded.two_factor.confirm(victim.id, pyotp.TOTP(enrolment.secret).now())
+    await guarded.two_factor.confirm(victim.id, pyotp.TOTP(enrolment.secret).at(NOW))
     guesses = [guarded.two_factor.disable(victim.id, password=WRONG) for _ in range(20)]
     assert all(await asyncio.gather(*(_refused(g) for g in guesses)))
     assert len(checked) <= LIMIT
@@ -139,7 +150,8 @@ async def test_concurrent_wrong_codes_check_at_most_the_limit(
     # proves: I7, I4
     enrolment = await guarded.two_factor.enrol(victim.id)
     totp = pyotp.TOTP(enrolment.secret)
-    await guarded.two_factor.confirm(victim.id, totp.now())
+    # Confirmed with the previous step's code, so the current step's code stays unspent.
+    await guarded.two_factor.confirm(victim.id, totp.at(NOW - 30))
     codes_checked: list[str] = []
     original = totp_module._accept_totp
 
@@ -148,7 +160,8 @@ async def test_concurrent_wrong_codes_check_at_most_the_limit(
         return await original(session, config, user, code)
 
     monkeypatch.setattr(totp_module, "_accept_totp", counting)
-    wrong = f"{(int(totp.now()) + 1) % 1_000_000:06d}"
+    right = totp.at(NOW)
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
     verdicts = await asyncio.gather(
         *(guarded.two_factor.verify(victim.id, wrong) for _ in range(30))
     )
@@ -156,5 +169,8 @@ async def test_concurrent_wrong_codes_check_at_most_the_limit(
     assert 1 <= len(codes_checked) <= LIMIT
     # Locked: the right password with a fresh right code is refused too.
     with pytest.raises(AuthenticationError):
-        await guarded.auth.authenticate("victim@example.com", STRONG, otp=totp.now())
-    assert not await guarded.two_factor.verify(victim.id, totp.now())
+        await guarded.auth.authenticate("victim@example.com", STRONG, otp=right)
+    assert not await guarded.two_factor.verify(victim.id, right)
+    # The lock, not a replay, refused it: once the lock passes, the same code works.
+    await _unlock(guarded, victim)
+    assert await guarded.two_factor.verify(victim.id, right)
