@@ -203,6 +203,10 @@ async def test_lookalike_addresses_meet_one_account_or_are_refused(
             await identity.users.create(spoof, STRONG)
     # One script, even a non-Latin one, and accented Latin letters are addresses like any.
     assert (await identity.users.create("\u0438\u0432\u0430\u043d@example.com", STRONG)).email
+    assert [u.id for u in (await identity.users.search(email="\u212aate")).items] == [kate.id]
+    for field in ("email", "name", "role", "group"):
+        with pytest.raises(InvalidInputError, match="control characters"):
+            await identity.users.search(**{field: "a\x00b"})
     assert (
         await identity.users.create("Jos\u00e9@example.com", STRONG)
     ).email == "jos\u00e9@example.com"

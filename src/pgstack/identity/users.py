@@ -320,9 +320,12 @@ class Users(ServiceBase):
         `email` and `name` match any part, ignoring case; `status` is one of active,
         inactive, locked, unverified, deleted.
         """
+        for text, what in ((email, "e-mail"), (name, "name"), (role, "role"), (group, "group")):
+            if text:
+                check_text(text, f"{what} to search for")
         filters: list[Filter] = []
         if email:
-            filters.append(ILike("email", f"%{_escape(email.strip().lower())}%"))
+            filters.append(ILike("email", f"%{_escape(normalise_email(email) or '')}%"))
         if name:
             filters.append(ILike("name", f"%{_escape(name)}%"))
         if role:
