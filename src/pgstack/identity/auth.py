@@ -17,7 +17,7 @@ from pgstack.identity.lockout import Outcome
 from pgstack.identity.models import LoginSession, TokenPurpose, User, UserToken
 from pgstack.identity.passwords import require_strong_password
 from pgstack.identity.text import has_control_characters
-from pgstack.identity.totp import TwoFactor, spend_code
+from pgstack.identity.totp import spend_code
 from pgstack.identity.users import UserRepository, end_sessions
 from pgstack.orm.types import normalise_email
 
@@ -66,11 +66,6 @@ class IssuedToken:
 
 class Authenticator(ServiceBase):
     """Check passwords, keep sessions, change and reset passwords, verify e-mail addresses."""
-
-    @property
-    def two_factor(self) -> TwoFactor:
-        """The two-factor service with the same database and settings."""
-        return TwoFactor(self.db, self.config, self.hasher)
 
     async def authenticate(self, email: str, password: str, *, otp: str | None = None) -> User:
         """The user these credentials belong to, or AuthenticationError.
