@@ -45,6 +45,20 @@ MANAGED = frozenset(
 )
 
 
+#: The largest offset (and `list()` limit) a read takes: PostgreSQL's int4. Beyond it is no
+#: real page, and the value would not even fit the statement's parameter.
+MAX_OFFSET = 2**31 - 1
+
+
+def whole_number(name: str, value: Any, *, low: int = 0, high: int = MAX_OFFSET) -> int:
+    """`value` if it is an int from `low` to `high`, else InvalidQueryError naming `name`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidQueryError(
+            f"{name} must be a whole number from {low} to {high}, not {shown_id(value)}."
+        )
+    return value
+
+
 def _text_to_datetime(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     # Text from a URL has no zone more often than not; pgstack stores UTC, so read it as UTC.

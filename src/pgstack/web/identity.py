@@ -34,7 +34,7 @@ from pgstack.identity import (
 from pgstack.identity import (
     require_scopes as _require_key_scopes,
 )
-from pgstack.web.deps import get_database
+from pgstack.web.deps import Offset, get_database
 
 logger = logging.getLogger("pgstack.web")
 
@@ -422,7 +422,7 @@ def identity_router(
         provider: str | None = None,
         sort: str = "-created_at",
         limit: Annotated[int, Query(ge=1, le=100)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> UserPageOut:
         page = await identity.users.search(
             email=email,
