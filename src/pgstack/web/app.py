@@ -8,7 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 
 import pgstack
 from pgstack.config import Settings
@@ -64,9 +65,10 @@ async def startup(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", tags=["metrics"])
-async def metrics() -> Response:
-    """Metrics in the Prometheus text format."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Metrics in the Prometheus text format, or OpenMetrics when the scraper's Accept asks."""
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(REGISTRY), headers={"Content-Type": content_type})
 
 
 def create_app(
