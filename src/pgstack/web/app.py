@@ -7,9 +7,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
+from swagger_ui_bundle import swagger_ui_path
 
 import pgstack
 from pgstack.config import Settings
@@ -71,6 +74,26 @@ async def metrics(request: Request) -> Response:
     return Response(encode(REGISTRY), headers={"Content-Type": content_type})
 
 
+_DOCS_ASSETS = "/docs/assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Swagger UI at `/docs`, its files from the swagger-ui-bundle package: works offline."""
+    app.mount(_DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{_DOCS_ASSETS}/favicon-32x32.png",
+            # No badge fetched from the public validator service.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -128,7 +151,17 @@ def create_app(
             if owns_db:
                 await db.disconnect()
 
-    app = FastAPI(title=title, version=pgstack.__version__, lifespan=lifespan)
+    docs = db.settings.docs
+    app = FastAPI(
+        title=title,
+        version=pgstack.__version__,
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url=None,  # served below from the installed package, not a CDN
+        redoc_url=None,
+    )
+    if docs:
+        _serve_docs(app)
     app.state.pgstack_db = db
     app.state.pgstack_monitor = None
     app.state.pgstack_started = False
