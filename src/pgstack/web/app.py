@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
@@ -32,13 +32,61 @@ def _health_response(report: HealthReport) -> JSONResponse:
     )
 
 
+class _HealthJSON(JSONResponse):
+    media_type = health.MEDIA_TYPE
+
+
+# The application/health+json body (draft-inadarei-api-health-check), as the probes send it.
+_HEALTH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "description", "checks"],
+    "properties": {
+        "status": {"type": "string", "enum": ["pass", "warn", "fail"]},
+        "description": {"type": "string"},
+        "checks": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["componentType", "status", "time"],
+                    "properties": {
+                        "componentType": {"type": "string"},
+                        "status": {"type": "string", "enum": ["pass", "warn", "fail"]},
+                        "time": {"type": "string"},
+                        "observedValue": {},  # a number, a revision, a flag
+                        "observedUnit": {"type": "string"},
+                        "output": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+_HEALTH_CONTENT = {health.MEDIA_TYPE: {"schema": _HEALTH_SCHEMA}}
 _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"description": "The check failed; the body says which part."}
+    200: {
+        "description": "pass or warn; the body says which checks warn.",
+        "content": _HEALTH_CONTENT,
+    },
+    503: {
+        "description": "The check failed; the body says which part.",
+        "content": {**_HEALTH_CONTENT, **problems.PROBLEM_CONTENT},
+    },
+}
+_METRICS_CONTENT = {
+    media: {"schema": {"type": "string"}}
+    for media in ("text/plain; version=0.0.4", "application/openmetrics-text; version=1.0.0")
 }
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Liveness: the process answers (no database access)")
+@router.get(
+    "/health",
+    summary="Liveness: the process answers (no database access)",
+    response_class=_HealthJSON,
+    responses={200: _HEALTH_RESPONSES[200]},
+)
 async def liveness() -> JSONResponse:
     """Liveness probe."""
     return _health_response(health.liveness())
@@ -47,6 +95,7 @@ async def liveness() -> JSONResponse:
 @router.get(
     "/ready",
     summary="Readiness: database round trip, pool, query performance",
+    response_class=_HealthJSON,
     responses=_HEALTH_RESPONSES,
 )
 async def readiness(request: Request) -> JSONResponse:
@@ -58,7 +107,10 @@ async def readiness(request: Request) -> JSONResponse:
 
 
 @router.get(
-    "/startup", summary="Startup: the service finished starting", responses=_HEALTH_RESPONSES
+    "/startup",
+    summary="Startup: the service finished starting",
+    response_class=_HealthJSON,
+    responses=_HEALTH_RESPONSES,
 )
 async def startup(request: Request) -> JSONResponse:
     """Startup probe."""
@@ -67,7 +119,13 @@ async def startup(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", tags=["metrics"])
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    tags=["metrics"],
+    response_class=PlainTextResponse,
+    responses={200: {"description": "The metrics.", "content": _METRICS_CONTENT}},
+)
 async def metrics(request: Request) -> Response:
     """Metrics in the Prometheus text format, or OpenMetrics when the scraper's Accept asks."""
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
@@ -165,7 +223,7 @@ def create_app(
     app.state.pgstack_db = db
     app.state.pgstack_monitor = None
     app.state.pgstack_started = False
-    problems.install(app)
+    problems.install(app, probes=router)
     app.include_router(router)
     for extra in routers:
         app.include_router(extra)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Collection
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
@@ -18,6 +20,33 @@ from pgstack.errors import PgStackError
 
 logger = logging.getLogger("pgstack.web")
 MEDIA_TYPE = "application/problem+json"
+
+#: The problem-details body (RFC 9457) every error answers with; `errors` on a 422.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+PROBLEM_CONTENT: dict[str, Any] = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
 def _slug(name: str) -> str:
@@ -89,12 +118,27 @@ async def _pgstack_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of one route; a path may have several (GET,
+        # PATCH and DELETE of one resource), as the OpenAPI document says.
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
     return problem_response(
         exc.status_code,
         exc.detail if isinstance(exc.detail, str) else None,
         instance=request.url.path,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the OpenAPI document lists for a path template this request's path fits."""
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{.*?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods.update(method.upper() for method in item if method in _METHODS)
+    return ", ".join(sorted(methods))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -175,8 +219,64 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return _server_error(request, 500)
 
 
-def install(app: FastAPI) -> None:
-    """Answer every error of the app with a problem-details body."""
+def problem_statuses() -> list[int]:
+    """Every status an error can answer with: pgstack's error hierarchy, validation, 500."""
+    statuses = {422, 500}
+    pending: list[type[PgStackError]] = [PgStackError]
+    while pending:
+        cls = pending.pop()
+        statuses.add(cls.status_code)
+        pending.extend(cls.__subclasses__())
+    return sorted(statuses)
+
+
+def document_problems(schema: dict[str, Any], skip: Collection[str] = ()) -> None:
+    """Declare the problem responses of every operation of an OpenAPI document, in place.
+
+    Each operation outside the paths in `skip` (which declare their own) lists every status
+    of `problem_statuses()` with `application/problem+json` content; FastAPI's own 422
+    (`application/json`, HTTPValidationError) becomes the problem-details body it really is.
+    """
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    statuses = problem_statuses()
+    for path, item in schema.get("paths", {}).items():
+        if path in skip:
+            continue
+        for method, operation in item.items():
+            if method not in _METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            # A body that is not even text (bytes that are not UTF-8) is a 400, not a 422.
+            extra = [400] if "requestBody" in operation else []
+            for status in sorted([*statuses, *extra]):
+                entry = responses.setdefault(
+                    str(status), {"description": HTTPStatus(status).phrase}
+                )
+                content = entry.get("content") or {}
+                if status == 422:
+                    content.pop("application/json", None)  # FastAPI's HTTPValidationError
+                entry["content"] = {**content, **PROBLEM_CONTENT}
+    components = schema["components"]["schemas"]
+    for name in ("HTTPValidationError", "ValidationError"):  # in that order: one uses the other
+        if f'"#/components/schemas/{name}"' not in json.dumps(schema):
+            components.pop(name, None)
+
+
+def install(app: FastAPI, *, probes: APIRouter | None = None) -> None:
+    """Answer every error of the app with a problem-details body, and document them.
+
+    The app's OpenAPI document lists the problem responses of every operation (see
+    `document_problems`); the routes of `probes` declare their own responses.
+    """
+    generate = app.openapi
+    skip = {getattr(route, "path", "") for route in probes.routes} if probes else set()
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_problems(generate(), skip)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(PgStackError, _pgstack_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
