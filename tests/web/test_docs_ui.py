@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import re
 
-import httpx
-
 from pgstack import Settings
 from pgstack.web import create_app
+
+from .conftest import served
 
 
 async def test_docs_load_every_asset_from_the_app_itself(pgstack_settings: Settings) -> None:
     # proves: W1
     app = create_app(pgstack_settings, monitor_interval=None)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with served(app, lifespan=False) as client:
         page = await client.get("/docs")
         assert page.status_code == 200
         assert "https://" not in page.text and "http://" not in page.text
@@ -39,8 +38,7 @@ async def test_production_can_turn_docs_and_schema_off(pgstack_settings: Setting
     settings = pgstack_settings.model_copy(update={"docs": False})
     assert Settings(PGSTACK_DOCS="false").docs is False  # type: ignore[call-arg]
     app = create_app(settings, monitor_interval=None)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with served(app, lifespan=False) as client:
         for path in ("/docs", "/openapi.json", "/docs/assets/swagger-ui-bundle.js"):
             answer = await client.get(path)
             assert answer.status_code == 404, path

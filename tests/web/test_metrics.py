@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from pgstack import Settings
 from pgstack.web import create_app
 
+from .conftest import served
+
 # What Prometheus itself sends when it scrapes.
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -26,12 +28,9 @@ PROMETHEUS_ACCEPT = (
 
 @pytest.fixture
 async def client(pgstack_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(pgstack_settings, monitor_interval=None)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            await c.get("/ready")  # a query, a health result: every family has samples
-            yield c
+    async with served(create_app(pgstack_settings, monitor_interval=None)) as c:
+        await c.get("/ready")  # a query, a health result: every family has samples
+        yield c
 
 
 async def test_text_format_names_follow_prometheus_conventions(client: httpx.AsyncClient) -> None:

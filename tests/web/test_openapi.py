@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 
@@ -15,6 +14,8 @@ from pgstack import NotFoundError, Settings
 from pgstack.repository import MAX_OFFSET
 from pgstack.web import Offset, create_app
 from pgstack.web.modules import builtin_routers
+
+from .conftest import served
 
 PROBLEM = "application/problem+json"
 METHODS = {"get", "put", "post", "patch", "delete"}
@@ -92,18 +93,16 @@ def test_listing_offsets_are_bounded_in_the_schema(spec: dict[str, Any]) -> None
 async def test_what_the_document_says_is_what_the_app_answers(pgstack_settings: Settings) -> None:
     # proves: W3, W2
     app = app_with_modules(pgstack_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            missing = await client.get("/things/7")
-            assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
-            huge = await client.get("/things/7", params={"offset": str(MAX_OFFSET + 1)})
-            assert (huge.status_code, huge.headers["content-type"]) == (422, PROBLEM)
-            garbled = await client.post(
-                "/auth/login", content=b"\xff\xfe\x00", headers={"Content-Type": "application/json"}
-            )
-            assert (garbled.status_code, garbled.headers["content-type"]) == (400, PROBLEM)
-            # A 405 names every method the path answers, as the document lists them.
-            wrong = await client.put("/auth/api-keys")
-            assert wrong.status_code == 405
-            assert wrong.headers["allow"] == "GET, POST"
+    async with served(app) as client:
+        missing = await client.get("/things/7")
+        assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
+        huge = await client.get("/things/7", params={"offset": str(MAX_OFFSET + 1)})
+        assert (huge.status_code, huge.headers["content-type"]) == (422, PROBLEM)
+        garbled = await client.post(
+            "/auth/login", content=b"\xff\xfe\x00", headers={"Content-Type": "application/json"}
+        )
+        assert (garbled.status_code, garbled.headers["content-type"]) == (400, PROBLEM)
+        # A 405 names every method the path answers, as the document lists them.
+        wrong = await client.put("/auth/api-keys")
+        assert wrong.status_code == 405
+        assert wrong.headers["allow"] == "GET, POST"

@@ -22,6 +22,8 @@ from pgstack.crypto import KeyRing, configure_encryption, generate_key, get_key_
 from pgstack.errors import DatabaseUnavailableError
 from pgstack.web import DatabaseDep, TransactionDep, create_app
 
+from .conftest import served
+
 # A stand-in for a password hash: a value the log must never show.
 SECRET = "$argon2id$v=19$m=65536,t=3,p=4$c2VjcmV0LXNhbHQ$not-for-any-log"
 
@@ -80,11 +82,8 @@ def build_app(settings: Settings, name: str) -> FastAPI:
 
 @pytest.fixture
 async def client(pgstack_settings: Settings, accounts: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_app(pgstack_settings, accounts)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with served(build_app(pgstack_settings, accounts)) as c:
+        yield c
 
 
 def server_log(caplog: pytest.LogCaptureFixture) -> str:
