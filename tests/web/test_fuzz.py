@@ -138,7 +138,10 @@ def _schemathesis(base: str, token: str, excludes: list[str], report: Path) -> N
     ]
     for pattern in excludes:
         command += ["--exclude-path-regex", pattern]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1500, check=False)
+    # In the test's folder: schemathesis keeps a cache where it runs.
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=1500, check=False, cwd=report.parent
+    )
     report.write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-12000:]
 

@@ -86,15 +86,9 @@ _GENERIC_5XX = {
 }
 
 
-def _server_error(
-    request: Request, status: int, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return problem_response(
-        status,
-        _GENERIC_5XX.get(status, _GENERIC_5XX[500]),
-        instance=request.url.path,
-        headers=headers,
-    )
+def _server_error(request: Request, status: int) -> JSONResponse:
+    detail = _GENERIC_5XX.get(status, _GENERIC_5XX[500])
+    return problem_response(status, detail, instance=request.url.path)
 
 
 async def _pgstack_error(request: Request, exc: Exception) -> JSONResponse:
