@@ -35,7 +35,7 @@ from pgstack.identity import (
     require_scopes as _require_key_scopes,
 )
 from pgstack.identity.text import has_control_characters
-from pgstack.web.deps import get_database
+from pgstack.web.deps import Offset, get_database
 
 logger = logging.getLogger("pgstack.web")
 
@@ -500,7 +500,7 @@ def identity_router(
         provider: _Search = None,
         sort: Annotated[str, Query(max_length=200), _Clean] = "-created_at",
         limit: Annotated[int, Query(ge=1, le=100)] = 50,
-        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+        offset: Offset = 0,
     ) -> UserPageOut:
         page = await identity.users.search(
             email=email,
