@@ -235,6 +235,7 @@ def db_init(
 
 # The migration and seeding commands register themselves on db_app.
 from pgstack.cli import migrate as _migrate  # noqa: E402
+from pgstack.cli import ops as _ops  # noqa: E402, F401
 from pgstack.cli.tokens import tokens_app  # noqa: E402
 
 app.add_typer(tokens_app, name="tokens")

@@ -1,0 +1,57 @@
+"""Fixtures for the operations tests: a database of the test's own, and a superuser line to it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL
+
+from pgstack.db.admin import asyncpg_dsn
+from pgstack.db.database import Database
+from pgstack.testing.plugin import settings_for
+
+
+@pytest.fixture
+async def admin(pgstack_empty_url: URL) -> AsyncIterator[asyncpg.Connection]:
+    """A connection, as the test server's role, to this test's empty database."""
+    conn = await asyncpg.connect(asyncpg_dsn(pgstack_empty_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def service(pgstack_empty_url: URL) -> AsyncIterator[Database]:
+    """The service's Database on this test's database (pool 5 + overflow 2, read lane 5)."""
+    db = Database(settings_for(pgstack_empty_url))
+    await db.connect()
+    try:
+        yield db
+    finally:
+        await db.disconnect(timeout=1)
+
+
+Eventually = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
+
+
+@pytest.fixture
+def eventually() -> Eventually:
+    """Poll a probe until it returns something truthy (statistics reach views asynchronously)."""
+    return _eventually
+
+
+async def _eventually(probe: Callable[[], Awaitable[Any]], what: str, within: float = 20.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.1)
