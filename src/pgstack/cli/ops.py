@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
+from sqlalchemy.engine import URL
 
-from pgstack.cli.main import console, db_app, expected_failures
+from pgstack.cli.main import console, db_app, err_console, expected_failures
 from pgstack.cli.migrate import database_settings
 from pgstack.config import Settings
+from pgstack.db import backup
+from pgstack.db.backup import Progress
 from pgstack.db.database import Database
 from pgstack.db.doctor import Finding, diagnose, worst
 
@@ -76,3 +84,95 @@ def _print_findings(findings: list[Finding]) -> None:
             f.fix,
         )
     console.print(table)
+
+
+# -- backups ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Progress]:
+    """A progress bar over tables, shown on stderr."""
+    with RichProgress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tables"),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@db_app.command("backup")
+@expected_failures
+def backup_cmd(
+    target: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A file (NAME.dump) or a folder for a timestamped one (default: DATA_DIR/backups)."
+        ),
+    ] = None,
+    verify_: Annotated[
+        bool,
+        typer.Option("--verify", help="Restore into a scratch database and compare row counts."),
+    ] = False,
+) -> None:
+    """Dump the database (pg_dump custom format) with a sha256 checksum file beside it."""
+    with database_settings() as settings:
+        url = _url(settings)
+        where = target if target is not None else settings.data_dir / "backups"
+        with _progress("dumping") as progress:
+            result = asyncio.run(backup.backup(url, Path(where), progress=progress))
+        typer.echo(f"wrote {result.path} ({result.size} bytes, {len(result.row_counts)} tables)")
+        typer.echo(f"sha256 {result.sha256} in {result.checksum_path.name}")
+        if not verify_:
+            return
+        with _progress("verifying") as progress:
+            report = asyncio.run(
+                backup.verify(result.path, url, expected=result.row_counts, progress=progress)
+            )
+    for name, (had, got) in report.mismatches.items():
+        typer.echo(f"MISMATCH {name}: {had} row(s) dumped, {got} restored", err=True)
+    if not report.ok:
+        raise typer.Exit(1)
+    typer.echo(
+        f"verified: a scratch restore has the same row counts in {len(report.source)} tables"
+    )
+
+
+@db_app.command("restore")
+@expected_failures
+def restore_cmd(
+    dump: Annotated[Path, typer.Argument(help="The .dump file (its .sha256 must be beside it).")],
+    into: Annotated[str, typer.Option("--into", help="Name of the database to create.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Drop the database first if it exists.")
+    ] = False,
+) -> None:
+    """Restore a backup into a new database on the configured server; check its migrations."""
+    from pgstack.cli.migrate import load_project
+    from pgstack.migrations import status
+
+    with database_settings() as settings:
+        target = _url(settings).set(database=into)
+        with _progress("restoring") as progress:
+            asyncio.run(backup.restore(dump, target, overwrite=overwrite, progress=progress))
+        typer.echo(f"restored {dump.name} into database {into!r} (checksum verified)")
+        state = status(settings.with_url(target), project=load_project())
+    if state.at_head:
+        typer.echo("migrations: at head")
+    elif not state.versioned:
+        typer.echo("migrations: the restored database has no pgstack migrations table")
+    else:
+        typer.echo(
+            f"migrations: missing {', '.join(state.missing) or 'none'}; run `pgstack db upgrade` "
+            "with DATABASE_URL pointing at the restored database before serving from it"
+        )
+
+
+def _url(settings: Settings) -> URL:
+    url = settings.url
+    assert url is not None  # database_settings() always names one
+    return url
