@@ -26,6 +26,7 @@ from pgstack.db import backup
 from pgstack.db.backup import Progress
 from pgstack.db.database import Database
 from pgstack.db.doctor import Finding, diagnose, worst
+from pgstack.migrations.project import MigrationProject
 
 #: Exit status of `db doctor` by its worst finding.
 DOCTOR_EXIT = {None: 0, "info": 0, "warn": 1, "error": 2}
@@ -176,3 +177,23 @@ def _url(settings: Settings) -> URL:
     url = settings.url
     assert url is not None  # database_settings() always names one
     return url
+
+
+# -- migration safety -------------------------------------------------------------------------
+
+
+def check_safety(project: MigrationProject) -> None:
+    """`db check --safety`: lint the revisions the database has not applied; exit 1 on any."""
+    from pgstack.migrations.safety import pending_findings
+
+    with database_settings() as settings:
+        findings = pending_findings(settings, project)
+    # Plain lines, not a table: a CI log or a narrow terminal must not cut the fix short.
+    for f in findings:
+        typer.echo(
+            f"{f.severity} {f.id} {f.object}\n  {f.evidence}\n  why: {f.why}\n  fix: {f.fix}"
+        )
+    if not findings:
+        typer.echo("migration safety: nothing found in the pending revisions")
+    if any(f.severity != "info" for f in findings):
+        raise typer.Exit(1)
