@@ -55,3 +55,13 @@ async def _eventually(probe: Callable[[], Awaitable[Any]], what: str, within: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened: {what}")
         await asyncio.sleep(0.1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run only when asked for (`-m browser`): CI gives them their own step."""
+    if "browser" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="a browser test: run with -m browser")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
