@@ -37,19 +37,24 @@ async def service(pgstack_empty_url: URL) -> AsyncIterator[Database]:
         await db.disconnect(timeout=1)
 
 
-Eventually = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
+Eventually = Callable[[asyncpg.Connection, str, str], Awaitable[Any]]
 
 
 @pytest.fixture
 def eventually() -> Eventually:
-    """Poll a probe until it returns something truthy (statistics reach views asynchronously)."""
+    """Poll a query on a connection until it returns something truthy.
+
+    Statistics reach the shared views when a backend goes idle, so the connection first
+    asks for its own counters to be flushed without the usual one-second wait.
+    """
     return _eventually
 
 
-async def _eventually(probe: Callable[[], Awaitable[Any]], what: str, within: float = 20.0) -> Any:
+async def _eventually(conn: asyncpg.Connection, sql: str, what: str, within: float = 20.0) -> Any:
+    await conn.execute("SELECT pg_stat_force_next_flush()")
     deadline = time.monotonic() + within
     while True:
-        value = await probe()
+        value = await conn.fetchval(sql)
         if value:
             return value
         if time.monotonic() > deadline:

@@ -40,11 +40,6 @@ def about(findings: list[Finding], id: str, needle: str) -> list[Finding]:
     return [f for f in findings if f.id == id and needle in f.object]
 
 
-async def flush_stats(conn: asyncpg.Connection) -> None:
-    # This backend's counters reach the shared views when it goes idle, without the 1 s wait.
-    await conn.execute("SELECT pg_stat_force_next_flush()")
-
-
 async def test_connection_budget_counts_every_pool_times_workers(service: Database) -> None:
     # proves: O1
     # 5 + 2 + 5 per worker; max_connections is 100 on the test servers (97 free).
@@ -70,16 +65,11 @@ async def test_unused_index_found_and_young_stats_say_so(
     )
     await admin.execute("SET enable_seqscan = off")
     assert await admin.fetchval("SELECT count(*) FROM items WHERE size = 7") == 1
-    await flush_stats(admin)
-
-    async def size_used() -> bool:
-        return bool(
-            await admin.fetchval(
-                "SELECT idx_scan > 0 FROM pg_stat_user_indexes WHERE indexrelname = 'items_size'"
-            )
-        )
-
-    await eventually(size_used, "items_size scanned in the statistics")
+    await eventually(
+        admin,
+        "SELECT idx_scan > 0 FROM pg_stat_user_indexes WHERE indexrelname = 'items_size'",
+        "items_size scanned in the statistics",
+    )
     findings = await diagnose(service, thresholds=EAGER)
     unused = [f for f in findings if f.id == "indexes.unused"]
     assert [f.object for f in unused] == ["index public.items_colour"]
@@ -164,16 +154,11 @@ async def test_tables_never_analyzed_or_vacuumed(
     assert about(findings, "tables.never-vacuumed", "logbook")
 
     await admin.execute("VACUUM ANALYZE logbook")
-    await flush_stats(admin)
-
-    async def analyzed() -> bool:
-        return bool(
-            await admin.fetchval(
-                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'logbook'"
-            )
-        )
-
-    await eventually(analyzed, "the ANALYZE of logbook in the statistics")
+    await eventually(
+        admin,
+        "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'logbook'",
+        "the ANALYZE of logbook in the statistics",
+    )
     after = await diagnose(service, thresholds=EAGER)
     assert not [f for f in after if f.id.startswith("tables.never") and "logbook" in f.object]
 
@@ -211,15 +196,12 @@ async def test_blocked_query_names_its_blocker(
         await holder.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
         blocked = asyncio.create_task(waiter.fetch("SELECT * FROM accounts"))
 
-        async def waiting() -> bool:
-            return bool(
-                await admin.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid))"
-                    " > 0 AND datname = current_database()"
-                )
-            )
-
-        await eventually(waiting, "the SELECT waiting on the lock")
+        await eventually(
+            admin,
+            "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0"
+            " AND datname = current_database()",
+            "the SELECT waiting on the lock",
+        )
         findings = await diagnose(service, thresholds=EAGER)
         (lock,) = [f for f in findings if f.id == "locks.blocked"]
         holder_pid = holder.get_server_pid()
@@ -243,15 +225,12 @@ async def test_long_running_statement(
     try:
         task = asyncio.create_task(sleeper.execute("SELECT pg_sleep(30)"))
 
-        async def running() -> bool:
-            return bool(
-                await admin.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
-                )
-            )
-
-        await eventually(running, "the pg_sleep running")
+        await eventually(
+            admin,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+            "the pg_sleep running",
+        )
         patient = await diagnose(service)
         assert "sessions.long-running" not in ids(patient)
         findings = await diagnose(service, thresholds=EAGER)

@@ -117,47 +117,28 @@ def test_a_revision_silences_a_rule_by_id() -> None:
     assert lint_sql(unsafe, ignore=["index.not-concurrent"]) == []
 
 
-UNSAFE_REVISION = '''"""unsafe changes to notes"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "sampleapp_0002"
-down_revision = "sampleapp_0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.create_index("ix_sample_notes_title", "sample_notes", ["title"])
-    op.drop_column("sample_notes", "body")
-    op.alter_column("sample_notes", "title", new_column_name="heading")
+def revision_file(imports: str, body: str) -> str:
+    """A revision of the sample app after its first one, doing `body` in upgrade()."""
+    return (
+        f'"""changes to notes"""\nimport sqlalchemy as sa\nfrom alembic import op\n{imports}\n'
+        'revision = "sampleapp_0002"\ndown_revision = "sampleapp_0001"\n'
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        f"def upgrade() -> None:\n{body}\n\ndef downgrade() -> None:\n    pass\n"
+    )
 
 
-def downgrade() -> None:
-    pass
-'''
-
-SAFE_REVISION = '''"""safe changes to notes"""
-import sqlalchemy as sa
-from alembic import op
-
-from pgstack.migrations.safety import create_index_concurrently, lock_timeout
-
-revision = "sampleapp_0002"
-down_revision = "sampleapp_0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    lock_timeout(2000)
-    op.add_column("sample_notes", sa.Column("pinned", sa.Boolean(), server_default="false"))
-    create_index_concurrently("ix_sample_notes_title", "sample_notes", ["title"])
-
-
-def downgrade() -> None:
-    pass
-'''
+UNSAFE_REVISION = revision_file(
+    "",
+    '    op.create_index("ix_sample_notes_title", "sample_notes", ["title"])\n'
+    '    op.drop_column("sample_notes", "body")\n'
+    '    op.alter_column("sample_notes", "title", new_column_name="heading")\n',
+)
+SAFE_REVISION = revision_file(
+    "from pgstack.migrations.safety import create_index_concurrently, lock_timeout\n",
+    "    lock_timeout(2000)\n"
+    '    op.add_column("sample_notes", sa.Column("pinned", sa.Boolean(), server_default="f"))\n'
+    '    create_index_concurrently("ix_sample_notes_title", "sample_notes", ["title"])\n',
+)
 
 
 @pytest.fixture

@@ -103,15 +103,16 @@ def _finding(id: str, severity: str, stmt: Statement, obj: str, why: str, fix: s
 # -- rules ------------------------------------------------------------------------------------
 
 
+def _on_existing(stmt: Statement, rev: _Revision, pattern: str) -> Iterator[re.Match[str]]:
+    """Matches of `pattern` in what an ALTER TABLE does to a table older than this revision."""
+    if stmt.table is None or rev.is_new(stmt.table):
+        return
+    yield from re.finditer(pattern, stmt.rest, re.I | re.S)
+
+
 def add_column_volatile_default(stmt: Statement, rev: _Revision) -> Iterator[Finding]:
     """ADD COLUMN with a volatile default (or serial, or a stored generated column) rewrites."""
-    if rev.is_new(stmt.table):
-        return
-    for match in re.finditer(
-        _ADD_COLUMN,
-        stmt.rest,
-        re.I,
-    ):
+    for match in _on_existing(stmt, rev, _ADD_COLUMN):
         spec = match["spec"]
         default = re.search(r"\bDEFAULT\s+(.*)", spec, re.I | re.S)
         volatile = default is not None and _VOLATILE.search(default.group(1))
@@ -135,13 +136,7 @@ def add_column_volatile_default(stmt: Statement, rev: _Revision) -> Iterator[Fin
 
 def add_column_not_null_without_default(stmt: Statement, rev: _Revision) -> Iterator[Finding]:
     """ADD COLUMN ... NOT NULL without a default fails on a table that has rows."""
-    if rev.is_new(stmt.table):
-        return
-    for match in re.finditer(
-        _ADD_COLUMN,
-        stmt.rest,
-        re.I,
-    ):
+    for match in _on_existing(stmt, rev, _ADD_COLUMN):
         spec = match["spec"]
         if re.search(r"\bNOT\s+NULL\b", spec, re.I) and not re.search(
             r"\bDEFAULT\b|\bGENERATED\b|\b(small|big)?serial\b", spec, re.I
@@ -160,10 +155,8 @@ def add_column_not_null_without_default(stmt: Statement, rev: _Revision) -> Iter
 
 def set_not_null(stmt: Statement, rev: _Revision) -> Iterator[Finding]:
     """SET NOT NULL scans the table under ACCESS EXCLUSIVE unless a validated CHECK proves it."""
-    if rev.is_new(stmt.table) or stmt.table is None:
-        return
-    for match in re.finditer(
-        rf"ALTER\s+(?:COLUMN\s+)?(?P<col>{_IDENT})\s+SET\s+NOT\s+NULL", stmt.rest, re.I
+    for match in _on_existing(
+        stmt, rev, rf"ALTER\s+(?:COLUMN\s+)?(?P<col>{_IDENT})\s+SET\s+NOT\s+NULL"
     ):
         col = _name(match["col"])
         if (stmt.table, col) in rev.validated:
@@ -175,9 +168,9 @@ def set_not_null(stmt: Statement, rev: _Revision) -> Iterator[Finding]:
             f"column {stmt.table}.{col}",
             "PostgreSQL scans every row to prove there is no NULL while holding an ACCESS "
             "EXCLUSIVE lock: reads and writes of the table wait for the whole scan.",
-            f"ALTER TABLE {stmt.table} ADD CONSTRAINT {_bare(stmt.table)}_{col}_not_null "
+            f"ALTER TABLE {stmt.table} ADD CONSTRAINT {_bare(str(stmt.table))}_{col}_not_null "
             f"CHECK ({col} IS NOT NULL) NOT VALID; ALTER TABLE {stmt.table} VALIDATE "
-            f"CONSTRAINT {_bare(stmt.table)}_{col}_not_null; then SET NOT NULL (it uses the "
+            f"CONSTRAINT {_bare(str(stmt.table))}_{col}_not_null; then SET NOT NULL (it uses the "
             "check, no scan) and drop the check.",
         )
 
@@ -237,13 +230,11 @@ def concurrently_in_transaction(stmt: Statement, rev: _Revision) -> Iterator[Fin
 
 def constraint_not_valid(stmt: Statement, rev: _Revision) -> Iterator[Finding]:
     """ADD FOREIGN KEY / CHECK without NOT VALID checks every row under lock."""
-    if rev.is_new(stmt.table) or stmt.table is None:
-        return
-    for match in re.finditer(
+    for match in _on_existing(
+        stmt,
+        rev,
         rf"ADD\s+(?:CONSTRAINT\s+(?P<name>{_IDENT})\s+)?(?P<kind>FOREIGN\s+KEY|CHECK)\b"
         r"(?P<body>.*?)(?=,\s*ADD\s|$)",
-        stmt.rest,
-        re.I | re.S,
     ):
         if re.search(r"\bNOT\s+VALID\b", match["body"], re.I):
             continue
@@ -265,10 +256,8 @@ def constraint_not_valid(stmt: Statement, rev: _Revision) -> Iterator[Finding]:
 
 def column_type_change(stmt: Statement, rev: _Revision) -> Iterator[Finding]:
     """ALTER COLUMN ... TYPE usually rewrites the table and its indexes."""
-    if rev.is_new(stmt.table) or stmt.table is None:
-        return
-    for match in re.finditer(
-        rf"ALTER\s+(?:COLUMN\s+)?(?P<col>{_IDENT})\s+(?:SET\s+DATA\s+)?TYPE\b", stmt.rest, re.I
+    for match in _on_existing(
+        stmt, rev, rf"ALTER\s+(?:COLUMN\s+)?(?P<col>{_IDENT})\s+(?:SET\s+DATA\s+)?TYPE\b"
     ):
         col = _name(match["col"])
         yield _finding(
