@@ -210,3 +210,18 @@ async def test_tool_choice_follows_the_server_version() -> None:
     assert (await backup._major(newest) or 0) >= 15
     with pytest.raises(BackupError, match="No pg_dump of PostgreSQL 99 or newer"):
         await backup.find_tool("pg_dump", 99)
+
+
+async def test_restore_into_a_hostile_database_name(
+    pgstack_migrated_url: URL, tmp_path: Path
+) -> None:
+    # proves: O2
+    await seed(pgstack_migrated_url, rows=10)
+    result = await backup.backup(pgstack_migrated_url, tmp_path)
+    name = 'we\'ird = "db" \\ ü'
+    target = pgstack_migrated_url.set(database=name)
+    try:
+        await backup.restore(result.path, target)
+        assert (await counts(target))["public.orders"] == 10
+    finally:
+        await backup.drop_database(pgstack_migrated_url, name)

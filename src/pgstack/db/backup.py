@@ -103,7 +103,7 @@ def verify_checksum(dump: Path) -> str:
             f"If you know the file is sound, write its checksum with `sha256sum {dump.name} > "
             f"{sums.name}`."
         )
-    expected = sums.read_text().split()[0] if sums.read_text().split() else ""
+    expected = (sums.read_text().split() or [""])[0]
     actual = _sha256(dump)
     if actual != expected:
         raise BackupError(
@@ -279,21 +279,36 @@ async def restore(
                 f"Database {name!r} exists: restore into a new name, or pass --overwrite to "
                 "drop it and everything in it first."
             )
-        quoted = '"' + name.replace('"', '""') + '"'
-        if exists:
-            await admin.execute(f"DROP DATABASE {quoted} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {quoted} TEMPLATE template0")
+        quoted = _quote(name)
+        try:
+            if exists:
+                await admin.execute(f"DROP DATABASE {quoted} WITH (FORCE)")
+            await admin.execute(f"CREATE DATABASE {quoted} TEMPLATE template0")
+        except asyncpg.PostgresError as exc:
+            raise BackupError(
+                f"Cannot create database {name!r}: {exc}. Restore as a role with CREATEDB "
+                "(and ownership of the database, to overwrite it)."
+            ) from None
         pg_restore = await find_tool("pg_restore", await _server_major(admin))
     finally:
         await admin.close()
     tables = await _count_tables_in(dump, pg_restore)
     await _run(
         pg_restore,
-        ["--exit-on-error", "--verbose", f"--dbname={name}", str(dump)],
+        ["--exit-on-error", "--verbose", f"--dbname={_dbname_conninfo(name)}", str(dump)],
         url,
         tables,
         progress,
     )
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _dbname_conninfo(name: str) -> str:
+    # A bare name with "=" in it would be read as a connection string: always pass one.
+    return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 async def _count_tables_in(dump: Path, pg_restore: Path) -> int:
@@ -315,7 +330,7 @@ async def drop_database(server_url: URL, name: str) -> None:
     """Drop database `name` on the server of `server_url`, if it exists."""
     admin = await _connect(server_url.set(database="postgres"))
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
     finally:
         await admin.close()
 

@@ -30,7 +30,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData
 
 from pgstack.config import Settings
-from pgstack.db.doctor import Finding
+from pgstack.db.doctor import Finding, Severity
 from pgstack.migrations.api import status
 from pgstack.migrations.project import MigrationProject
 
@@ -94,10 +94,10 @@ class _Revision:
 Rule = Callable[[Statement, _Revision], Iterator[Finding]]
 
 
-def _finding(id: str, severity: str, stmt: Statement, obj: str, why: str, fix: str) -> Finding:
+def _finding(id: str, severity: Severity, stmt: Statement, obj: str, why: str, fix: str) -> Finding:
     shown = stmt.sql if len(stmt.sql) <= 200 else stmt.sql[:197] + "..."
     where = f"revision {stmt.revision}: " if stmt.revision else ""
-    return Finding(id, severity, obj, f"{where}{shown}", why, fix)  # type: ignore[arg-type]
+    return Finding(id, severity, obj, f"{where}{shown}", why, fix)
 
 
 # -- rules ------------------------------------------------------------------------------------
