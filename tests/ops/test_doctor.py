@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from pgstack.cli import app
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
-from pgstack.db.doctor import Finding, Thresholds, diagnose
+from pgstack.db.doctor import Finding, Thresholds, diagnose, slowest_statements
+from pgstack.db.embedded import EmbeddedPostgres
 from pgstack.testing.plugin import settings_for
 
 EAGER = Thresholds(
@@ -310,22 +311,60 @@ async def test_inactive_replication_slot(service: Database, admin: asyncpg.Conne
     assert not [f for f in findings if slot in f.object]
 
 
-async def test_slowest_statements_or_how_to_get_them(
+async def test_without_pg_stat_statements_the_doctor_says_how_to_load_it(
     service: Database, admin: asyncpg.Connection
 ) -> None:
     # proves: O1
-    preload = await admin.fetchval("SHOW shared_preload_libraries")
-    if "pg_stat_statements" not in preload:
-        findings = await diagnose(service)
-        (missing,) = [f for f in findings if f.id == "statements.unavailable"]
-        assert "shared_preload_libraries" in missing.fix
-        return
-    await admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    for _ in range(3):
-        await admin.execute("SELECT pg_sleep(0.03)")
-    lenient = Thresholds(slow_statement_ms=20, slow_statement_calls=3)
-    findings = await diagnose(service, thresholds=lenient)
-    assert [f for f in findings if f.id == "statements.slow" and "pg_sleep" in f.evidence]
+    if "pg_stat_statements" in await admin.fetchval("SHOW shared_preload_libraries"):
+        pytest.skip("this server loads pg_stat_statements (the embedded test below covers it)")
+    findings = await diagnose(service)
+    (missing,) = [f for f in findings if f.id == "statements.unavailable"]
+    assert "shared_preload_libraries" in missing.fix
+    assert "statements.slow" not in ids(findings)
+
+
+def test_slow_statements_from_pg_stat_statements(tmp_path: Path) -> None:
+    # proves: O1
+    server = EmbeddedPostgres(tmp_path / "pgdata", durable=False)
+    url = server.start()
+    try:
+
+        async def preload() -> None:
+            conn = await asyncpg.connect(asyncpg_dsn(url))
+            try:
+                await conn.execute(
+                    "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(preload())
+        server.stop()
+        url = server.start()  # the library loads at start
+
+        async def run() -> None:
+            conn = await asyncpg.connect(asyncpg_dsn(url))
+            try:
+                await conn.execute("CREATE EXTENSION pg_stat_statements")
+                for _ in range(3):
+                    await conn.execute("SELECT pg_sleep(0.03)")
+            finally:
+                await conn.close()
+            async with Database(settings_for(url)) as db:
+                strict = await diagnose(db)
+                lenient = await diagnose(
+                    db, thresholds=Thresholds(slow_statement_ms=20, slow_statement_calls=3)
+                )
+                top = await slowest_statements(db)
+            assert "statements.unavailable" not in ids(strict)
+            assert "statements.slow" not in ids(strict)  # 3 calls are below the default 100
+            (slow,) = [f for f in lenient if f.id == "statements.slow"]
+            assert "pg_sleep" in slow.evidence and "3 calls" in slow.evidence
+            assert top is not None and any("pg_sleep" in s["query"] for s in top)
+
+        asyncio.run(run())
+    finally:
+        server.stop()
 
 
 async def _is_superuser(db: Database) -> bool:
