@@ -1,7 +1,7 @@
-"""`pgstack db doctor|backup|restore`: day-2 operations on the configured database.
+"""`pgstack db doctor|backup|restore` and `db check --safety`: day-2 operations.
 
 With no database configured they use the embedded server in PGSTACK_DATA_DIR, as the
-migration commands do.
+migration commands do. Importing this module is cheap: each command imports what it needs.
 """
 
 from __future__ import annotations
@@ -11,22 +11,20 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-from rich.progress import Progress as RichProgress
-from rich.table import Table
-from sqlalchemy.engine import URL
 
-from pgstack.cli.main import console, db_app, err_console, expected_failures
+from pgstack.cli.main import db_app, expected_failures
 from pgstack.cli.migrate import database_settings
-from pgstack.config import Settings
-from pgstack.db import backup
-from pgstack.db.backup import Progress
-from pgstack.db.database import Database
-from pgstack.db.doctor import Finding, diagnose, worst
-from pgstack.migrations.project import MigrationProject
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from pgstack.config import Settings
+    from pgstack.db.backup import Progress
+    from pgstack.db.doctor import Finding
+    from pgstack.migrations.project import MigrationProject
 
 #: Exit status of `db doctor` by its worst finding.
 DOCTOR_EXIT = {None: 0, "info": 0, "warn": 1, "error": 2}
@@ -48,6 +46,8 @@ def doctor(
 
     Exit 0 when nothing is worse than info, 1 on a warning, 2 on an error.
     """
+    from pgstack.db.doctor import worst
+
     with database_settings() as settings:
         findings = asyncio.run(_diagnose(settings, workers, ignore or []))
     level = worst(findings)
@@ -60,6 +60,9 @@ def doctor(
 
 
 async def _diagnose(settings: Settings, workers: int, ignore: list[str]) -> list[Finding]:
+    from pgstack.db.database import Database
+    from pgstack.db.doctor import diagnose
+
     db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
     await db.connect()
     try:
@@ -69,6 +72,10 @@ async def _diagnose(settings: Settings, workers: int, ignore: list[str]) -> list
 
 
 def _print_findings(findings: list[Finding]) -> None:
+    from rich.table import Table
+
+    from pgstack.cli.main import console
+
     if not findings:
         typer.echo("doctor: nothing found")
         return
@@ -93,6 +100,11 @@ def _print_findings(findings: list[Finding]) -> None:
 @contextmanager
 def _progress(what: str) -> Iterator[Progress]:
     """A progress bar over tables, shown on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+    from rich.progress import Progress as RichProgress
+
+    from pgstack.cli.main import err_console
+
     with RichProgress(
         TextColumn(what),
         BarColumn(),
@@ -121,6 +133,8 @@ def backup_cmd(
     ] = False,
 ) -> None:
     """Dump the database (pg_dump custom format) with a sha256 checksum file beside it."""
+    from pgstack.db import backup
+
     with database_settings() as settings:
         url = _url(settings)
         where = target if target is not None else settings.data_dir / "backups"
@@ -154,6 +168,7 @@ def restore_cmd(
 ) -> None:
     """Restore a backup into a new database on the configured server; check its migrations."""
     from pgstack.cli.migrate import load_project
+    from pgstack.db import backup
     from pgstack.migrations import status
 
     with database_settings() as settings:
