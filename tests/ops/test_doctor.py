@@ -41,17 +41,23 @@ def about(findings: list[Finding], id: str, needle: str) -> list[Finding]:
     return [f for f in findings if f.id == id and needle in f.object]
 
 
-async def test_connection_budget_counts_every_pool_times_workers(service: Database) -> None:
+async def test_connection_budget_counts_every_pool_times_workers(
+    service: Database, admin: asyncpg.Connection
+) -> None:
     # proves: O1
-    # 5 + 2 + 5 per worker; max_connections is 100 on the test servers (97 free).
+    free = await admin.fetchval(
+        "SELECT current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+        " - coalesce(current_setting('reserved_connections', true), '0')::int"
+    )
+    per_worker = 5 + 2 + 5  # pool, overflow, read lane of the test settings
     fine = await diagnose(service, workers=1)
     assert "connections.budget" not in ids(fine)
-    per_worker = 12
-    free = 100 - 3
     crowded = await diagnose(service, workers=free // per_worker + 1)
     (finding,) = [f for f in crowded if f.id == "connections.budget"]
     assert finding.severity == "error"
-    assert "read lane 5" in finding.evidence and "DATABASE_POOL_SIZE" in finding.fix
+    assert "read lane 5" in finding.evidence and f"allows {free} " in finding.evidence
+    assert "DATABASE_POOL_SIZE" in finding.fix
 
 
 async def test_unused_index_found_and_young_stats_say_so(
