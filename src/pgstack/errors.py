@@ -85,6 +85,12 @@ class MigrationError(PgStackError):
     title = "Migration error"
 
 
+class BackupError(PgStackError):
+    """A backup or restore could not be made or trusted (tool missing, checksum, dump)."""
+
+    title = "Backup error"
+
+
 class ProductionSafetyError(PgStackError):
     """A destructive operation was refused because PGSTACK_ENV is production."""
 
