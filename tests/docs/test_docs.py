@@ -6,13 +6,14 @@ make is started and every parameterless GET route must answer below 500. `bash`/
 run command by command, in a shell whose exports carry to the next command; a command that
 starts a server runs until it answers /health, then stops. Blocks whose first line is
 `# path/to/file` are files of a walkthrough: their page's own test writes and runs them,
-and it must name them. `json` and `toml` blocks must parse, and a `json` block must have the
+and it must name them. `json`, `toml` and `yaml` blocks must parse, and a `json` block must have the
 shape of the JSON a command of its page printed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import json
 import os
@@ -31,13 +32,16 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from sqlalchemy.engine import URL
 
+import pgstack.errors
+
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNER = Path(__file__).with_name("blocks_runner.py")
 BIN = Path(sys.executable).parent
-LANGUAGES = {"python", "bash", "sh", "json", "toml", "text"}
+LANGUAGES = {"python", "bash", "sh", "json", "toml", "yaml", "text"}
 
 # Commands that are not run, each with why. Every entry must still appear on a page.
 SKIPPED = {
@@ -54,6 +58,15 @@ SKIPPED = {
     "uv run python -m benchmarks --dsn postgresql://user@host/db": "a server of the reader's",
     "uv run python -m benchmarks --workloads w1,w7 --contenders pgstack": "load, as above",
     "uv run python -m benchmarks --output table.md": "minutes of full load, as above",
+    "export DATABASE_MIGRATION_URL=postgresql://myapp_owner:OWNER-PW@db.internal/myapp": (
+        "a placeholder server; db init with both roles runs in tests/migrations/test_roles.py"
+    ),
+    "export DATABASE_URL=postgresql://myapp:APP-PW@db.internal/myapp": (
+        "a placeholder server, as above"
+    ),
+    "pgstack db init --admin-url postgresql://postgres:ADMIN-PW@db.internal/postgres": (
+        "a placeholder server; it would create cluster-wide roles on the shared test server"
+    ),
     "pgstack tokens refresh-due --refreshers myapp.tokens:REFRESHERS --within-minutes 10": (
         "imports the reader's refreshers (myapp.tokens), which call a provider over the network"
     ),
@@ -160,6 +173,8 @@ def test_config_and_data_blocks_parse() -> None:
                 json.loads(block.body)
             elif block.language == "toml":
                 tomllib.loads(block.body)
+            elif block.language == "yaml":
+                yaml.safe_load(block.body)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
@@ -315,3 +330,25 @@ def test_every_relative_link_resolves() -> None:
             elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
                 broken.append(f"{page_id(page)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_the_index_lists_every_guide() -> None:
+    # proves: O6
+    index = (ROOT / "docs" / "README.md").read_text()
+    guides = {p.name for p in PAGES if p.parent == ROOT / "docs" and p.name != "README.md"}
+    missing = {g for g in guides if f"]({g})" not in index}
+    assert not missing, f"docs/README.md does not list {sorted(missing)}"
+
+
+def test_troubleshooting_has_a_section_for_every_error() -> None:
+    # proves: O6
+    page = ROOT / "docs" / "troubleshooting.md"
+    errors = [
+        name
+        for name, value in inspect.getmembers(pgstack.errors, inspect.isclass)
+        if issubclass(value, pgstack.errors.PgStackError) and value.__module__ == "pgstack.errors"
+    ]
+    assert len(errors) > 10
+    headings = {slug(h) for h in re.findall(r"^#{2,3} +(.+)$", page.read_text(), flags=re.M)}
+    missing = [name for name in errors if not any(h.startswith(name.lower()) for h in headings)]
+    assert not missing, f"docs/troubleshooting.md has no section for {missing}"
