@@ -45,6 +45,7 @@ LANGUAGES = {"python", "bash", "sh", "json", "toml", "yaml", "text"}
 
 # Commands that are not run, each with why. Every entry must still appear on a page.
 SKIPPED = {
+    "uv add pgstack": "installs from the package index into the project it runs in",
     "uv run pytest": "the test suite itself, which is running this test",
     "PGSTACK_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres uv run pytest": (
         "the test suite itself, which is running this test"
@@ -192,35 +193,39 @@ def test_the_page_runs_as_written(
         if words(c) not in SKIPPED
     ]
     if not python and not shell:
-        pytest.skip(f"{page_id(page)}: nothing to run (walkthrough files run in their own test)")
+        pytest.skip(f"{page_id(page)}: no python or shell block to run here")
     url: URL = request.getfixturevalue("pgstack_migrated_url")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PGSTACK_"))}
     env["DATABASE_URL"] = url.render_as_string(hide_password=False)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
 
-    if python:
-        script = tmp_path / "blocks.json"
-        script.write_text(json.dumps([[b.name, b.body] for b in python]))
-        ran = subprocess.run(
-            [sys.executable, str(RUNNER), str(script)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert ran.returncode == 0, ran.stdout + ran.stderr
-        for expected in PRINTS.get(page_id(page), []):
-            assert expected in ran.stdout, f"{page_id(page)} should print {expected!r}"
-
-    printed_json = []
-    for command in shell:
-        if is_server(command):
-            serve_until_healthy(command, env, tmp_path)
-            continue
-        out, env = run_command(command, env, tmp_path)
-        with contextlib.suppress(ValueError):
-            printed_json.append(json.loads(out))
+    # The python blocks and the shell commands are independent: run them side by side.
+    script = tmp_path / "blocks.json"
+    script.write_text(json.dumps([[b.name, b.body] for b in python]))
+    runner = subprocess.Popen(
+        [sys.executable, str(RUNNER), str(script)] if python else ["true"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        printed_json = []
+        for command in shell:
+            if is_server(command):
+                serve_until_healthy(command, env, tmp_path)
+                continue
+            out, env = run_command(command, env, tmp_path)
+            with contextlib.suppress(ValueError):
+                printed_json.append(json.loads(out))
+        stdout, stderr = runner.communicate(timeout=300)
+    finally:
+        runner.kill()
+        runner.wait()
+    assert runner.returncode == 0, stdout + stderr
+    for expected in PRINTS.get(page_id(page), []):
+        assert expected in stdout, f"{page_id(page)} should print {expected!r}"
     for block in found:
         if block.language == "json" and printed_json:
             documented = json.loads(block.body)
