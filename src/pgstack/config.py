@@ -197,6 +197,9 @@ class Settings(BaseSettings):
         le=1,
         validation_alias=AliasChoices("PGSTACK_HEALTH_POOL_WARN_RATIO", "health_pool_warn_ratio"),
     )
+    #: Serve the API docs (`/docs`) and the OpenAPI schema (`/openapi.json`); off in production
+    #: when the API should not describe itself to whoever asks.
+    docs: bool = Field(default=True, validation_alias=AliasChoices("PGSTACK_DOCS", "docs"))
     # Comma-separated `kid:base64key` AES-256 keys, newest first (see pgstack.crypto).
     encryption_keys: SecretStr | None = Field(
         default=None,
@@ -207,6 +210,12 @@ class Settings(BaseSettings):
     cursor_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("PGSTACK_CURSOR_SECRET", "cursor_secret"),
+    )
+
+    # Comma-separated server secrets for API-key hashes (HMAC-SHA-256), newest first.
+    api_key_peppers: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PGSTACK_API_KEY_PEPPERS", "api_key_peppers"),
     )
 
     def __init__(self, **values: Any) -> None:
@@ -265,6 +274,18 @@ class Settings(BaseSettings):
             except EncryptionError as exc:
                 # The message names key ids and positions, never key material.
                 raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("api_key_peppers")
+    @classmethod
+    def _check_api_key_peppers(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            peppers = [p.strip() for p in value.get_secret_value().split(",")]
+            if any(len(p) < 32 for p in peppers):
+                raise ValueError(
+                    "each comma-separated pepper needs at least 32 characters "
+                    "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
         return value
 
     @field_validator("database_replica_urls", mode="before")

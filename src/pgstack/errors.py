@@ -93,8 +93,12 @@ class ProductionSafetyError(PgStackError):
 
 
 class EncryptionError(PgStackError):
-    """A value could not be encrypted or decrypted (wrong key, tampering, moved ciphertext)."""
+    """A value could not be encrypted or decrypted (missing key, tampering, moved ciphertext).
 
+    An operator fixes it (keys in PGSTACK_ENCRYPTION_KEYS), not the caller: a 503.
+    """
+
+    status_code = 503
     title = "Encryption error"
 
 
