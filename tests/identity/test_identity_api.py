@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pyotp
+import pytest
 
 from pgstack.config import Settings
 from pgstack.identity import Identity
+from pgstack.web import create_app
+from pgstack.web.modules import builtin_routers
 
 from .conftest import OTHER_STRONG, STRONG, Outbox, bearer, login, problem, verified_session
 
@@ -179,3 +182,25 @@ async def test_errors_are_problem_details_never_500(client: httpx.AsyncClient) -
         body = problem(response, status)
         assert STRONG not in response.text
         assert body["detail"]
+
+
+async def test_registration_can_be_closed(
+    pgstack_migrated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # proves: W2, I1
+    monkeypatch.setenv("PGSTACK_REGISTRATION", "false")
+    settings = Settings()
+    assert settings.registration is False
+    app = create_app(
+        pgstack_migrated_settings,
+        monitor_interval=None,
+        routers=builtin_routers(registration=settings.registration),
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"email": "walk-in@example.com", "password": STRONG}
+            assert (await client.post("/auth/register", json=body)).status_code == 404
+            assert "/auth/register" not in (await client.get("/openapi.json")).json()["paths"]
+            # Signing in still works: only open sign-up is gone.
+            assert (await client.post("/auth/login", json=body)).status_code == 401

@@ -224,7 +224,8 @@ def serve(
         db.embedded = embedded
         typer.echo(f"pgstack: database {db.safe_url}")
         typer.echo(f"pgstack: API docs at http://{host}:{port}/docs")
-        app_ = create_app(database=db, migrations=project, routers=builtin_routers())
+        routers = builtin_routers(registration=settings.registration)
+        app_ = create_app(database=db, migrations=project, routers=routers)
         uvicorn.run(app_, host=host, port=port, log_level="info")
     finally:
         if embedded is not None:

@@ -322,12 +322,14 @@ def identity_router(
     send_token: TokenSender | None = None,
     admin_role: str = "admin",
     tags: Sequence[str] = ("identity",),
+    registration: bool = True,
 ) -> APIRouter:
     """Routes for sign-up, sign-in, sessions, passwords, two-factor, API keys and admin.
 
     `/auth/...` serves the caller; `/admin/users/...` needs `admin_role`. Reset and
     verification tokens go to `send_token`; `/auth/forgot` answers 202 whether or not the
-    address has an account.
+    address has an account. `registration=False` leaves out `POST /auth/register`, for
+    services whose accounts an administrator creates.
     """
     settings = config or IdentityConfig()
 
@@ -353,19 +355,21 @@ def identity_router(
         if issued is not None:
             await deliver(issued.user, purpose, issued.token)
 
-    @router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
-    async def register(
-        body: RegisterIn, identity: IdentityDep, tasks: BackgroundTasks
-    ) -> dict[str, str]:
-        # The same answer whether or not the address has an account; its owner hears of it.
-        try:
-            user = await identity.users.create(body.email, body.password, name=body.name)
-        except ConflictError:
-            tasks.add_task(send_reset, identity, body.email, "account_exists")
-        else:
-            token = await identity.auth.request_email_verification(user.id)
-            tasks.add_task(deliver, user, "email_verification", token)
-        return {"detail": "Check your inbox: a link to finish signing up is on its way."}
+    if registration:
+
+        @router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
+        async def register(
+            body: RegisterIn, identity: IdentityDep, tasks: BackgroundTasks
+        ) -> dict[str, str]:
+            # The same answer whether or not the address has an account; its owner hears of it.
+            try:
+                user = await identity.users.create(body.email, body.password, name=body.name)
+            except ConflictError:
+                tasks.add_task(send_reset, identity, body.email, "account_exists")
+            else:
+                token = await identity.auth.request_email_verification(user.id)
+                tasks.add_task(deliver, user, "email_verification", token)
+            return {"detail": "Check your inbox: a link to finish signing up is on its way."}
 
     @router.post("/auth/login")
     async def login(body: LoginIn, identity: IdentityDep) -> LoginOut:
