@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -97,6 +98,27 @@ async def test_admin_routes_require_the_authorization_dependency(
     assert (await vault.get("crm", "acme")).access_token == "at"
     with pytest.raises(ConfigurationError, match="authorization dependency"):
         tokens_router(dependencies=[])
+
+
+@pytest.mark.parametrize("hostile", ["\x00", "crm\x00", "a\nb", "\x1b[31m", "\x7f"])
+async def test_admin_routes_refuse_control_characters_with_422(
+    vault: TokenVault, client: httpx.AsyncClient, hostile: str
+) -> None:
+    # proves: T2
+    await vault.save("crm", "acme", "at", "rt", expires_in=60)
+    answers = [
+        await client.get("/admin/tokens", params={"provider": hostile}),
+        await client.get(f"/admin/tokens/{quote(hostile, safe='')}/acme/history"),
+        await client.get(f"/admin/tokens/crm/{quote(hostile, safe='')}/history"),
+        await client.delete(f"/admin/tokens/crm/{quote(hostile, safe='')}"),
+        await client.delete(f"/admin/tokens/{quote(hostile, safe='')}/acme"),
+    ]
+    assert [a.status_code for a in answers] == [422] * 5, [a.text for a in answers]
+    assert all(a.headers["content-type"] == "application/problem+json" for a in answers)
+    # Other unicode is text like any other.
+    fine = await client.get("/admin/tokens", params={"provider": "crm-ünï-💡"})
+    assert fine.status_code == 200 and fine.json() == []
+    assert (await vault.get("crm", "acme")).access_token == "at"
 
 
 # -- CLI ------------------------------------------------------------------------------------
