@@ -238,6 +238,9 @@ from pgstack.cli import migrate as _migrate  # noqa: E402
 from pgstack.cli.tokens import tokens_app  # noqa: E402
 
 app.add_typer(tokens_app, name="tokens")
+from pgstack.cli.keys import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
 from pgstack.cli.users import api_keys_app, users_app  # noqa: E402
 
 app.add_typer(users_app, name="users")

@@ -8,11 +8,11 @@ single-flight refresh and `shapes.py` what a refresher may answer.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pgstack.crypto import KeyRing, get_key_ring, row_context
@@ -20,6 +20,7 @@ from pgstack.db.database import Database
 from pgstack.db.session import translated_errors
 from pgstack.errors import EncryptionError, InvalidInputError, NotFoundError
 from pgstack.orm.mixins import new_uuid7
+from pgstack.orm.rotation import encrypted_columns, rotate_keys
 from pgstack.tokens import refresh
 from pgstack.tokens.records import (
     ALL_COLUMNS,
@@ -27,7 +28,6 @@ from pgstack.tokens.records import (
     DEFAULT_BUFFER,
     INFO,
     READ_SQL,
-    SECRET_COLUMNS,
     TOKENS,
     ProviderToken,
     RefreshAttempt,
@@ -243,47 +243,21 @@ class TokenVault:
         return await refresh.refresh_due(self, refreshers, horizon)
 
     async def rotate_keys(self, *, batch_size: int = 200) -> int:
-        """Re-encrypt every token under the newest key, in batches; how many rows changed.
+        """Re-encrypt every token under the newest key, online; how many values changed.
 
-        Online: readers never wait (a batch's row locks block only writers, and a batch waits
-        for a running refresh at most its timeout). Rows already under the newest key are
-        not touched, so a second run changes nothing.
+        The vault's share of `pgstack keys rotate`, which does every encrypted column (see
+        `pgstack.orm.rotation`). Values already under the newest key are not touched, so a
+        second run changes nothing; an undecryptable value is an EncryptionError naming it.
         """
-        keys = self.keys
-        changed = 0
-        last_id: uuid.UUID | None = None
-        while True:
-            async with self.db.engine.begin() as conn:
-                stmt = (
-                    select(
-                        TOKENS.c.id,
-                        TOKENS.c.provider,
-                        TOKENS.c.account,
-                        *(TOKENS.c[c] for c in SECRET_COLUMNS),
-                    )
-                    .order_by(TOKENS.c.id)
-                    .limit(batch_size)
-                    .with_for_update()
-                )
-                if last_id is not None:
-                    stmt = stmt.where(TOKENS.c.id > last_id)
-                rows: Sequence[Row[Any]] = (await conn.execute(stmt)).all()
-                if not rows:
-                    return changed
-                last_id = rows[-1].id
-                for row in rows:
-                    updates: dict[str, str] = {}
-                    for column in SECRET_COLUMNS:
-                        value = row._mapping[column]
-                        if value is not None and keys.needs_reencryption(value):
-                            context = _context(column, row.provider, row.account)
-                            self._decrypt(value, column, row.provider, row.account)
-                            updates[column] = keys.reencrypt(value, context)
-                    if updates:
-                        await conn.execute(
-                            update(TOKENS).where(TOKENS.c.id == row.id).values(updates)
-                        )
-                        changed += 1
+        report = await rotate_keys(
+            self.db, encrypted_columns([TOKENS]), keys=self.keys, batch_size=batch_size
+        )
+        if report.failures:
+            raise EncryptionError(
+                f"{len(report.failures)} token value(s) cannot be decrypted with the keys in "
+                f"PGSTACK_ENCRYPTION_KEYS and were left as they are: {report.failures[0]}"
+            )
+        return report.reencrypted
 
     # -- rows to objects ---------------------------------------------------------------------
 
