@@ -240,6 +240,34 @@ async def test_a_caller_cancelled_after_the_provider_answered_loses_nothing(
     assert all(accepted for _, accepted in await provider.calls())
 
 
+async def test_a_background_refresh_stopped_after_the_provider_answered_loses_nothing(
+    vault: TokenVault, provider: FakeProvider
+) -> None:
+    # proves: T6
+    first = await provider.grant()
+    await vault.save("crm", "acme", "at-0", first, expires_in=60)
+    answered = asyncio.Event()
+
+    async def refresher(refresh_token: str) -> Any:
+        answer = await provider.refresh(refresh_token)
+        answered.set()
+        return answer
+
+    worker = asyncio.create_task(vault.refresh_due({"crm": refresher}))
+    await answered.wait()
+    worker.cancel()  # a worker stopped by a deploy, right after the provider answered
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    async with asyncio.timeout(10):
+        while not await vault.history("crm", "acme"):
+            await asyncio.sleep(0.02)
+    stored = await vault.get("crm", "acme")
+    assert stored.refresh_token not in (None, first)
+    await _expire(vault)
+    await vault.get_valid_token("crm", "acme", provider.refresh)
+    assert all(accepted for _, accepted in await provider.calls())
+
+
 async def test_a_connection_lost_after_the_provider_answered_loses_nothing(
     vault: TokenVault, provider: FakeProvider, pgstack_migrated_url: URL
 ) -> None:

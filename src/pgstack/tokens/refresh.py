@@ -255,12 +255,15 @@ async def _attempt_locked(
                 return None if picked is None else (picked, None)
             answer = await _ask(vault, picked, refresher_for(picked), now)
             token = await _store(vault, conn, answer)
-    except Exception as exc:
+    except BaseException as exc:
         if answer is None:
             if sqlstate_of(exc) == _LOCK_NOT_AVAILABLE:
                 return None
             raise
+        # Even when cancelled (a process shutting down cancels every task): store, then go.
         token = await _store_again(vault, answer, exc)
+        if not isinstance(exc, Exception):
+            raise
     return token, answer.error
 
 
@@ -365,7 +368,7 @@ async def _store(vault: TokenVault, conn: AsyncConnection, answer: _Answer) -> P
     return token
 
 
-async def _store_again(vault: TokenVault, answer: _Answer, first: Exception) -> ProviderToken:
+async def _store_again(vault: TokenVault, answer: _Answer, first: BaseException) -> ProviderToken:
     """Store an answer whose first write failed, on fresh connections; else the first error."""
     old = answer.old
     for pause in _STORE_RETRIES:
@@ -387,6 +390,8 @@ async def _store_again(vault: TokenVault, answer: _Answer, first: Exception) -> 
         old.account,
         type(first).__name__,
     )
+    if not isinstance(first, Exception):
+        raise first
     translated = translate_error(first)
     raise translated from first
 
