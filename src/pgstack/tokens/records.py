@@ -45,8 +45,8 @@ INFO_COLUMNS = (
 SECRET_COLUMNS = ("access_token", "refresh_token")
 INFO = [TOKENS.c[name] for name in INFO_COLUMNS]
 ALL_COLUMNS = [*INFO, TOKENS.c.access_token, TOKENS.c.refresh_token]
-# The hot path: one read through the unique (provider, account) index, straight on the driver
-# connection, in autocommit (no BEGIN, and nothing to roll back when it goes back to the pool).
+# The hot path: one read through the unique (provider, account) index on the read lane's own
+# connections, outside any transaction (no BEGIN, nothing to roll back).
 READ_SQL = (
     f"SELECT {', '.join((*INFO_COLUMNS, *SECRET_COLUMNS))} FROM oauth_tokens "
     "WHERE provider = $1 AND account = $2"
