@@ -12,18 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pgstack.cli.main import expected_failures, on_database
+from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
 
 if TYPE_CHECKING:
     from pgstack.db.database import Database
     from pgstack.orm.rotation import EncryptedColumn, KeyUsage, RotationReport
 
-keys_app: typer.Typer = typer.Typer(
-    help="Encryption keys: re-encrypt every encrypted column under the newest key.",
-    no_args_is_help=True,
+keys_app: typer.Typer = group(
+    "Encryption keys: re-encrypt every encrypted column under the newest key."
 )
 BatchOpt = Annotated[int, typer.Option(min=1, help="Rows per transaction.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _columns() -> list[EncryptedColumn]:
@@ -40,7 +38,7 @@ def rotate(
     lock_wait: Annotated[
         float, typer.Option(help="Seconds to keep retrying rows that others hold locked.")
     ] = 30.0,
-    as_json: JsonOut = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Re-encrypt every value under an older key, online and resumable; exit 1 if any is left.
 
@@ -88,7 +86,7 @@ def rotate(
 
 @keys_app.command("status")
 @expected_failures
-def status(as_json: JsonOut = False) -> None:
+def status(as_json: JsonOpt = False) -> None:
     """How many values of each encrypted column each key encrypts; exit 1 if old keys are used."""
     from pgstack.crypto import get_key_ring
     from pgstack.orm.rotation import key_usage

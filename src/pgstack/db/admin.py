@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 import asyncpg
 from sqlalchemy.engine import URL
 
-from pgstack.config import to_asyncpg_url
+from pgstack.config import Settings, to_asyncpg_url
 from pgstack.errors import ConfigurationError, DatabaseUnavailableError, PgStackError
 
 EXTENSIONS = ("citext", "pgcrypto")
@@ -28,9 +29,11 @@ class InitResult:
         self.steps.append((what, outcome))
 
 
-async def _connect(url: URL, what: str) -> asyncpg.Connection:
+async def _connect(
+    url: URL, what: str, tls: ssl.SSLContext | str | None = None
+) -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(asyncpg_dsn(url), timeout=10)
+        return await asyncpg.connect(asyncpg_dsn(url), timeout=10, ssl=tls)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         where = f"{url.host or url.query.get('host') or 'localhost'}:{url.port or 5432}"
         raise DatabaseUnavailableError(
@@ -46,10 +49,12 @@ async def init_database(admin_url: str, app_url: URL) -> InitResult:
     update, delete) but owns nothing, so row-level security applies to it.
     """
     admin = to_asyncpg_url(admin_url, "--admin-url")
+    # TLS as for the app's connections: the admin URL's sslmode/sslrootcert/..., else DATABASE_SSL*.
+    tls = Settings().with_url(admin_url).ssl_option
     if not app_url.database:
         raise ConfigurationError("DATABASE_URL names no database; add one: .../DATABASE")
     try:
-        return await _init(admin, app_url)
+        return await _init(admin, app_url, tls)
     except asyncpg.PostgresError as exc:
         hint = (
             " The admin role needs CREATEDB and CREATEROLE (a superuser such as postgres has both)."
@@ -59,10 +64,10 @@ async def init_database(admin_url: str, app_url: URL) -> InitResult:
         raise PgStackError(f"db init stopped: {type(exc).__name__}: {exc}.{hint}") from None
 
 
-async def _init(admin: URL, app_url: URL) -> InitResult:
+async def _init(admin: URL, app_url: URL, tls: ssl.SSLContext | str | None) -> InitResult:
     result = InitResult()
     database, role = app_url.database, app_url.username or "postgres"
-    conn = await _connect(admin, "server (admin URL)")
+    conn = await _connect(admin, "server (admin URL)", tls)
     try:
         admin_role = await conn.fetchval("SELECT current_user")
         if role != admin_role:
@@ -100,7 +105,7 @@ async def _init(admin: URL, app_url: URL) -> InitResult:
     finally:
         await conn.close()
 
-    conn = await _connect(admin.set(database=database), "new database")
+    conn = await _connect(admin.set(database=database), "new database", tls)
     try:
         for extension in EXTENSIONS:
             present = await conn.fetchval(

@@ -23,9 +23,8 @@ def migration_engine(settings: Settings, url: URL) -> AsyncEngine:
     connect_args: dict[str, Any] = {
         "server_settings": {"application_name": APPLICATION_NAME},
         "timeout": settings.database_connect_timeout,
+        "ssl": settings.ssl_option,
     }
-    if settings.sslmode is not None:
-        connect_args["ssl"] = settings.sslmode
     return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
 
 
