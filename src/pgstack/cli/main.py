@@ -371,6 +371,7 @@ def db_init(
 # The migration and seeding commands register themselves on db_app; the module groups are
 # mounted here. Each module imports what its commands need when they run.
 from pgstack.cli import migrate as _migrate  # noqa: E402, F401
+from pgstack.cli import ops as _ops  # noqa: E402, F401
 from pgstack.cli.keys import keys_app  # noqa: E402
 from pgstack.cli.tokens import tokens_app  # noqa: E402
 from pgstack.cli.users import api_keys_app, users_app  # noqa: E402

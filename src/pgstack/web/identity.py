@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from pgstack.errors import AuthenticationError, ConflictError, PermissionDeniedError
 from pgstack.identity import (
@@ -35,7 +35,7 @@ from pgstack.identity import (
     require_scopes as _require_key_scopes,
 )
 from pgstack.identity.text import has_control_characters
-from pgstack.web.deps import get_database
+from pgstack.web.deps import Offset, get_database
 
 logger = logging.getLogger("pgstack.web")
 
@@ -217,7 +217,7 @@ class PasswordChangeIn(_Body):
     current_password: _Password
     new_password: _Password
     #: API keys stay valid only when asked; by default a password change revokes them.
-    keep_api_keys: bool = False
+    keep_api_keys: StrictBool = False
 
 
 class TokenIn(_Body):
@@ -258,11 +258,11 @@ class RecoveryCodesOut(BaseModel):
 class ApiKeyIn(ReauthIn):
     name: Annotated[str, Field(min_length=1, max_length=200), _Clean]
     scopes: list[_Word] = []
-    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    expires_in_days: Annotated[StrictInt, Field(ge=1, le=3650)] | None = None
 
 
 class RotateIn(ReauthIn):
-    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400)] = 86400
+    grace_seconds: Annotated[StrictInt, Field(ge=0, le=30 * 86400)] = 86400
 
 
 class ApiKeyOut(BaseModel):
@@ -289,7 +289,7 @@ class UserPatchIn(_Body):
     name: _Name | None = None
     roles: list[_Word] = Field(default_factory=list)
     groups: list[_Word] = Field(default_factory=list)
-    is_active: bool = True
+    is_active: StrictBool = True
 
 
 class UserPageOut(BaseModel):
@@ -500,7 +500,7 @@ def identity_router(
         provider: _Search = None,
         sort: Annotated[str, Query(max_length=200), _Clean] = "-created_at",
         limit: Annotated[int, Query(ge=1, le=100)] = 50,
-        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+        offset: Offset = 0,
     ) -> UserPageOut:
         page = await identity.users.search(
             email=email,
@@ -533,11 +533,11 @@ def identity_router(
             days=stats.days,
         )
 
-    @router.get("/admin/users/{user_id}", dependencies=[Depends(admin)])
+    @router.get("/admin/users/{user_id:uuid}", dependencies=[Depends(admin)])
     async def get_user(user_id: uuid.UUID, identity: IdentityDep) -> UserOut:
         return UserOut.model_validate(await identity.users.get(user_id))
 
-    @router.patch("/admin/users/{user_id}", dependencies=[Depends(admin)])
+    @router.patch("/admin/users/{user_id:uuid}", dependencies=[Depends(admin)])
     async def patch_user(user_id: uuid.UUID, body: UserPatchIn, identity: IdentityDep) -> UserOut:
         changes = body.model_dump(exclude_unset=True)
         if not changes:
@@ -547,7 +547,7 @@ def identity_router(
         return UserOut.model_validate(user)
 
     @router.delete(
-        "/admin/users/{user_id}",
+        "/admin/users/{user_id:uuid}",
         status_code=status.HTTP_204_NO_CONTENT,
         dependencies=[Depends(admin)],
     )
@@ -556,7 +556,7 @@ def identity_router(
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @router.delete(
-        "/admin/users/{user_id}/2fa",
+        "/admin/users/{user_id:uuid}/2fa",
         status_code=status.HTTP_204_NO_CONTENT,
         dependencies=[Depends(admin)],
     )
