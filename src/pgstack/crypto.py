@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 import threading
@@ -34,6 +35,20 @@ def generate_key(kid: str) -> str:
     """A new random AES-256 key as a `kid:base64key` entry for `PGSTACK_ENCRYPTION_KEYS`."""
     _check_kid(kid)
     return f"{kid}:{base64.b64encode(os.urandom(_KEY_BYTES)).decode()}"
+
+
+def row_context(column: str, *row: str) -> str:
+    """The context of a value bound to its column (`table.column`) and to its row's identity.
+
+    A ciphertext copied into another row then fails to decrypt instead of serving that row.
+    JSON keeps the row's values unambiguous whatever text they hold.
+    """
+    return f"{column}{json.dumps(list(row), ensure_ascii=False)}"
+
+
+def key_id_of(token: str) -> str:
+    """The id of the key a stored value was encrypted with."""
+    return _split(token, "value")[1]
 
 
 def _check_kid(kid: str) -> None:
@@ -151,7 +166,7 @@ class KeyRing:
 
     def needs_reencryption(self, token: str) -> bool:
         """Whether a stored value was encrypted with a key other than the newest."""
-        return _split(token, "value")[1] != self._primary
+        return key_id_of(token) != self._primary
 
     def reencrypt(self, token: str, context: str) -> str:
         """The value re-encrypted under the newest key (unchanged if it already is)."""

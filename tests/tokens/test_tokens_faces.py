@@ -9,7 +9,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import Depends, Header
@@ -18,6 +20,7 @@ from typer.testing import CliRunner
 
 from pgstack.cli import app as cli
 from pgstack.crypto import KeyRing, configure_encryption, generate_key
+from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
 from pgstack.errors import ConfigurationError, PermissionDeniedError
 from pgstack.tokens import TokenVault
@@ -99,6 +102,27 @@ async def test_admin_routes_require_the_authorization_dependency(
         tokens_router(dependencies=[])
 
 
+@pytest.mark.parametrize("hostile", ["\x00", "crm\x00", "a\nb", "\x1b[31m", "\x7f"])
+async def test_admin_routes_refuse_control_characters_with_422(
+    vault: TokenVault, client: httpx.AsyncClient, hostile: str
+) -> None:
+    # proves: T2
+    await vault.save("crm", "acme", "at", "rt", expires_in=60)
+    answers = [
+        await client.get("/admin/tokens", params={"provider": hostile}),
+        await client.get(f"/admin/tokens/{quote(hostile, safe='')}/acme/history"),
+        await client.get(f"/admin/tokens/crm/{quote(hostile, safe='')}/history"),
+        await client.delete(f"/admin/tokens/crm/{quote(hostile, safe='')}"),
+        await client.delete(f"/admin/tokens/{quote(hostile, safe='')}/acme"),
+    ]
+    assert [a.status_code for a in answers] == [422] * 5, [a.text for a in answers]
+    assert all(a.headers["content-type"] == "application/problem+json" for a in answers)
+    # Other unicode is text like any other.
+    fine = await client.get("/admin/tokens", params={"provider": "crm-ünï-💡"})
+    assert fine.status_code == 200 and fine.json() == []
+    assert (await vault.get("crm", "acme")).access_token == "at"
+
+
 # -- CLI ------------------------------------------------------------------------------------
 
 
@@ -134,11 +158,15 @@ async def test_cli_lists_rotates_and_refreshes(
     assert [(r["account"], r["status"]) for r in rows] == [("acme", "expiring"), ("beta", "valid")]
     assert "secret" not in listed.output
 
+    # `tokens rotate-keys` is `keys rotate`: every encrypted column, the vault's included.
     rotated = await invoke(cli, ["tokens", "rotate-keys"], env=cli_env)
     assert rotated.exit_code == 0, rotated.output
-    assert rotated.output.strip() == "re-encrypted 2 token row(s) under key 'new'"
-    again = await invoke(cli, ["tokens", "rotate-keys"], env=cli_env)
-    assert again.output.strip() == "re-encrypted 0 token row(s) under key 'new'"
+    assert rotated.output.splitlines() == [
+        "re-encrypted 4 value(s) in 3 column(s) under key 'new'",
+        "every encrypted value uses key 'new': older keys can be removed",
+    ]
+    again = await invoke(cli, ["keys", "rotate"], env=cli_env)
+    assert again.output.splitlines()[0] == "re-encrypted 0 value(s) in 3 column(s) under key 'new'"
 
     (tmp_path / "myrefreshers.py").write_text(
         textwrap.dedent(
@@ -166,3 +194,59 @@ async def test_cli_lists_rotates_and_refreshes(
     bad = await invoke(cli, ["tokens", "refresh-due", "--refreshers", "nope"], env=cli_env)
     assert bad.exit_code == 1
     assert bad.output.strip().startswith("error: --refreshers 'nope' must be module:attribute")
+
+
+async def test_cli_keys_status_and_rotate_cover_the_applications_models(
+    pgstack_migrated_db: Database,
+    pgstack_migrated_url: URL,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # proves: T5
+    (tmp_path / "pyproject.toml").write_text('[tool.pgstack]\nmodels = "keysapp"\n')
+    (tmp_path / "keysapp.py").write_text(
+        textwrap.dedent(
+            """
+            from sqlalchemy import MetaData
+            from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+            from pgstack.orm import EncryptedText
+
+            class Base(DeclarativeBase):
+                metadata = MetaData()
+
+            class Card(Base):
+                __tablename__ = "keysapp_cards"
+                id: Mapped[int] = mapped_column(primary_key=True)
+                number: Mapped[str] = mapped_column(EncryptedText())
+            """
+        )
+    )
+    old_only = KeyRing.parse(cli_env["PGSTACK_ENCRYPTION_KEYS"].split(",")[1])
+    await TokenVault(pgstack_migrated_db, keys=old_only).save("crm", "acme", "at", "rt")
+    conn = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
+    try:
+        await conn.execute("CREATE TABLE keysapp_cards (id int PRIMARY KEY, number text)")
+        for n in range(3):
+            value = old_only.encrypt(f"4111-{n}", "keysapp_cards.number")
+            await conn.execute("INSERT INTO keysapp_cards VALUES ($1, $2)", n, value)
+    finally:
+        await conn.close()
+
+    status = await invoke(cli, ["keys", "status", "--json"], env=cli_env)
+    assert status.exit_code == 1, status.output  # old keys in use
+    usage = json.loads(status.output)
+    assert usage["primary_kid"] == "new"
+    assert {(u["column"], u["kid"], u["values"]) for u in usage["usage"]} == {
+        ("keysapp_cards.number", "old", 3),
+        ("oauth_tokens.access_token", "old", 1),
+        ("oauth_tokens.refresh_token", "old", 1),
+    }
+    assert "4111" not in status.output
+
+    rotated = await invoke(cli, ["keys", "rotate", "--batch-size", "2"], env=cli_env)
+    assert rotated.exit_code == 0, rotated.output
+    assert rotated.output.splitlines()[0].startswith("re-encrypted 5 value(s) in 4 column(s)")
+    status = await invoke(cli, ["keys", "status"], env=cli_env)
+    assert status.exit_code == 0, status.output
+    assert "older keys can be removed" in status.output
+    assert "4111" not in rotated.output + status.output

@@ -13,27 +13,35 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+from fastapi import Depends
 from sqlalchemy.engine import URL
 from tokens_fake_provider import FakeProvider
 
+from pgstack.config import Settings
 from pgstack.crypto import KeyRing
 from pgstack.db.admin import asyncpg_dsn
-from pgstack.errors import TokenRefreshError
+from pgstack.db.database import Database
+from pgstack.errors import DatabaseUnavailableError, TokenRefreshError
 from pgstack.tokens import TokenVault
+from pgstack.web import create_app
+from pgstack.web.tokens import tokens_router
 
 WORKER = Path(__file__).resolve().parent / "tokens_worker.py"
 PROCESSES = 5
 
 
-async def test_fifty_callers_in_five_processes_cause_one_refresh(
+async def test_fifty_callers_in_five_processes_with_authlib_cause_one_refresh(
     vault: TokenVault,
     provider: FakeProvider,
     pgstack_migrated_url: URL,
     token_key_text: str,
     tmp_path: Path,
 ) -> None:
-    # proves: T3
+    # proves: T3, T6
+    # Each process refreshes through Authlib's AsyncOAuth2Client, whose answer carries both
+    # expires_in and an epoch expires_at, against a provider that rotates refresh tokens.
     first_refresh = await provider.grant()
     await vault.save("crm", "acme", "at-old", first_refresh, expires_in=60)  # inside the buffer
     env = {**os.environ, "PGSTACK_ENCRYPTION_KEYS": token_key_text}
@@ -70,6 +78,7 @@ async def test_fifty_callers_in_five_processes_cause_one_refresh(
     stored = await vault.get("crm", "acme")
     assert set(tokens) == {stored.access_token} and stored.access_token != "at-old"
     assert stored.refresh_token != first_refresh  # the rotated one is kept
+    assert stored.expires_in() is not None and 3500 < stored.expires_in() <= 3600
     history = await vault.history("crm", "acme")
     assert [h.success for h in history] == [True]
 
@@ -256,3 +265,193 @@ async def test_a_token_without_a_refresh_token_serves_until_it_expires(
     with pytest.raises(TokenRefreshError, match="authorized again"):
         await vault.get_valid_token("crm", "gone", provider.refresh)
     assert await provider.calls() == []  # nothing to refresh with: the provider is not called
+
+
+async def test_callers_in_two_pools_of_one_process_share_one_refresh(
+    vault: TokenVault, provider: FakeProvider, pgstack_migrated_settings: Any
+) -> None:
+    # proves: T3
+    # Two Database objects are two pools, as two processes would have: the row lock, not
+    # the in-process sharing, makes them refresh once.
+    await vault.save("crm", "acme", "at-0", await provider.grant(), expires_in=10)
+    slow = FakeProvider(provider.dsn, delay=0.2)
+    other_db = Database(pgstack_migrated_settings)
+    await other_db.connect()
+    try:
+        other = TokenVault(other_db, refresh_timeout=5.0)
+        tokens = await asyncio.gather(
+            *(v.get_valid_token("crm", "acme", slow.refresh) for v in [vault, other] * 5)
+        )
+    finally:
+        await other_db.disconnect()
+    assert len({t.access_token for t in tokens}) == 1
+    assert len(await provider.calls()) == 1
+
+
+async def test_more_waiters_than_connections_are_all_served(
+    pgstack_migrated_url: URL, provider: FakeProvider, token_keys: KeyRing
+) -> None:
+    # proves: T3
+    settings = Settings(
+        database_url=pgstack_migrated_url.render_as_string(hide_password=False),
+        database_pool_size=2,
+        database_max_overflow=0,
+        database_pool_timeout=1.0,
+        database_read_pool_size=1,
+        _env_file=None,
+    )
+    db = Database(settings)
+    await db.connect()
+    try:
+        vault = TokenVault(db, refresh_timeout=10)
+        await vault.save("crm", "acme", "at-0", await provider.grant(), expires_in=10)
+        # The refresh outlasts the pool timeout: a waiter holding a connection would starve
+        # the others of the pool.
+        slow = FakeProvider(provider.dsn, delay=1.5)
+        tokens = await asyncio.gather(
+            *(vault.get_valid_token("crm", "acme", slow.refresh) for _ in range(20))
+        )
+        assert len({t.access_token for t in tokens}) == 1 and len(tokens) == 20
+        assert db.pool_stats()["checked_out"] == 0
+    finally:
+        await db.disconnect()
+    assert len(await provider.calls()) == 1
+
+
+async def test_a_row_locked_past_the_refresh_timeout_ends_the_wait_with_token_refresh_error(
+    pgstack_migrated_db: Database, pgstack_migrated_url: URL, token_keys: KeyRing
+) -> None:
+    # proves: T3
+    vault = TokenVault(pgstack_migrated_db, refresh_timeout=0.3)
+    await vault.save("crm", "acme", "at-0", "rt-0", expires_in=-1)
+    calls = 0
+
+    async def refresher(old: str) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return {"access_token": "at-1", "expires_in": 60}
+
+    holder = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM oauth_tokens FOR UPDATE")
+            async with asyncio.timeout(10):
+                with pytest.raises(TokenRefreshError, match="locked by another refresh"):
+                    await vault.get_valid_token("crm", "acme", refresher)
+    finally:
+        await holder.close()
+    assert calls == 0
+    # Once the lock is gone, the next caller refreshes.
+    assert (await vault.get_valid_token("crm", "acme", refresher)).access_token == "at-1"
+
+
+async def test_during_a_backoff_callers_do_not_wait_for_the_row_lock(
+    pgstack_migrated_db: Database, pgstack_migrated_url: URL, token_keys: KeyRing
+) -> None:
+    # proves: T3
+    vault = TokenVault(pgstack_migrated_db, refresh_timeout=0.3)
+    await vault.save("crm", "acme", "at-0", "rt-0", expires_in=120)  # inside the buffer
+
+    async def failing(old: str) -> dict[str, Any]:
+        raise RuntimeError("provider down")
+
+    await vault.get_valid_token("crm", "acme", failing)  # fails: backoff starts
+    holder = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM oauth_tokens FOR UPDATE")
+            # The backoff is decided on the read: the old, still valid token, at once.
+            token = await vault.get_valid_token("crm", "acme", failing)
+            assert token.access_token == "at-0"
+            await vault.save("crm", "gone", "at-g", "rt-g", expires_in=-5)
+            await holder.execute(
+                "UPDATE oauth_tokens SET next_refresh_not_before = "
+                "now() + interval '1 hour' WHERE account = 'gone'"
+            )
+    finally:
+        await holder.close()
+    with pytest.raises(TokenRefreshError, match="next attempt is allowed at"):
+        await vault.get_valid_token("crm", "gone", failing)
+    assert len(await vault.history("crm", "acme")) == 1
+
+
+class _Proxy:
+    """A TCP relay to PostgreSQL that can be cut, as a network outage cuts a service off."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.links: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.links += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for link in self.links:
+            link.transport.abort()
+        await self.server.wait_closed()
+
+
+async def test_a_database_outage_is_database_unavailable_and_a_503(
+    pgstack_migrated_url: URL, token_keys: KeyRing
+) -> None:
+    # proves: T3
+    proxy = _Proxy(pgstack_migrated_url.port or 5432)
+    port = await proxy.start()
+    settings = Settings(
+        database_url=pgstack_migrated_url.set(port=port).render_as_string(hide_password=False),
+        database_connect_attempts=1,
+        database_pool_timeout=2,
+        _env_file=None,
+    )
+    db = Database(settings)
+    await db.connect()
+    app = create_app(
+        database=db,
+        monitor_interval=None,
+        routers=[tokens_router(dependencies=[Depends(lambda: None)])],
+    )
+    try:
+        vault = TokenVault(db)
+        await vault.save("crm", "acme", "at-0", "rt-0", expires_in=-1)
+        async with app.router.lifespan_context(app):
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+            async with http:
+                assert (await http.get("/admin/tokens")).status_code == 200
+                await proxy.cut()
+                answer = await http.get("/admin/tokens")
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["content-type"] == "application/problem+json"
+                for call in (
+                    vault.get("crm", "acme"),
+                    vault.get_valid_token("crm", "acme", _never),
+                    vault.list_tokens(),
+                    vault.save("crm", "acme", "at-1"),
+                ):
+                    with pytest.raises(DatabaseUnavailableError):
+                        await call
+    finally:
+        await db.disconnect()
+
+
+async def _never(old: str) -> dict[str, Any]:
+    raise AssertionError("the provider is not called while the database is away")

@@ -1,7 +1,8 @@
 """A fake OAuth provider that rotates refresh tokens and rejects one that was used before.
 
 Its state lives in two tables of the test database, so every process sees the same grants
-and every call is counted wherever it came from.
+and every call is counted wherever it came from. `token_endpoint` serves it as an OAuth
+token endpoint (an ASGI app), for real OAuth clients to talk to through httpx.
 """
 
 from __future__ import annotations
@@ -9,8 +10,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl
 
 import asyncpg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+TOKEN_URL = "https://provider.test/oauth/token"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fake_provider_grants (
@@ -97,3 +105,23 @@ class FakeProvider:
         finally:
             await conn.close()
         return [(r["refresh_token"], r["accepted"]) for r in rows]
+
+
+def token_endpoint(provider: FakeProvider) -> Starlette:
+    """The provider's RFC 6749 token endpoint: `grant_type=refresh_token` at /oauth/token."""
+
+    async def token(request: Request) -> JSONResponse:
+        form = dict(parse_qsl((await request.body()).decode()))
+        refresh_token = form.get("refresh_token")
+        if form.get("grant_type") != "refresh_token" or not refresh_token:
+            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+        try:
+            answer = await provider.refresh(refresh_token)
+        except InvalidGrant:
+            return JSONResponse(
+                {"error": "invalid_grant", "error_description": "refresh token already used"},
+                status_code=400,
+            )
+        return JSONResponse(answer, headers={"cache-control": "no-store"})
+
+    return Starlette(routes=[Route("/oauth/token", token, methods=["POST"])])

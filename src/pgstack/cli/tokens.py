@@ -118,17 +118,13 @@ def history(
 
 
 @tokens_app.command("rotate-keys")
-@expected_failures
 def rotate_keys(
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 200,
 ) -> None:
-    """Re-encrypt every token under the newest key of PGSTACK_ENCRYPTION_KEYS, online."""
+    """Re-encrypt every encrypted column under the newest key: `pgstack keys rotate`."""
+    from pgstack.cli.keys import rotate
 
-    async def rotate(vault: TokenVault) -> tuple[int, str]:
-        return await vault.rotate_keys(batch_size=batch_size), vault.keys.primary_kid
-
-    changed, kid = _run(rotate)
-    typer.echo(f"re-encrypted {changed} token row(s) under key {kid!r}")
+    rotate(batch_size=batch_size)
 
 
 @tokens_app.command("refresh-due")

@@ -9,7 +9,7 @@ token = await vault.get_valid_token("hubspot", "acme", refresher)
 
 from pgstack.errors import TokenRefreshError
 from pgstack.tokens.models import OAuthToken, TokenRefreshAudit
-from pgstack.tokens.vault import (
+from pgstack.tokens.records import (
     DEFAULT_BUFFER,
     ProviderToken,
     RefreshAttempt,
@@ -17,8 +17,8 @@ from pgstack.tokens.vault import (
     RefreshSummary,
     TokenInfo,
     TokenStatus,
-    TokenVault,
 )
+from pgstack.tokens.vault import TokenVault
 
 __all__ = [
     "DEFAULT_BUFFER",

@@ -4,7 +4,8 @@ The token columns hold `pgstack.crypto` ciphertext that the vault makes and read
 plain `text` rather than `EncryptedText` because a column type sees only its table and
 column, while these values are also bound to their row (provider and account) as associated
 data: a ciphertext copied into another row fails to decrypt instead of handing one account's
-token to another. Marked secret, they never appear in reprs or `to_dict()`.
+token to another. Marked secret, they never appear in reprs or `to_dict()`; marked
+`encrypted_by_row`, key rotation (`pgstack.orm.rotation`) re-encrypts them with the rest.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pgstack.orm import Base, Timestamped, UUIDPrimaryKey, Versioned
+from pgstack.orm.rotation import ROW_BOUND
+
+# Encrypted by the vault with (provider, account) in the associated data; see the vault.
+_ROW_BOUND_SECRET = {"secret": True, ROW_BOUND: ("provider", "account")}
 
 
 class OAuthToken(UUIDPrimaryKey, Timestamped, Versioned, Base):
@@ -44,8 +49,8 @@ class OAuthToken(UUIDPrimaryKey, Timestamped, Versioned, Base):
     provider: Mapped[str] = mapped_column(Text)
     account: Mapped[str] = mapped_column(Text)
     tenant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(as_uuid=True), index=True)
-    access_token: Mapped[str] = mapped_column(Text, info={"secret": True})
-    refresh_token: Mapped[str | None] = mapped_column(Text, info={"secret": True})
+    access_token: Mapped[str] = mapped_column(Text, info=_ROW_BOUND_SECRET)
+    refresh_token: Mapped[str | None] = mapped_column(Text, info=_ROW_BOUND_SECRET)
     token_type: Mapped[str] = mapped_column(Text, server_default="Bearer")
     scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
     expires_at: Mapped[datetime | None]

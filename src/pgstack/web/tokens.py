@@ -13,12 +13,18 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, params
+from fastapi import APIRouter, Path, Query, Response, params
 from pydantic import BaseModel
 
 from pgstack.errors import ConfigurationError, NotFoundError
 from pgstack.tokens import DEFAULT_BUFFER, TokenStatus, TokenVault
 from pgstack.web.deps import DatabaseDep
+
+# Provider and account names are text without control characters (a NUL cannot even be
+# stored in PostgreSQL text): anything else is a 422, never a database error.
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+ProviderPath = Annotated[str, Path(pattern=_NO_CONTROL)]
+AccountPath = Annotated[str, Path(pattern=_NO_CONTROL)]
 
 
 class TokenOut(BaseModel):
@@ -70,7 +76,10 @@ def tokens_router(
     @router.get("", response_model=list[TokenOut])
     async def list_tokens(
         db: DatabaseDep,
-        provider: Annotated[str | None, Query(description="Only this provider.")] = None,
+        provider: Annotated[
+            str | None,
+            Query(description="Only this provider.", pattern=_NO_CONTROL),
+        ] = None,
     ) -> list[dict[str, Any]]:
         """Stored tokens with their expiry status, by provider and account."""
         tokens = await TokenVault(db).list_tokens(provider)
@@ -96,8 +105,8 @@ def tokens_router(
     @router.get("/{provider}/{account}/history", response_model=list[RefreshAttemptOut])
     async def token_history(
         db: DatabaseDep,
-        provider: str,
-        account: str,
+        provider: ProviderPath,
+        account: AccountPath,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
         """Refresh attempts of one token, newest first."""
@@ -115,7 +124,9 @@ def tokens_router(
         ]
 
     @router.delete("/{provider}/{account}", status_code=204)
-    async def delete_token(db: DatabaseDep, provider: str, account: str) -> Response:
+    async def delete_token(
+        db: DatabaseDep, provider: ProviderPath, account: AccountPath
+    ) -> Response:
         """Delete one token (its history stays); 404 when there is none."""
         if not await TokenVault(db).delete(provider, account):
             raise NotFoundError(
