@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import uvicorn
 from sqlalchemy.engine import URL
+from tokens_fake_provider import FakeProvider, token_endpoint
 
 from pgstack.crypto import generate_key
+from pgstack.tokens import TokenVault
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "tokens.md"
 
@@ -48,3 +54,37 @@ def test_the_example_runs_and_prints_what_the_page_says(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected_output(), result.stdout + result.stderr
+
+
+async def test_the_authlib_refresher_runs_against_a_provider(
+    vault: TokenVault, provider: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # proves: T6
+    (tmp_path / "crm_refresh.py").write_text(block("crm_refresh.py"))
+    server = uvicorn.Server(
+        uvicorn.Config(token_endpoint(provider), host="127.0.0.1", port=0, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        monkeypatch.setenv("CRM_TOKEN_URL", f"http://127.0.0.1:{port}/oauth/token")
+        monkeypatch.setenv("CRM_CLIENT_ID", "client-id")
+        monkeypatch.setenv("CRM_CLIENT_SECRET", "client-secret")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        crm_refresh = importlib.import_module("crm_refresh")
+        first = await provider.grant()
+        await vault.save("crm", "acme", "at-0", first, expires_in=-1)
+        tokens = await asyncio.gather(
+            *(vault.get_valid_token("crm", "acme", crm_refresh.refresh_crm) for _ in range(5))
+        )
+        await crm_refresh.client.aclose()
+    finally:
+        server.should_exit = True
+        await serving
+        sys.modules.pop("crm_refresh", None)
+    assert len({t.access_token for t in tokens}) == 1
+    stored = await vault.get("crm", "acme")
+    assert stored.refresh_token not in (None, first)  # the rotated refresh token was kept
+    assert [sent for sent, _ in await provider.calls()] == [first]  # one refresh, over HTTP
