@@ -23,10 +23,10 @@ from pgstack.cli.main import console, db_app, expected_failures
 from pgstack.config import Settings
 from pgstack.db.database import Database
 from pgstack.errors import MigrationError
-from pgstack.migrations.api import describe_revisions
 from pgstack.migrations.health import install
 from pgstack.migrations.ops import refuse_in_production
 from pgstack.migrations.project import MigrationProject
+from pgstack.migrations.state import describe_revisions
 
 ProjectOpt = Annotated[
     Path | None,

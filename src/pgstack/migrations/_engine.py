@@ -19,9 +19,17 @@ _CANNOT_CONNECT = {"3D000", "28P01", "28000"}
 
 
 def migration_engine(settings: Settings, url: URL) -> AsyncEngine:
-    """An engine without a pool: migrations hold one connection, then give it back for good."""
+    """An engine without a pool: migrations hold one connection, then give it back for good.
+
+    Its sessions give up on a table lock they cannot get within
+    PGSTACK_MIGRATION_LOCK_TIMEOUT_MS, instead of queueing the application's queries behind
+    a migration's DDL.
+    """
     connect_args: dict[str, Any] = {
-        "server_settings": {"application_name": APPLICATION_NAME},
+        "server_settings": {
+            "application_name": APPLICATION_NAME,
+            "lock_timeout": str(int(settings.migration_lock_timeout_ms)),
+        },
         "timeout": settings.database_connect_timeout,
     }
     if settings.sslmode is not None:
