@@ -23,6 +23,7 @@ from pgstack.cli.main import console, db_app, expected_failures
 from pgstack.config import Settings
 from pgstack.db.database import Database
 from pgstack.errors import MigrationError
+from pgstack.migrations.api import multiple_heads
 from pgstack.migrations.health import install
 from pgstack.migrations.ops import refuse_in_production
 from pgstack.migrations.project import MigrationProject
@@ -113,13 +114,19 @@ def upgrade(
     """Apply migrations up to REVISION (default: the head of pgstack's and the app's)."""
     proj = load_project(project, migrations)
     with database_settings() as settings:
-        applied = mig.upgrade(settings, revision, project=proj)
-        now = mig.current(settings, project=proj)
-    for rev in applied:
+        run = mig.run_upgrade(settings, revision, project=proj)
+    for rev in run.applied:
         typer.echo(f"applied {_revision_line(proj, [rev])}")
-    if not applied:
+    if not run.applied:
         typer.echo("nothing to apply")
-    typer.echo(f"current: {', '.join(now) or 'none'}")
+    typer.echo(f"current: {', '.join(run.current) or 'none'}")
+    if run.ahead:
+        typer.echo(
+            f"note: newer code migrated this database ({', '.join(run.ahead)}); nothing was "
+            "changed. If this is not a rolling deploy, run from the app's folder (or pass "
+            "--project).",
+            err=True,
+        )
 
 
 @db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
@@ -142,11 +149,10 @@ def downgrade(
             typer.echo(f"  {_revision_line(proj, [rev])}")
         if not yes:
             typer.confirm("Undo them? What they created, data included, is dropped", abort=True)
-        undone = mig.downgrade(settings, revision, project=proj)
-        now = mig.current(settings, project=proj)
-    for rev in undone:
+        run = mig.run_downgrade(settings, revision, project=proj)
+    for rev in run.applied:
         typer.echo(f"undone {rev}")
-    typer.echo(f"current: {', '.join(now) or 'none'}")
+    typer.echo(f"current: {', '.join(run.current) or 'none'}")
 
 
 @db_app.command("current")
@@ -164,7 +170,10 @@ def current(project: ProjectOpt = None, migrations: MigrationsOpt = None) -> Non
     if state.missing:
         typer.echo(f"missing: {', '.join(state.missing)} (run `pgstack db upgrade`)")
     if state.unknown:
-        typer.echo(f"unknown to this code: {', '.join(state.unknown)}")
+        typer.echo(
+            f"unknown to this code: {', '.join(state.unknown)} (newer code migrated it, or "
+            "this is not the app's folder: pass --project)"
+        )
 
 
 @db_app.command("history")
@@ -227,7 +236,9 @@ def revision(
 @db_app.command("merge")
 @expected_failures
 def merge(
-    message: Annotated[str, typer.Option("--message", "-m", help="What the merge joins.")],
+    message: Annotated[
+        str, typer.Option("--message", "-m", help="What the merge joins.")
+    ] = "merge heads",
     branch: Annotated[
         str | None, typer.Option("--branch", help="Branch whose heads to merge.")
     ] = None,
@@ -246,6 +257,12 @@ def check(
 ) -> None:
     """Compare the models with the database; exit 1 and list the differences if they drift."""
     proj = load_project(project, migrations, models)
+    heads = multiple_heads(proj.script)
+    if heads:
+        typer.echo("the migrations have more than one head: merge the heads, then check again")
+        for line in heads:
+            typer.echo(f"  - {line}")
+        raise typer.Exit(1)
     with database_settings() as settings:
         problems = mig.check(settings, project=proj)
     if not problems:

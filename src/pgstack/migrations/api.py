@@ -375,7 +375,10 @@ def merge(
     label = branch or (project.branch if project.versions is not None else PGSTACK_BRANCH)
     own = branch_heads(project.script).get(label, [])
     if len(own) < 2:
-        raise MigrationError(f"Branch {label} has {len(own)} head(s): nothing to merge.")
+        raise MigrationError(
+            f"Branch {label} has {len(own)} head(s): nothing to merge. `pgstack db check` "
+            "names a branch with several heads; pass it with --branch."
+        )
     config = project.alembic_config()
 
     def run() -> Path:
@@ -397,13 +400,16 @@ def check(
 ) -> list[str]:
     """What keeps models, migrations and the database from agreeing; empty when they do.
 
-    Lists branches with several heads, revisions not applied yet, and then (once the
-    database is at head) every difference between the models and the schema.
+    Lists branches with several heads (and then nothing else), or revisions not applied
+    yet, or (once the database is at head) every difference between the models and the
+    schema.
     """
     project = project or MigrationProject.discover()
     settings = migration_settings(resolve(target))
     script = project.script
     problems = multiple_heads(script)
+    if problems:
+        return problems  # nothing can be upgraded, so comparing the database says nothing
     models = list(metadata) if metadata is not None else project.metadata()
 
     def inspect_db(conn: Connection) -> list[str]:
@@ -422,7 +428,7 @@ def check(
             found.extend(differences(conn, models))
         return found
 
-    return problems + _with_connection(settings, inspect_db, "comparing the models")
+    return _with_connection(settings, inspect_db, "comparing the models")
 
 
 # -- async forms ---------------------------------------------------------------------------
