@@ -633,14 +633,14 @@ def assert_one_error_line(result: object, hint: str) -> None:
 def test_every_verb_in_a_wrong_folder_is_one_line_with_a_hint(
     verb: str, sample_url: URL, tmp_path: Path
 ) -> None:
-    # proves: G3, C1
+    # proves: O6, G3
     result = cli(sample_url, verb, *VERBS[verb], "--project", str(tmp_path / "no-such-app"))
     assert_one_error_line(result, "--project")
 
 
 @pytest.mark.parametrize("verb", sorted(DATABASE_VERBS))
 def test_every_verb_against_an_unreachable_server_is_one_line_with_a_hint(verb: str) -> None:
-    # proves: G3, C1
+    # proves: O6, G3
     url = f"postgresql://app:hunter2-secret@127.0.0.1:{closed_port()}/appdb"
     project = ["--project", str(SAMPLE)] if verb in PROJECT_VERBS else []
     result = cli(url, verb, *VERBS[verb], *project)
@@ -654,7 +654,7 @@ def test_every_verb_against_an_unreachable_server_is_one_line_with_a_hint(verb: 
 
 @pytest.mark.parametrize("verb", sorted(DATABASE_VERBS))
 def test_every_verb_as_a_missing_role_is_one_line_with_a_hint(verb: str, sample_url: URL) -> None:
-    # proves: G3, C1
+    # proves: O6, G3
     url = raw(sample_url.set(username="pgstack_no_such_role", password="pw-not-shown"))
     project = ["--project", str(SAMPLE)] if verb in PROJECT_VERBS else []
     result = cli(url, verb, *VERBS[verb], *project)
@@ -668,7 +668,7 @@ def test_every_verb_as_a_missing_role_is_one_line_with_a_hint(verb: str, sample_
 
 @pytest.mark.parametrize("verb", ["upgrade", "check", "revision"])
 def test_two_heads_say_merge_the_heads(verb: str, sample_url: URL, tmp_path: Path) -> None:
-    # proves: G3, G4
+    # proves: O6, G3, D5
     app_dir = two_heads(tmp_path)
     result = cli(sample_url, verb, *VERBS[verb], "--project", str(app_dir))
     assert result.exit_code == 1
@@ -679,7 +679,7 @@ def test_two_heads_say_merge_the_heads(verb: str, sample_url: URL, tmp_path: Pat
 def test_check_with_two_heads_prints_a_merge_command_that_runs(
     sample_url: URL, tmp_path: Path
 ) -> None:
-    # proves: G3, G4
+    # proves: O6, G3, D5
     app_dir = two_heads(tmp_path)
     checked = cli(sample_url, "check", "--project", str(app_dir))
     assert checked.exit_code == 1

@@ -128,7 +128,7 @@ async def test_an_old_release_starts_and_warns_on_a_database_one_revision_ahead(
     add_revision: Any,
     client: Any,
 ) -> None:
-    # proves: C5, G2
+    # proves: O6, C5
     add_revision(sample_copy, "sampleapp_0002", "sampleapp_0001", "sample_tags")
     new_release = MigrationProject.from_pyproject(sample_copy)
     upgrade(pgstack_empty_url, project=new_release)  # the new release migrated first
@@ -159,7 +159,7 @@ async def test_a_database_on_another_lineage_fails_start_and_readiness(
     sample_copy: Path,
     client: Any,
 ) -> None:
-    # proves: C5, G2
+    # proves: O6, C5
     # Another app's first revision on the same database: its head does not descend from
     # sampleapp_0001, so this code cannot be behind it or beside it.
     versions = sample_copy / "migrations" / "versions"

@@ -143,7 +143,7 @@ def service(roles: Roles, project: MigrationProject, *, migrate: bool = False) -
 async def test_owner_migrates_and_the_application_role_serves_new_tables_at_once(
     roles: Roles, sample_copy: Path, add_revision: Any, client: Any
 ) -> None:
-    # proves: O6, G2, C5
+    # proves: O6, G5
     output = db_init(roles)
     assert f"owner role {roles.owner.username}: created" in output
     assert f"application role {roles.app.username}: created" in output
@@ -248,7 +248,7 @@ def test_validate_names_an_owner_or_superuser_service_role_in_production(
 
 
 def test_without_a_migration_url_one_role_owns_and_serves(roles: Roles, sample_copy: Path) -> None:
-    # proves: O6, G2
+    # proves: O6, G5
     env = {"DATABASE_URL": raw(roles.owner)}
     init = db("init", "--admin-url", raw(roles.admin), env=env)
     assert init.exit_code == 0, init.output

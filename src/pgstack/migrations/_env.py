@@ -14,11 +14,12 @@ nothing here commits or rolls back a transaction the caller began.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from alembic import context
-from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.runtime.migration import MigrationContext, MigrationInfo, MigrationStep
+from alembic.util import CommandError, to_tuple
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,7 +29,12 @@ from pgstack.db.metrics import sqlstate_of
 from pgstack.errors import MigrationError
 from pgstack.migrations._engine import migration_engine
 from pgstack.migrations.compare import COMPARE_OPTIONS
-from pgstack.migrations.state import MigrationStatus, read_status, record_applied
+from pgstack.migrations.state import (
+    MigrationStatus,
+    dependency_downgrade,
+    read_status,
+    record_applied,
+)
 
 # One key for "someone is migrating this database"; advisory locks are per database already.
 LOCK_KEY = 0x7067_7374_6163_6B4D  # "pgstackM"
@@ -49,11 +55,14 @@ def run() -> None:
     given = config.attributes.get("connection")
     if isinstance(given, Connection):
         _in_transaction(given, settings)
-    elif isinstance(given, Engine):
-        with given.connect() as conn:
-            _in_transaction(conn, settings)
     elif isinstance(given, AsyncEngine):
         asyncio.run(_on_async_engine(given, settings))
+    elif given is not None and (
+        isinstance(given, Engine) or callable(getattr(given, "connect", None))
+    ):
+        # An Engine, or what stands for one (pytest-alembic wraps its connection so).
+        with given.connect() as conn:
+            _in_transaction(conn, settings)
     elif given is not None:
         raise MigrationError(
             'config.attributes["connection"] must be a SQLAlchemy Connection, Engine or '
@@ -148,6 +157,9 @@ def _run_migrations(conn: Connection, settings: Settings, own: bool) -> None:
         on_version_apply=record,
         **COMPARE_OPTIONS,
     )
+    migration = context.get_context()
+    if migration._migrations_fn is not None:
+        migration._migrations_fn = _downgrading_dependencies(migration._migrations_fn)
     try:
         with context.begin_transaction():
             context.run_migrations()
@@ -164,6 +176,35 @@ def _run_migrations(conn: Connection, settings: Settings, own: bool) -> None:
         ) from None
     if own and conn.in_transaction():
         conn.commit()
+
+
+MigrationFn = Callable[[Any, MigrationContext], Iterable[Any]]
+
+
+def _downgrading_dependencies(fn: MigrationFn) -> MigrationFn:
+    """`fn`, which also downgrades to a revision that later ones only depend on.
+
+    `downgrade pgstack_0003` from an app's head is refused by Alembic ("not a valid downgrade
+    target"): the app's revisions reach pgstack's through `depends_on`, not down revisions.
+    It means: undo what needs that revision and is not part of it.
+    """
+
+    def steps(heads: Any, ctx: MigrationContext) -> Any:
+        try:
+            return fn(heads, ctx)
+        except CommandError as exc:
+            if "not a valid downgrade target" not in str(exc):
+                raise
+            destination = context.get_revision_argument()
+            if not isinstance(destination, str):
+                raise
+            script = context.script
+            undo = dependency_downgrade(script, to_tuple(heads, default=()), destination)
+            if not undo:
+                raise
+            return [MigrationStep.downgrade_from_script(script.revision_map, s) for s in undo]
+
+    return steps
 
 
 def release(conn: Connection, locked: bool, *, quiet: bool = False) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.operations.ops import MigrationScript
 from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError, to_tuple
 from sqlalchemy import Connection, MetaData
 from sqlalchemy.engine import URL
@@ -32,6 +33,7 @@ from pgstack.migrations.project import PGSTACK_BRANCH, PGSTACK_VERSIONS, Migrati
 from pgstack.migrations.state import (
     MigrationStatus,
     ancestry,
+    dependency_downgrade,
     describe_revisions,
     read_status,
 )
@@ -206,9 +208,17 @@ def downgrade_plan(
     _refuse_ambiguous_step(revision, state.current)
 
     def plan() -> list[str]:
-        steps = project.script.iterate_revisions(
-            state.current or "base", revision, select_for_downgrade=True
-        )
+        script = project.script
+        try:
+            steps = list(
+                script.iterate_revisions(
+                    state.current or "base", revision, select_for_downgrade=True
+                )
+            )
+        except RevisionError:
+            steps = dependency_downgrade(script, state.current, revision)
+            if not steps:
+                raise
         return [s.revision for s in steps]
 
     return _guarded(plan, settings, "planning the downgrade")

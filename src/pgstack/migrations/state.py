@@ -122,6 +122,23 @@ def record_applied(conn: Connection, script: ScriptDirectory, heads: Collection[
     conn.execute(_RECORD, {"key": APPLIED_KEY, "value": value})
 
 
+def dependency_downgrade(
+    script: ScriptDirectory, heads: Collection[str], destination: str
+) -> list[Script]:
+    """What a downgrade from `heads` to `destination` undoes, newest first, when only
+    `depends_on` leads from `destination` to the heads (an app's branch depends on pgstack's
+    revisions): every applied revision that is neither `destination` nor what it needs.
+
+    Alembic finds nothing to drop then, because it looks for children by down revision only.
+    Empty when `destination` is not an applied revision.
+    """
+    if revision_node(script, destination) is None or destination not in ancestry(script, heads):
+        return []
+    keep = ancestry(script, [destination])
+    every = script.iterate_revisions(tuple(heads), "base", select_for_downgrade=True)
+    return [s for s in every if s.revision not in keep]
+
+
 def describe_revisions(script: ScriptDirectory, revisions: Iterable[str]) -> str:
     """`rev (branch: message), ...` for messages; an id the scripts do not know as it is."""
     parts = []
