@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from pgstack.cli import app as cli_app
 from pgstack.config import Settings
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.migrations import MigrationProject
-from pgstack.testing.templates import run_async
+from pgstack.testing.templates import _admin, run_async
 from pgstack.web import create_app
 from pgstack.web.modules import builtin_routers
 
@@ -35,10 +34,11 @@ class Roles:
     owner: URL
     app: URL
 
-    def env(self, **extra: str) -> dict[str, str]:
+    def env(self, **extra: str | None) -> dict[str, str | None]:
         return {
             "DATABASE_URL": raw(self.app),
             "DATABASE_MIGRATION_URL": raw(self.owner),
+            "PGSTACK_ENV": "development",
             **extra,
         }
 
@@ -47,21 +47,9 @@ def raw(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _admin(url: URL, *statements: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env, no pyproject.toml
+def no_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env, no pyproject.toml; the URLs come from env=
 
 
 @pytest.fixture
@@ -91,7 +79,7 @@ def roles(pgstack_server_url: URL) -> Iterator[Roles]:
         )
 
 
-def db(*args: str, env: dict[str, str]) -> Any:
+def db(*args: str, env: dict[str, str | None]) -> Any:
     """`pgstack db ARGS` in this process, on a thread of its own (it runs its own loop)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(runner.invoke, cli_app, ["db", *args], env=env).result()
@@ -249,7 +237,7 @@ def test_validate_names_an_owner_or_superuser_service_role_in_production(
 
 def test_without_a_migration_url_one_role_owns_and_serves(roles: Roles, sample_copy: Path) -> None:
     # proves: O6, G5
-    env = {"DATABASE_URL": raw(roles.owner)}
+    env = roles.env(DATABASE_URL=raw(roles.owner), DATABASE_MIGRATION_URL=None)
     init = db("init", "--admin-url", raw(roles.admin), env=env)
     assert init.exit_code == 0, init.output
     assert "owns and serves" in init.output
