@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from pgstack.config import Settings, to_asyncpg_url
+from pgstack.db.admin import asyncpg_dsn as asyncpg_dsn  # for tests that connect on their own
 from pgstack.db.database import Database
 from pgstack.db.embedded import EmbeddedPostgres
 from pgstack.db.session import Session
