@@ -11,7 +11,7 @@ import pytest
 
 from pgstack.config import Settings
 from pgstack.db.database import Database
-from pgstack.errors import ConfigurationError, DatabaseUnavailableError
+from pgstack.errors import ConfigurationError, DatabaseUnavailableError, InvalidQueryError
 
 SECRET = "hunter2-secret"
 
@@ -259,3 +259,188 @@ async def test_password_not_in_logs_or_error_of_failed_connect(
     assert SECRET not in caplog.text
     assert SECRET not in str(info.value)
     assert not db.is_connected
+
+
+# -- secrets: .env and NAME_FILE alike -------------------------------------------------------
+
+KEYS = "k1:" + "A" * 43 + "="  # 32 zero-ish bytes, base64
+
+
+def test_pgstack_secrets_in_dotenv_are_read(tmp_path: Path) -> None:
+    # proves: C1
+    (tmp_path / ".env").write_text(
+        f"PGSTACK_CURSOR_SECRET={SECRET}\nPGSTACK_ENCRYPTION_KEYS={KEYS}\n", encoding="utf-8"
+    )
+    s = Settings()
+    assert s.cursor_secret is not None and s.cursor_secret.get_secret_value() == SECRET
+    assert s.encryption_keys is not None and s.encryption_keys.get_secret_value() == KEYS
+    assert SECRET not in repr(s) and SECRET not in str(s.summary())
+
+
+def test_cursor_secret_from_dotenv_signs_the_cursors(tmp_path: Path) -> None:
+    # proves: C1
+    from pgstack.repository import configure_cursor_secret
+    from pgstack.repository.pagination import decode_cursor, encode_cursor
+
+    (tmp_path / ".env").write_text(f"PGSTACK_CURSOR_SECRET={SECRET}\n", encoding="utf-8")
+    try:
+        configure_cursor_secret(None)  # read the setting afresh, as a new process does
+        cursor = encode_cursor("q", [1])
+        configure_cursor_secret(SECRET)  # another replica with the same secret reads it
+        assert decode_cursor(cursor, "q", 1) == [1]
+        configure_cursor_secret("another secret")
+        with pytest.raises(InvalidQueryError):
+            decode_cursor(cursor, "q", 1)
+    finally:
+        configure_cursor_secret(None)
+
+
+def _secret_fields() -> list[tuple[str, str]]:
+    """(field, variable) for every secret setting, whoever added it."""
+    from pgstack.config import _env_names, _is_secret
+
+    return [
+        (name, _env_names(name, field)[0].upper())
+        for name, field in Settings.model_fields.items()
+        if _is_secret(field.annotation)
+    ]
+
+
+def _value_for(variable: str) -> str:
+    if variable == "PGSTACK_ENCRYPTION_KEYS":
+        return KEYS
+    if "URL" in variable:
+        return f"postgresql://app:{SECRET}@db.internal/app"
+    return SECRET
+
+
+def test_every_secret_setting_reads_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # proves: O5
+    fields = _secret_fields()
+    assert {"database_url", "database_password", "encryption_keys", "cursor_secret"} <= {
+        f for f, _ in fields
+    }
+    for field, variable in fields:
+        secret_file = tmp_path / f"{variable.lower()}.txt"
+        # Container secrets usually end with a newline; it is not part of the secret.
+        secret_file.write_text(_value_for(variable) + "\n", encoding="utf-8")
+        monkeypatch.setenv(f"{variable}_FILE", str(secret_file))
+        s = Settings(_env_file=None)
+        value = getattr(s, field)
+        got = (
+            [v.get_secret_value() for v in value]
+            if isinstance(value, list)
+            else [value.get_secret_value()]
+        )
+        assert got == [_value_for(variable)], variable
+        assert SECRET not in repr(s)
+        monkeypatch.delenv(f"{variable}_FILE")
+
+
+def test_secret_file_named_in_dotenv(tmp_path: Path) -> None:
+    # proves: O5, C1
+    (tmp_path / "pw").write_text(SECRET, encoding="utf-8")
+    (tmp_path / ".env").write_text(
+        f"DATABASE_HOST=db.internal\nDATABASE_PASSWORD_FILE={tmp_path / 'pw'}\n", encoding="utf-8"
+    )
+    s = Settings()
+    assert s.url is not None and s.url.password == SECRET
+
+
+def test_secret_and_its_file_together_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # proves: O5
+    (tmp_path / "secret").write_text(SECRET, encoding="utf-8")
+    monkeypatch.setenv("PGSTACK_CURSOR_SECRET", "inline")
+    monkeypatch.setenv("PGSTACK_CURSOR_SECRET_FILE", str(tmp_path / "secret"))
+    with pytest.raises(ConfigurationError, match="PGSTACK_CURSOR_SECRET_FILE") as info:
+        Settings(_env_file=None)
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("problem", ["missing", "folder", "binary"])
+def test_unreadable_secret_file_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    # proves: O5
+    path = tmp_path / "secret"
+    if problem == "folder":
+        path.mkdir()
+    elif problem == "binary":
+        path.write_bytes(b"\xff\xfe\x00" + SECRET.encode())
+    monkeypatch.setenv("DATABASE_PASSWORD_FILE", str(path))
+    with pytest.raises(ConfigurationError, match="DATABASE_PASSWORD_FILE") as info:
+        Settings(_env_file=None)
+    assert SECRET not in str(info.value)
+
+
+# -- production ---------------------------------------------------------------------------
+
+
+def test_production_refuses_the_embedded_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # proves: O6, C4
+    monkeypatch.setenv("PGSTACK_ENV", "production")
+    with pytest.raises(ConfigurationError, match="DATABASE_URL"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal/app")
+    assert Settings(_env_file=None).is_configured
+
+
+def test_production_refuses_to_run_without_the_secrets_its_modules_need(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # proves: O6
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal/app")
+    dev = Settings(_env_file=None)
+    dev.require_production_secrets()  # development: warnings elsewhere, no refusal
+    assert dev.missing_secrets() == ["PGSTACK_ENCRYPTION_KEYS", "PGSTACK_CURSOR_SECRET"]
+
+    monkeypatch.setenv("PGSTACK_ENV", "production")
+    with pytest.raises(ConfigurationError) as info:
+        Settings(_env_file=None).require_production_secrets()
+    assert "PGSTACK_ENCRYPTION_KEYS and PGSTACK_CURSOR_SECRET" in str(info.value)
+    # A service without encrypted columns needs only the cursor secret.
+    with pytest.raises(ConfigurationError, match="PGSTACK_CURSOR_SECRET"):
+        Settings(_env_file=None).require_production_secrets(encryption=False)
+
+    (tmp_path / "keys").write_text(KEYS, encoding="utf-8")
+    monkeypatch.setenv("PGSTACK_ENCRYPTION_KEYS_FILE", str(tmp_path / "keys"))
+    monkeypatch.setenv("PGSTACK_CURSOR_SECRET", SECRET)
+    Settings(_env_file=None).require_production_secrets()
+
+
+# -- TLS settings -------------------------------------------------------------------------
+
+
+def test_tls_files_in_the_url_are_settings_not_driver_arguments(tmp_path: Path) -> None:
+    # proves: O5, C1
+    raw = f"postgresql://u@h/d?sslmode=verify-ca&sslrootcert={tmp_path / 'ca.pem'}"
+    s = Settings(database_url=raw, _env_file=None)
+    assert s.url is not None and dict(s.url.query) == {}
+    assert s.tls_files["sslrootcert"] == tmp_path / "ca.pem"
+    # A CA file that is not there is a configuration error, not a driver TypeError.
+    with pytest.raises(ConfigurationError, match="sslrootcert"):
+        _ = s.ssl_option
+    with pytest.raises(ConfigurationError, match="disable"):
+        _ = Settings(database_url=raw, database_sslmode="disable", _env_file=None).ssl_option
+    assert Settings(database_url="postgresql://u@h/d?sslmode=require").ssl_option == "require"
+
+
+def test_readme_lists_every_setting_and_marks_every_secret() -> None:
+    # proves: C1, O5
+    from pgstack.config import _env_names, _is_secret
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for name, field in Settings.model_fields.items():
+        variable = _env_names(name, field)[0].upper()
+        # `DATABASE_HOST` / `PORT` / ... rows name the parts after the first.
+        part = variable.removeprefix("DATABASE_")
+        row = next(
+            (r for r in rows if f"`{variable}`" in r or (f"`{part}`" in r and "DATABASE_" in r)),
+            None,
+        )
+        assert row is not None, f"README's configuration table lacks {variable}"
+        if _is_secret(field.annotation):
+            assert "🔑" in row, f"README does not mark {variable} as a secret (NAME_FILE)"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ssl
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -24,7 +32,8 @@ _POSTGRES_SCHEMES = {
     "postgresql+pg8000",
 }
 # Query parameters that belong to libpq URLs but are settings of their own here.
-_LIBPQ_ONLY_PARAMS = {"sslmode", "ssl", "application_name"}
+_TLS_FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey")
+_LIBPQ_ONLY_PARAMS = {"sslmode", "ssl", "application_name", *_TLS_FILE_PARAMS}
 
 
 def to_asyncpg_url(raw: str, variable: str = "DATABASE_URL") -> URL:
@@ -51,6 +60,65 @@ def render_url(url: URL) -> str:
     if not url.password:
         return url.render_as_string(hide_password=False)
     return url.render_as_string(hide_password=True)
+
+
+def _is_secret(annotation: Any) -> bool:
+    """Whether a field's type holds a SecretStr (`SecretStr | None`, `list[SecretStr]`, ...)."""
+    if annotation is SecretStr:
+        return True
+    return any(_is_secret(arg) for arg in typing.get_args(annotation))
+
+
+def _env_names(name: str, field: FieldInfo) -> list[str]:
+    """The (lower-case) variables a field is read from: its aliases, else its name."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [choice.lower() for choice in alias.choices if isinstance(choice, str)]
+    return [(alias if isinstance(alias, str) else name).lower()]
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """Every secret setting `NAME` also reads the file named by `NAME_FILE` (container secrets).
+
+    `NAME_FILE` comes from the environment or `.env`, like `NAME`; naming both is an error,
+    so a value cannot silently win over the file meant to replace it.
+    """
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], *named: PydanticBaseSettingsSource
+    ) -> None:
+        super().__init__(settings_cls)
+        self._named = named
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        variables: dict[str, str | None] = {}
+        for source in reversed(self._named):  # the environment wins over .env, as for values
+            variables.update(getattr(source, "env_vars", {}))
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            if not _is_secret(field.annotation):
+                continue
+            for env_name in _env_names(name, field):
+                path = variables.get(f"{env_name}_file")
+                if not path:
+                    continue
+                variable = f"{env_name.upper()}_FILE"
+                if variables.get(env_name) is not None:
+                    raise ConfigurationError(
+                        f"Both {env_name.upper()} and {variable} are set; keep one of them."
+                    )
+                try:
+                    values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                    raise ConfigurationError(
+                        f"{variable} names {path!r}, which cannot be read ({reason}); "
+                        "point it at a readable file holding the secret."
+                    ) from None
+        return values
 
 
 class Settings(BaseSettings):
@@ -85,6 +153,11 @@ class Settings(BaseSettings):
     database_echo: bool = False
     database_statement_timeout_ms: int | None = Field(default=None, ge=0)
     database_sslmode: SslMode | None = None
+    #: TLS files (PEM): the CA that signed the server's certificate, and a client certificate
+    #: and key; each may also come from DATABASE_URL's `sslrootcert`, `sslcert`, `sslkey`.
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
     database_replica_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     database_connect_attempts: int = Field(default=5, ge=1)
@@ -132,6 +205,18 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PGSTACK_ENCRYPTION_KEYS", "encryption_keys"),
     )
 
+    # The key that signs page cursors; the same on every replica (see pgstack.repository).
+    cursor_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PGSTACK_CURSOR_SECRET", "cursor_secret"),
+    )
+
+    # Comma-separated server secrets for API-key hashes (HMAC-SHA-256), newest first.
+    api_key_peppers: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PGSTACK_API_KEY_PEPPERS", "api_key_peppers"),
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -140,6 +225,41 @@ class Settings(BaseSettings):
         # Parse the URLs now so a malformed one fails at start, not at first query.
         _ = self.url
         _ = self.replica_urls
+        if self.environment == "production" and not self.is_configured:
+            raise ConfigurationError(
+                "PGSTACK_ENV=production needs a database server: set DATABASE_URL (or "
+                "DATABASE_HOST and friends); the embedded PostgreSQL is for development only."
+            )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = SecretFilesSource(settings_cls, env_settings, dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, files, file_secret_settings
+
+    def missing_secrets(self, *, encryption: bool = True, cursors: bool = True) -> list[str]:
+        """The secret settings a service needs and lacks (encrypted columns, page cursors)."""
+        missing = []
+        if encryption and self.encryption_keys is None:
+            missing.append("PGSTACK_ENCRYPTION_KEYS")
+        if cursors and self.cursor_secret is None:
+            missing.append("PGSTACK_CURSOR_SECRET")
+        return missing
+
+    def require_production_secrets(self, *, encryption: bool = True, cursors: bool = True) -> None:
+        """In production, refuse to go on without the secrets the service's modules need."""
+        missing = self.missing_secrets(encryption=encryption, cursors=cursors)
+        if self.environment == "production" and missing:
+            raise ConfigurationError(
+                f"PGSTACK_ENV=production needs {' and '.join(missing)}: set them (or "
+                "NAME_FILE pointing at a file with the value); see docs/production.md."
+            )
 
     @field_validator("encryption_keys")
     @classmethod
@@ -153,6 +273,18 @@ class Settings(BaseSettings):
             except EncryptionError as exc:
                 # The message names key ids and positions, never key material.
                 raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("api_key_peppers")
+    @classmethod
+    def _check_api_key_peppers(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            peppers = [p.strip() for p in value.get_secret_value().split(",")]
+            if any(len(p) < 32 for p in peppers):
+                raise ValueError(
+                    "each comma-separated pepper needs at least 32 characters "
+                    "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
         return value
 
     @field_validator("database_replica_urls", mode="before")
@@ -189,11 +321,61 @@ class Settings(BaseSettings):
         """SSL mode: `DATABASE_SSLMODE`, else the `sslmode` of `DATABASE_URL`."""
         if self.database_sslmode is not None:
             return self.database_sslmode
-        if self.database_url is not None:
-            mode = make_url(self.database_url.get_secret_value()).query.get("sslmode")
-            if isinstance(mode, str):
-                return mode
-        return None
+        return self._url_param("sslmode")
+
+    def _url_param(self, name: str) -> str | None:
+        if self.database_url is None:
+            return None
+        value = make_url(self.database_url.get_secret_value()).query.get(name)
+        return value if isinstance(value, str) else None
+
+    @property
+    def tls_files(self) -> dict[str, Path | None]:
+        """`sslrootcert`, `sslcert`, `sslkey`: from DATABASE_SSL* settings, else the URL."""
+        return {
+            name: getattr(self, f"database_{name}") or _path(self._url_param(name))
+            for name in _TLS_FILE_PARAMS
+        }
+
+    @property
+    def ssl_option(self) -> ssl.SSLContext | str | None:
+        """What asyncpg's `ssl` argument gets: the SSL mode, or a context when files are given.
+
+        With a CA file (`sslrootcert`), the server's certificate is verified: against the
+        host name too unless the mode is `verify-ca` or `require`; `disable` with TLS files is
+        an error, any other mode with them requires TLS.
+        """
+        mode = self.sslmode
+        files = self.tls_files
+        if not any(files.values()):
+            return mode
+        if mode == "disable":
+            raise ConfigurationError(
+                "DATABASE_SSLMODE is disable but TLS files are set (sslrootcert, sslcert or "
+                "sslkey); drop them or choose require, verify-ca or verify-full."
+            )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            if files["sslrootcert"]:
+                context.load_verify_locations(cafile=str(files["sslrootcert"]))
+                context.check_hostname = mode not in ("require", "verify-ca")
+            else:
+                if mode in ("verify-ca", "verify-full"):
+                    context.load_default_certs()
+                else:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+            if files["sslcert"]:
+                key = files["sslkey"]
+                context.load_cert_chain(str(files["sslcert"]), str(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"The TLS files of the database connection cannot be loaded ({exc}); check "
+                "DATABASE_SSLROOTCERT, DATABASE_SSLCERT and DATABASE_SSLKEY (or the URL's "
+                "sslrootcert, sslcert, sslkey)."
+            ) from None
+        return context
 
     @property
     def replica_urls(self) -> list[URL]:
@@ -229,9 +411,14 @@ class Settings(BaseSettings):
             "echo": self.database_echo,
             "statement_timeout_ms": self.database_statement_timeout_ms,
             "sslmode": self.sslmode,
+            **{name: str(path) for name, path in self.tls_files.items() if path},
             "environment": self.environment,
             "data_dir": str(self.data_dir),
         }
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _describe(exc: ValidationError) -> str:

@@ -286,7 +286,7 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
 def test_serve_with_a_configured_database(
     serve: list[subprocess.Popen[str]], pgstack_database_url: URL, tmp_path: Path
 ) -> None:
-    # proves: W1
+    # proves: W1, O6
     proc, port = _start(serve, {"DATABASE_URL": raw(pgstack_database_url)}, tmp_path)
     ready = _wait_ready(proc, port)
     assert ready.json()["status"] == "pass"
@@ -298,6 +298,8 @@ def test_serve_with_a_configured_database(
     out = _stop(proc, signal.SIGTERM)
     assert f"API docs at http://127.0.0.1:{port}/docs" in out
     assert "pgstack: database postgresql+asyncpg://" in out
+    # Without encryption keys, two-factor sign-in and the vault cannot work: serve says so.
+    assert "warning: PGSTACK_ENCRYPTION_KEYS is not set: two-factor sign-in" in out
 
 
 def test_serve_unreachable_database_is_one_line(tmp_path: Path) -> None:
@@ -344,10 +346,155 @@ def test_serve_embedded_starts_then_reuses_its_data(
     assert not (data / "postmaster.pid").exists(), "SIGTERM left the server running"
 
 
-@pytest.mark.parametrize("command", [["users", "list"], ["tokens", "list"]])
-def test_commands_that_change_stored_data_need_a_configured_database(command: list[str]) -> None:
-    # proves: C1
-    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("DATABASE_")}
-    result = runner.invoke(app, command, env={**unset, "DATABASE_URL": None})
+def _pgstack(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PGSTACK, *args], cwd=cwd, env=_env(env or {}), capture_output=True, text=True, timeout=120
+    )
+
+
+def test_user_and_key_commands_reach_the_embedded_server_serve_runs(
+    serve: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    # proves: C4, O6
+    proc, port = _start(serve, {}, tmp_path)
+    _wait_ready(proc, port, 120)
+
+    created = _pgstack(
+        ["users", "create-admin", "--email", "Root@Example.com", "--generate"], tmp_path
+    )
+    assert created.returncode == 0, created.stderr
+    assert "embedded PostgreSQL with its data in" in created.stderr
+    password = created.stdout.split("password (shown once): ")[1].strip()
+
+    # The administrator exists in the database serve uses: it signs in and uses admin routes.
+    base = f"http://127.0.0.1:{port}"
+    login = httpx.post(
+        f"{base}/auth/login", json={"email": "root@example.com", "password": password}
+    )
+    assert login.status_code == 200, login.text
+    bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    assert httpx.get(f"{base}/admin/users", headers=bearer).status_code == 200
+
+    listed = _pgstack(["users", "list", "--json"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert [u["email"] for u in json.loads(listed.stdout)["users"]] == ["root@example.com"]
+
+    # `db info` gives a URL psql connects with, as it is printed.
+    info = json.loads(_pgstack(["db", "info", "--json"], tmp_path).stdout)
+    count = subprocess.run(
+        ["psql", info["psql"], "-Atc", "SELECT count(*) FROM users"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert count.stdout.strip() == "1", count.stderr
+
+    # The commands joined serve's server and left it running for serve.
+    assert httpx.get(f"{base}/ready").status_code == 200
+    _stop(proc)
+    assert not (tmp_path / ".pgstack" / "pgdata" / "postmaster.pid").exists()
+
+
+@pytest.mark.parametrize("command", [["users", "list"], ["tokens", "list"], ["db", "info"]])
+def test_production_refuses_the_embedded_default(command: list[str]) -> None:
+    # proves: O6, C4
+    result = runner.invoke(app, command, env={"PGSTACK_ENV": "production"})
     assert result.exit_code == 1
-    assert "No database is configured: set DATABASE_URL" in result.output
+    no_traceback(result.output)
+    assert "PGSTACK_ENV=production needs a database server: set DATABASE_URL" in result.output
+    assert not Path(".pgstack").exists()  # no embedded server was started
+
+
+def test_production_serve_refuses_to_start_without_its_secrets(pgstack_database_url: URL) -> None:
+    # proves: O6
+    env = {"PGSTACK_ENV": "production", "DATABASE_URL": raw(pgstack_database_url)}
+    result = runner.invoke(app, ["serve", "--port", str(closed_port())], env=env)
+    assert result.exit_code == 1
+    no_traceback(result.output)
+    assert "PGSTACK_ENCRYPTION_KEYS and PGSTACK_CURSOR_SECRET" in result.output
+
+
+def test_unexpected_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
+    # proves: O6
+    (tmp_path / "broken_refreshers.py").write_text(
+        "raise ValueError('refresher registry\\nis broken')\n", encoding="utf-8"
+    )
+    args = ["tokens", "refresh-due", "--refreshers", "broken_refreshers:REFRESHERS"]
+    result = _pgstack(args, tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "ValueError: refresher registry is broken" in result.stderr
+    assert "--verbose" in result.stderr and "PGSTACK_DEBUG=1" in result.stderr
+
+    for extra, env in (([], {"PGSTACK_DEBUG": "1"}), (["--verbose"], {})):
+        debug = _pgstack([*extra, *args], tmp_path, env)
+        assert debug.returncode == 1
+        assert "Traceback" in debug.stderr and "broken_refreshers.py" in debug.stderr
+
+
+def test_importing_the_cli_and_asking_for_help_loads_nothing_heavy() -> None:
+    # proves: O6
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from pgstack.cli.main import app\n"
+        "for args in (['--help'], ['db', 'upgrade', '--help'], ['users', 'list', '--help'],"
+        " ['tokens', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "heavy = {'sqlalchemy', 'fastapi', 'alembic', 'asyncpg', 'uvicorn', 'rich'}\n"
+        "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_help_text_is_whole() -> None:
+    # proves: O6
+    upgrade = runner.invoke(app, ["db", "upgrade", "--help"])
+    assert "pyproject.toml with [tool.pgstack] (default: nearest above)." in upgrade.output
+    users = runner.invoke(app, ["users", "--help"])
+    assert (
+        "Create a verified user with the admin role (asks for the password unless --generate)."
+        in users.output
+    )
+
+
+def test_listings_do_not_cut_when_piped(pgstack_database_url: URL) -> None:
+    # proves: O6
+    email = "a-very-long-mailbox-name-" + "x" * 80 + "@example.com"
+    env = {"DATABASE_URL": raw(pgstack_database_url)}
+    created = runner.invoke(app, ["users", "create-admin", "--email", email, "--generate"], env=env)
+    assert created.exit_code == 0, created.output
+    table = runner.invoke(app, ["users", "list"], env=env)
+    assert table.exit_code == 0, table.output
+    assert email in table.output
+    as_json = json.loads(runner.invoke(app, ["users", "list", "--json"], env=env).output)
+    assert as_json["total"] == 1 and as_json["users"][0]["roles"] == ["admin"]
+    info = json.loads(runner.invoke(app, ["db", "info", "--json"], env=env).output)
+    assert info["psql"].startswith("postgresql://")
+
+
+def test_db_info_masks_the_password_unless_asked(pgstack_database_url: URL) -> None:
+    # proves: C1
+    import asyncio
+
+    role = f"pgstack_info_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_fetch(pgstack_database_url, f"CREATE ROLE {role} LOGIN PASSWORD 'hunter2-secret'"))
+    try:
+        env = {
+            "DATABASE_URL": raw(pgstack_database_url.set(username=role, password="hunter2-secret"))
+        }
+        result = runner.invoke(app, ["db", "info", "--json"], env=env)
+        assert result.exit_code == 0, result.output
+        assert "hunter2-secret" not in result.output
+        assert f"postgresql://{role}:***@" in json.loads(result.output)["psql"]
+        shown = runner.invoke(app, ["db", "info", "--json", "--show-password"], env=env)
+        assert f"postgresql://{role}:hunter2-secret@" in json.loads(shown.output)["psql"]
+    finally:
+        asyncio.run(_fetch(pgstack_database_url, f"DROP ROLE {role}"))

@@ -151,3 +151,31 @@ async def test_weak_password_at_sign_up_is_refused(identity: Identity) -> None:
     with pytest.raises(InvalidInputError, match="at least 12"):
         await identity.users.create("weak@example.com", "Sh0rt!")
     assert await identity.users.get_by_email("weak@example.com") is None
+
+
+def test_passwords_longer_than_72_characters_are_scored_not_refused() -> None:
+    # proves: I8, I2
+    long = (STRONG + " ") * 3
+    assert 72 < len(long) <= 1024
+    assert check_password_strength(long).acceptable
+    assert not check_password_strength("x" * 1025).acceptable
+
+
+async def test_passwords_are_nfkc_normalised_and_old_hashes_still_verify(
+    identity: Identity, pgstack_migrated_db: Database
+) -> None:
+    # proves: I8, I2
+    # "\ufb01" is the ligature fi; "e\u0301" is e and a combining acute accent.
+    typed = "violet Harbour 42 \ufb01re lant\u0065\u0301rns"
+    user = await identity.users.create("nf@example.com", typed)
+    assert await identity.auth.authenticate(
+        "nf@example.com", "violet Harbour 42 fire lant\u00e9rns"
+    )
+    # A hash made before normalisation, from the raw form: it verifies and is replaced.
+    raw_hash = PasswordHasher()._hash.hash(typed)
+    await _set_hash(pgstack_migrated_db, user, raw_hash)
+    assert await identity.auth.authenticate("nf@example.com", typed)
+    assert await _stored_hash(pgstack_migrated_db, user) != raw_hash
+    assert await identity.auth.authenticate(
+        "nf@example.com", "violet Harbour 42 fire lant\u00e9rns"
+    )

@@ -12,7 +12,7 @@ from pgstack.db.database import Database
 from pgstack.errors import AuthenticationError
 from pgstack.identity import Identity
 
-from .conftest import OTHER_STRONG, STRONG
+from .conftest import OTHER_STRONG, STRONG, reset_token
 
 THIRD = "amber Kettles whistle 9 old tunes"
 
@@ -33,12 +33,12 @@ async def test_a_full_scenario_leaves_no_secret_in_the_database_or_the_logs(
     verify = await identity.auth.request_email_verification(user.id)
     secrets.append(verify)
     await identity.auth.verify_email(verify)
-    reset = await identity.auth.request_password_reset("scan@example.com")
+    reset = await reset_token(identity, "scan@example.com")
     assert reset is not None
     secrets.append(reset)
     await identity.auth.reset_password(reset, OTHER_STRONG)
     await identity.auth.change_password(user.id, OTHER_STRONG, THIRD)
-    pending = await identity.auth.request_password_reset("scan@example.com")
+    pending = await reset_token(identity, "scan@example.com")
     assert pending is not None
     secrets.append(pending)
 

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import time
-
 import pyotp
 import pytest
 from sqlalchemy import text
 
 from pgstack.db.database import Database
 from pgstack.errors import AuthenticationError, InvalidInputError
-from pgstack.identity import Identity, TwoFactorRequiredError, User
+from pgstack.identity import Identity, IdentityConfig, TwoFactorRequiredError, User
 
 from .conftest import STRONG
 
+# The clock is pinned mid-step, so no test can straddle a 30-second boundary.
+NOW = 1_800_000_015.0
+
+
+@pytest.fixture
+def identity(pgstack_migrated_db: Database) -> Identity:
+    return Identity(pgstack_migrated_db, IdentityConfig(clock=lambda: NOW))
+
 
 def _code(secret: str, steps_back: int = 0) -> str:
-    return pyotp.TOTP(secret).at(int(time.time()) - 30 * steps_back)
+    return pyotp.TOTP(secret).at(int(NOW) - 30 * steps_back)
 
 
 async def _enrolled(identity: Identity, user: User) -> tuple[str, list[str]]:

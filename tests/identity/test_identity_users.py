@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -182,3 +183,45 @@ async def test_statistics_by_provider_status_day_and_activity(
     assert stats.signups_per_day == {today - timedelta(days=3): 1, today: 2}
     assert stats.active_last_days == 1
     assert (await identity.users.statistics(days=1)).active_last_days == 0
+
+
+async def test_lookalike_addresses_meet_one_account_or_are_refused(
+    identity: Identity,
+) -> None:
+    # proves: I8, I1
+    kate = await identity.users.create("kate@example.com", STRONG)
+    # A Kelvin sign (U+212A) and full-width letters normalise to the plain address.
+    for lookalike in ("\u212aate@example.com", "\uff4bate@example.com", "KATE@EXAMPLE.COM"):
+        found = await identity.users.get_by_email(lookalike)
+        assert found is not None and found.id == kate.id, lookalike
+        with pytest.raises(ConflictError):
+            await identity.users.create(lookalike, STRONG)
+    assert (await identity.auth.authenticate("\u212aATE@example.com", STRONG)).id == kate.id
+    # A capital I with a dot folds to i and a combining dot; a Cyrillic a mixed with Latin.
+    for spoof in ("\u0130nfo@example.com", "p\u0430ypal@example.com", "a\u200bb@example.com"):
+        with pytest.raises(InvalidInputError, match="pass for"):
+            await identity.users.create(spoof, STRONG)
+    # One script, even a non-Latin one, and accented Latin letters are addresses like any.
+    assert (await identity.users.create("\u0438\u0432\u0430\u043d@example.com", STRONG)).email
+    assert [u.id for u in (await identity.users.search(email="\u212aate")).items] == [kate.id]
+    for field in ("email", "name", "role", "group"):
+        with pytest.raises(InvalidInputError, match="control characters"):
+            await identity.users.search(**{field: "a\x00b"})
+    assert (
+        await identity.users.create("Jos\u00e9@example.com", STRONG)
+    ).email == "jos\u00e9@example.com"
+
+
+async def test_two_admins_removing_each_other_leave_one(identity: Identity) -> None:
+    # proves: I9
+    one = await identity.users.create("one@example.com", STRONG, roles=["admin"])
+    two = await identity.users.create("two@example.com", STRONG, roles=["admin"])
+    results = await asyncio.gather(
+        identity.users.update(one.id, roles=[], keep_role="admin"),
+        identity.users.set_active(two.id, False, keep_role="admin"),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, ConflictError) for r in results) == 1, results
+    assert (await identity.users.search(role="admin", status="active")).total == 1
+    with pytest.raises(InvalidInputError, match="list"):
+        await identity.users.update(one.id, roles=None)

@@ -141,7 +141,7 @@ async def test_owner_migrates_and_the_application_role_serves_new_tables_at_once
     async with client(release_1) as c:
         assert (await c.get("/ready")).json()["checks"]["migrations"][0]["status"] == "pass"
         account = {"email": "ada@example.com", "password": PASSWORD}
-        assert (await c.post("/auth/register", json=account)).status_code == 201
+        assert (await c.post("/auth/register", json=account)).status_code == 202
         login = await c.post("/auth/login", json=account)
         assert login.status_code == 200, login.text
         token = login.json()["access_token"]

@@ -1,4 +1,8 @@
-"""`pgstack serve` and `pgstack db ...`: one line of explanation for every expected failure."""
+"""`pgstack serve` and `pgstack db ...`: one line of explanation for every expected failure.
+
+Importing the command line is cheap: the commands import pgstack's database, web and
+migration code when they run, so `--help` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,67 +10,151 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from typer.core import TyperGroup
 
-from pgstack.config import Settings
-from pgstack.db.database import Database
-from pgstack.db.health import Check, HealthReport
-from pgstack.errors import ConfigurationError, PgStackError
+from pgstack.errors import PgStackError
 
-app = typer.Typer(
-    name="pgstack",
-    help="The async PostgreSQL data layer for Python services.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-db_app = typer.Typer(
-    help="Database operations: health, info, init, migrations, seeds.", no_args_is_help=True
-)
-app.add_typer(db_app, name="db")
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+    from pgstack.config import Settings
+    from pgstack.db.database import Database
+    from pgstack.db.health import HealthReport
+
+    console: Console  # made on first use, see __getattr__
+    err_console: Console
+
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+class WholeHelpGroup(TyperGroup):
+    """A command group whose listing shows each command's first sentence whole, never cut."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=sys.maxsize)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def group(help: str, **options: Any) -> typer.Typer:
+    """A Typer group as every pgstack group is made: plain help text (`[tool.pgstack]` stays
+    as written), whole sentences, help when called without a command."""
+    return typer.Typer(
+        help=help,
+        cls=WholeHelpGroup,
+        no_args_is_help=True,
+        rich_markup_mode=None,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        **options,
+    )
+
+
+app = group(
+    "The async PostgreSQL data layer for Python services.",
+    name="pgstack",
+    # Piped or captured help is not wrapped at 80 columns; its children inherit this.
+    context_settings={"terminal_width": None if sys.stdout.isatty() else 10_000},
+)
+db_app = group("Database operations: health, info, init, migrations, seeds.")
+app.add_typer(db_app, name="db")
+
+
+@functools.cache
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    # Piped or captured: no 80-column limit, so ids and URLs in tables are never cut.
+    return Console(stderr=stderr, width=100_000, soft_wrap=True)
+
+
+def __getattr__(name: str) -> Any:
+    # `console` and `err_console` are made on first use: rich is not imported for --help.
+    if name == "console":
+        return _console()
+    if name == "err_console":
+        return _console(stderr=True)
+    raise AttributeError(name)
+
+
+_verbose = False
+
+
+def _debug() -> bool:
+    return _verbose or os.environ.get("PGSTACK_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def expected_failures(fn: F) -> F:
-    """Turn pgstack errors into one line on stderr and exit code 1, never a traceback."""
+    """Turn every failure into one line on stderr and a non-zero exit, never a traceback.
+
+    pgstack's errors say what to do; anything else is named with its type and message, and
+    `--verbose` (or PGSTACK_DEBUG=1) prints the traceback as well.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
         except PgStackError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
+            if _debug():
+                traceback.print_exc()
+            typer.echo(f"error: {_one_line(exc.message)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if _debug():
+                traceback.print_exc()
+            detail = _one_line(str(exc)) or "(no message)"
+            typer.echo(
+                f"error: unexpected {type(exc).__name__}: {detail} (rerun with --verbose or "
+                "PGSTACK_DEBUG=1 for the traceback, and report it if it persists)",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def on_database(work: Callable[[Database], Awaitable[T]]) -> T:
-    """Run `work` on the configured database.
+    """Run `work` on the database `pgstack serve` uses.
 
-    No embedded fallback: these commands change what a real deployment stores (users, API
-    keys, tokens).
+    That is the configured server or, with none configured, the embedded one (started here,
+    or joined when `serve` is already running on it; production refuses it in Settings).
     """
-    settings = Settings()
-    if not settings.is_configured:
-        raise ConfigurationError(
-            "No database is configured: set DATABASE_URL (or DATABASE_HOST and friends)."
-        )
+    from pgstack.config import Settings
+    from pgstack.db.database import Database
 
     async def main() -> T:
-        async with Database(settings) as db:
+        async with Database(Settings()) as db:
+            if db.embedded is not None:
+                typer.echo(
+                    f"pgstack: embedded PostgreSQL with its data in {db.embedded.data_dir}",
+                    err=True,
+                )
             return await work(db)
 
     return asyncio.run(main())
@@ -74,12 +162,22 @@ def on_database(work: Callable[[Database], Awaitable[T]]) -> T:
 
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log more; print tracebacks of errors.")
+    ] = False,
 ) -> None:
+    global _verbose
+    _verbose = verbose
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s:     %(message)s",
     )
+
+
+_MISSING_SECRET_EFFECTS = {
+    "PGSTACK_ENCRYPTION_KEYS": "two-factor sign-in and the token vault cannot store secrets",
+    "PGSTACK_CURSOR_SECRET": "page cursors stop working after a restart or on another replica",
+}
 
 
 @app.command()
@@ -94,12 +192,18 @@ def serve(
     """Run the pgstack API (embedded PostgreSQL when no database is configured)."""
     import uvicorn
 
+    from pgstack.config import Settings
+    from pgstack.db.database import Database
     from pgstack.db.embedded import EmbeddedPostgres
     from pgstack.migrations import MigrationProject, upgrade
     from pgstack.web import create_app
     from pgstack.web.modules import builtin_routers
 
     settings = Settings()
+    # Identity (two-factor secrets) and the token vault encrypt; listings page with cursors.
+    settings.require_production_secrets()
+    for name in settings.missing_secrets():
+        typer.echo(f"pgstack: warning: {name} is not set: {_MISSING_SECRET_EFFECTS[name]}")
     embedded: EmbeddedPostgres | None = None
     if not settings.is_configured:
         embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
@@ -138,6 +242,10 @@ def db_health(
     as_json: Annotated[bool, typer.Option("--json", help="Print application/health+json.")] = False,
 ) -> None:
     """Check the database; exit 0 on pass or warn, 1 on fail."""
+    from rich.table import Table
+
+    from pgstack.config import Settings
+
     report = asyncio.run(_health(Settings()))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -155,11 +263,15 @@ def db_health(
             table.add_row(
                 name, f"[{colours[check.status]}]{check.status}[/]", observed, check.output or ""
             )
-        console.print(table)
+        _console().print(table)
     raise typer.Exit(1 if report.status == "fail" else 0)
 
 
 async def _health(settings: Settings) -> HealthReport:
+    from pgstack.cli.migrate import add_migrations_check
+    from pgstack.db.database import Database
+    from pgstack.db.health import Check, HealthReport
+
     # A health check answers now: one connection attempt, no backoff.
     db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
     try:
@@ -170,7 +282,7 @@ async def _health(settings: Settings) -> HealthReport:
             description="pgstack readiness",
         )
     try:
-        await _migrate.add_migrations_check(db)
+        await add_migrations_check(db)
         return await db.health_check()
     finally:
         await db.disconnect()
@@ -178,20 +290,33 @@ async def _health(settings: Settings) -> HealthReport:
 
 @db_app.command("info")
 @expected_failures
-def db_info() -> None:
-    """Show the settings (no secrets), the server version and the pool configuration."""
-    settings = Settings()
-    info = asyncio.run(_info(settings))
+def db_info(
+    show_password: Annotated[
+        bool, typer.Option("--show-password", help="Print the password in the psql URL.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the settings (no secrets), the server version and a URL to paste into psql."""
+    from rich.table import Table
+
+    from pgstack.config import Settings
+
+    info = asyncio.run(_info(Settings(), show_password))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
     table = Table(title="pgstack database", show_header=False)
     table.add_column("setting")
     table.add_column("value")
     for key, value in info.items():
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    console.print(table)
+    _console().print(table)
 
 
-async def _info(settings: Settings) -> dict[str, Any]:
+async def _info(settings: Settings, show_password: bool) -> dict[str, Any]:
     from sqlalchemy import text
+
+    from pgstack.db.database import Database
 
     db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
     await db.connect()
@@ -201,7 +326,16 @@ async def _info(settings: Settings) -> dict[str, Any]:
             max_conn = await session.scalar(text("SHOW max_connections"))
         info = settings.summary()
         info["database_url"] = db.safe_url
-        return {**info, "server_version": version, "max_connections": max_conn}
+        if db.embedded is not None:
+            info["embedded"] = f"data in {db.embedded.data_dir}; it runs while `pgstack serve` does"
+        # libpq's spelling of the URL, for psql and other PostgreSQL tools.
+        psql = db.url.set(drivername="postgresql").render_as_string(hide_password=not show_password)
+        return {
+            **info,
+            "psql": psql,
+            "server_version": version,
+            "max_connections": max_conn,
+        }
     finally:
         await db.disconnect()
 
@@ -219,6 +353,7 @@ def db_init(
     ],
 ) -> None:
     """Create the database, its owner (DATABASE_MIGRATION_URL) and application roles."""
+    from pgstack.config import Settings
     from pgstack.db.admin import init_database
     from pgstack.migrations.api import migration_settings
 
@@ -234,13 +369,13 @@ def db_init(
         typer.echo(f"{what}: {outcome}")
 
 
-# The migration and seeding commands register themselves on db_app.
-from pgstack.cli import migrate as _migrate  # noqa: E402
+# The migration and seeding commands register themselves on db_app; the module groups are
+# mounted here. Each module imports what its commands need when they run.
+from pgstack.cli import migrate as _migrate  # noqa: E402, F401
 from pgstack.cli.tokens import tokens_app  # noqa: E402
-
-app.add_typer(tokens_app, name="tokens")
 from pgstack.cli.users import api_keys_app, users_app  # noqa: E402
 
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(users_app, name="users")
 app.add_typer(api_keys_app, name="api-keys")
 
@@ -250,5 +385,5 @@ def main() -> None:
     try:
         app()
     except PgStackError as exc:  # pragma: no cover - commands handle their own
-        err_console.print(f"error: {exc.message}")
+        typer.echo(f"error: {_one_line(exc.message)}", err=True)
         sys.exit(1)

@@ -12,22 +12,21 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
-from pgstack import migrations as mig
-from pgstack.cli.main import console, db_app, expected_failures
-from pgstack.config import Settings
-from pgstack.db.database import Database
+from pgstack.cli.main import db_app, expected_failures
 from pgstack.errors import MigrationError
-from pgstack.migrations.api import multiple_heads
-from pgstack.migrations.health import install
-from pgstack.migrations.ops import refuse_in_production
-from pgstack.migrations.project import MigrationProject
-from pgstack.migrations.state import describe_revisions
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from pgstack.config import Settings
+    from pgstack.db.database import Database
+    from pgstack.migrations.project import MigrationProject
+
+# The commands import Alembic, SQLAlchemy and rich when they run, not when `--help` is asked.
 
 ProjectOpt = Annotated[
     Path | None,
@@ -54,6 +53,8 @@ def load_project(
     seeds: list[str] | None = None,
 ) -> MigrationProject:
     """The project from pyproject.toml, with the options' values on top."""
+    from pgstack.migrations.project import MigrationProject
+
     found = (
         MigrationProject.from_pyproject(project)
         if project is not None
@@ -72,6 +73,8 @@ def load_project(
 @contextmanager
 def database_settings() -> Iterator[Settings]:
     """Settings with a database URL: the configured one, or the embedded server's."""
+    from pgstack.config import Settings
+
     settings = Settings()
     if settings.is_configured:
         yield settings
@@ -92,6 +95,10 @@ async def add_migrations_check(db: Database, project: MigrationProject | None = 
 
     That is: `[tool.pgstack]` is configured, or the database was migrated by pgstack.
     """
+    from pgstack import migrations as mig
+    from pgstack.migrations.health import install
+    from pgstack.migrations.project import MigrationProject
+
     project = project or MigrationProject.discover()
     if not project.configured:
         state = await mig.status_async(db.engine, project=project)
@@ -101,6 +108,8 @@ async def add_migrations_check(db: Database, project: MigrationProject | None = 
 
 
 def _revision_line(project: MigrationProject, revisions: list[str] | tuple[str, ...]) -> str:
+    from pgstack.migrations.state import describe_revisions
+
     return describe_revisions(project.script, revisions) or "none"
 
 
@@ -113,6 +122,8 @@ def upgrade(
 ) -> None:
     """Apply migrations up to REVISION (default: the head of pgstack's and the app's)."""
     proj = load_project(project, migrations)
+    from pgstack import migrations as mig
+
     with database_settings() as settings:
         run = mig.run_upgrade(settings, revision, project=proj)
     for rev in run.applied:
@@ -139,6 +150,8 @@ def downgrade(
 ) -> None:
     """Undo migrations down to REVISION; asks first unless --yes."""
     proj = load_project(project, migrations)
+    from pgstack import migrations as mig
+
     with database_settings() as settings:
         plan = mig.downgrade_plan(settings, revision, project=proj)
         if not plan:
@@ -160,6 +173,8 @@ def downgrade(
 def current(project: ProjectOpt = None, migrations: MigrationsOpt = None) -> None:
     """Show the revisions the database is at, and what is missing."""
     proj = load_project(project, migrations)
+    from pgstack import migrations as mig
+
     with database_settings() as settings:
         state = mig.status(settings, project=proj)
     for rev in state.current:
@@ -181,6 +196,12 @@ def current(project: ProjectOpt = None, migrations: MigrationsOpt = None) -> Non
 def history(project: ProjectOpt = None, migrations: MigrationsOpt = None) -> None:
     """List every revision, newest first (and which are applied, when a database is set)."""
     proj = load_project(project, migrations)
+    from rich.table import Table
+
+    from pgstack import migrations as mig
+    from pgstack.cli.main import console
+    from pgstack.config import Settings
+
     settings = Settings()
     target = settings if settings.is_configured else None
     revisions = mig.history(target, project=proj)
@@ -218,6 +239,8 @@ def revision(
 ) -> None:
     """Write a new revision on the app's branch (depends on pgstack's head)."""
     proj = load_project(project, migrations, models)
+    from pgstack import migrations as mig
+
     if autogenerate:
         with database_settings() as settings:
             path = mig.revision(
@@ -247,6 +270,8 @@ def merge(
 ) -> None:
     """Join the heads of a branch into one (after two revisions were made in parallel)."""
     proj = load_project(project, migrations)
+    from pgstack import migrations as mig
+
     typer.echo(f"wrote {mig.merge(message, branch=branch, project=proj)}")
 
 
@@ -257,6 +282,9 @@ def check(
 ) -> None:
     """Compare the models with the database; exit 1 and list the differences if they drift."""
     proj = load_project(project, migrations, models)
+    from pgstack import migrations as mig
+    from pgstack.migrations.api import multiple_heads
+
     heads = multiple_heads(proj.script)
     if heads:
         typer.echo("the migrations have more than one head: merge the heads, then check again")
@@ -281,8 +309,13 @@ def reset(
     yes: YesOpt = False, project: ProjectOpt = None, migrations: MigrationsOpt = None
 ) -> None:
     """Drop every table, view, type and function, then migrate to head (refused in production)."""
+    from pgstack.config import Settings
+    from pgstack.migrations.ops import refuse_in_production
+
     refuse_in_production(Settings(), "reset")
     proj = load_project(project, migrations)
+    from pgstack import migrations as mig
+
     with database_settings() as settings:
         if not yes:
             typer.confirm(
@@ -301,8 +334,13 @@ def clear(
     models: ModelsOpt = None,
 ) -> None:
     """Delete every row of the models' tables, keeping the schema (refused in production)."""
+    from pgstack.config import Settings
+    from pgstack.migrations.ops import refuse_in_production
+
     refuse_in_production(Settings(), "clear")
     proj = load_project(project, migrations, models)
+    from pgstack import migrations as mig
+
     with database_settings() as settings:
         if not yes:
             typer.confirm(
@@ -322,8 +360,14 @@ def validate(
 ) -> None:
     """Check migrations, schema objects and data access, and summarise; exit 1 on failure."""
     proj = load_project(project, migrations, models)
+    from pgstack import migrations as mig
+
     with database_settings() as settings:
         report = mig.validate(settings, project=proj)
+    from rich.table import Table
+
+    from pgstack.cli.main import console
+
     table = Table(title=f"database validation: {'pass' if report.ok else 'fail'}")
     for column in ("section", "check", "result", "detail"):
         table.add_column(column)
@@ -349,8 +393,16 @@ def seed(
     migrations: MigrationsOpt = None,
 ) -> None:
     """Load a seed data set; running it again adds nothing (refused in production)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pgstack.cli.main import console
+    from pgstack.config import Settings
+    from pgstack.migrations.ops import refuse_in_production
+
     refuse_in_production(Settings(), "seed")
     proj = load_project(project, migrations, seeds=seeds)
+    from pgstack import migrations as mig
+
     proj.import_seeds()
     with database_settings() as settings:
         state = mig.status(settings, project=proj)
@@ -371,6 +423,9 @@ def seed(
 
 
 async def _seed(settings: Settings, dataset: str, progress: Progress) -> dict[str, int]:
+    from pgstack import migrations as mig
+    from pgstack.db.database import Database
+
     db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
     await db.connect()
     try:

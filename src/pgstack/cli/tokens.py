@@ -11,24 +11,23 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
-from pgstack.cli.main import console, expected_failures, on_database
+from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
 from pgstack.errors import ConfigurationError
-from pgstack.tokens import Refresher, TokenVault
 
-tokens_app = typer.Typer(
-    help="OAuth token vault: list, history, key rotation, background refresh.",
-    no_args_is_help=True,
-)
+if TYPE_CHECKING:
+    from pgstack.tokens import Refresher, TokenVault
+
+tokens_app = group("OAuth token vault: list, history, key rotation, background refresh.")
 T = TypeVar("T")
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _run(work: Callable[[TokenVault], Awaitable[T]]) -> T:
+    from pgstack.tokens import TokenVault
+
     return on_database(lambda db: work(TokenVault(db)))
 
 
@@ -59,6 +58,10 @@ def list_tokens(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
+    from pgstack.cli.main import console
+
     table = Table("provider", "account", "status", "expires at", "failures", "last error")
     for row in rows:
         table.add_row(
@@ -97,6 +100,10 @@ def history(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
+    from pgstack.cli.main import console
+
     table = Table("refreshed at", "outcome", "new expiry", "ms", "error")
     for row in rows:
         table.add_row(

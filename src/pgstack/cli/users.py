@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
-from pgstack.cli.main import console, expected_failures, on_database
+from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
 from pgstack.errors import ConfigurationError
-from pgstack.identity import Identity, generate_password
+
+if TYPE_CHECKING:
+    from pgstack.identity import Identity
 
 T = TypeVar("T")
 
-users_app = typer.Typer(help="Users: create an administrator, list users.", no_args_is_help=True)
-api_keys_app = typer.Typer(help="API keys: create and revoke.", no_args_is_help=True)
+users_app = group("Users: create an administrator, list users.")
+api_keys_app = group("API keys: create and revoke.")
 
 
 def _run(work: Callable[[Identity], Awaitable[T]]) -> T:
+    from pgstack.identity import Identity
+
     return on_database(lambda db: work(Identity(db)))
 
 
@@ -36,6 +40,8 @@ def create_admin(
 ) -> None:
     """Create a verified user with the admin role (asks for the password unless --generate)."""
     if generate:
+        from pgstack.identity import generate_password
+
         password = generate_password()
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
@@ -60,30 +66,46 @@ def list_users(
         typer.Option(help="active, inactive, locked, unverified or deleted."),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=100, help="How many to show.")] = 50,
+    as_json: JsonOpt = False,
 ) -> None:
     """List users, newest first."""
 
-    async def work(identity: Identity) -> tuple[list[tuple[str, ...]], int]:
+    async def work(identity: Identity) -> tuple[list[dict[str, Any]], int]:
         page = await identity.users.search(email=email, role=role, status=status, limit=limit)
-        rows: list[tuple[str, ...]] = [
-            (
-                str(u.id),
-                u.email,
-                u.provider,
-                ",".join(u.roles),
-                "yes" if u.is_active else "no",
-                "yes" if u.is_verified else "no",
-            )
+        rows: list[dict[str, Any]] = [
+            {
+                "id": str(u.id),
+                "email": u.email,
+                "provider": u.provider,
+                "roles": list(u.roles),
+                "active": u.is_active,
+                "verified": u.is_verified,
+            }
             for u in page.items
         ]
         return rows, page.total
 
     rows, total = _run(work)
+    if as_json:
+        typer.echo(json.dumps({"total": total, "users": rows}, indent=2))
+        return
+    from rich.table import Table
+
+    from pgstack.cli.main import console
+
     table = Table(title=f"users ({len(rows)} of {total})")
     for column in ("id", "email", "provider", "roles", "active", "verified"):
         table.add_column(column)
+    yes_no = {True: "yes", False: "no"}
     for row in rows:
-        table.add_row(*row)
+        table.add_row(
+            row["id"],
+            row["email"],
+            row["provider"],
+            ",".join(row["roles"]),
+            yes_no[row["active"]],
+            yes_no[row["verified"]],
+        )
     console.print(table)
 
 

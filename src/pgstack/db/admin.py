@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 import asyncpg
 from sqlalchemy.engine import URL
 
-from pgstack.config import to_asyncpg_url
+from pgstack.config import Settings, to_asyncpg_url
 from pgstack.errors import ConfigurationError, DatabaseUnavailableError, PgStackError
 
 EXTENSIONS = ("citext", "pgcrypto")
@@ -28,9 +29,11 @@ class InitResult:
         self.steps.append((what, outcome))
 
 
-async def _connect(url: URL, what: str) -> asyncpg.Connection:
+async def _connect(
+    url: URL, what: str, tls: ssl.SSLContext | str | None = None
+) -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(asyncpg_dsn(url), timeout=10)
+        return await asyncpg.connect(asyncpg_dsn(url), timeout=10, ssl=tls)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         where = f"{url.host or url.query.get('host') or 'localhost'}:{url.port or 5432}"
         raise DatabaseUnavailableError(
@@ -50,6 +53,8 @@ async def init_database(admin_url: str, app_url: URL, owner_url: URL | None = No
     role owns and serves. Idempotent: roles and the database that exist are kept.
     """
     admin = to_asyncpg_url(admin_url, "--admin-url")
+    # TLS as for the app's connections: the admin URL's sslmode/sslrootcert/..., else DATABASE_SSL*.
+    tls = Settings().with_url(admin_url).ssl_option
     if not app_url.database:
         raise ConfigurationError("DATABASE_URL names no database; add one: .../DATABASE")
     owner = owner_url or app_url
@@ -59,7 +64,7 @@ async def init_database(admin_url: str, app_url: URL, owner_url: URL | None = No
             f"{app_url.database!r}: the owner and the application must share one database."
         )
     try:
-        return await _init(admin, app_url, owner)
+        return await _init(admin, app_url, owner, tls)
     except asyncpg.PostgresError as exc:
         hint = (
             " The admin role needs CREATEDB and CREATEROLE (a superuser such as postgres has both)."
@@ -93,12 +98,14 @@ async def _ensure_role(conn: asyncpg.Connection, url: URL, kind: str, result: In
     result.add(f"{kind} role {role}", "created")
 
 
-async def _init(admin: URL, app_url: URL, owner_url: URL) -> InitResult:
+async def _init(
+    admin: URL, app_url: URL, owner_url: URL, tls: ssl.SSLContext | str | None
+) -> InitResult:
     result = InitResult()
     database = app_url.database
     app_role, owner_role = app_url.username or "postgres", owner_url.username or "postgres"
     split = app_role != owner_role
-    conn = await _connect(admin, "server (admin URL)")
+    conn = await _connect(admin, "server (admin URL)", tls)
     try:
         admin_role = await conn.fetchval("SELECT current_user")
         if owner_role != admin_role:
@@ -128,7 +135,7 @@ async def _init(admin: URL, app_url: URL, owner_url: URL) -> InitResult:
     finally:
         await conn.close()
 
-    conn = await _connect(admin.set(database=database), "new database")
+    conn = await _connect(admin.set(database=database), "new database", tls)
     try:
         for extension in EXTENSIONS:
             present = await conn.fetchval(

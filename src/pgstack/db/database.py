@@ -316,9 +316,8 @@ class Database:
         connect_args: dict[str, Any] = {
             "server_settings": server_settings,
             "timeout": s.database_connect_timeout,
+            "ssl": s.ssl_option,
         }
-        if s.sslmode is not None:
-            connect_args["ssl"] = s.sslmode
         return connect_args
 
     def _create_engine(self, url: URL) -> AsyncEngine:

@@ -122,6 +122,9 @@ class EmbeddedPostgres:
         try:
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=server.system_user)
         except subprocess.CalledProcessError as exc:
+            if not (self.data_dir / "postmaster.pid").exists():
+                # It went down while pg_ctl waited (another stop, or its own shutdown): done.
+                return
             raise EmbeddedServerError(
                 f"The embedded PostgreSQL in {self.data_dir} did not stop cleanly ({exc})."
             ) from None

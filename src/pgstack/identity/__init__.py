@@ -18,7 +18,12 @@ from pgstack.identity.api_keys import (
     parse_api_key,
     require_scopes,
 )
-from pgstack.identity.auth import Authenticator, LoginResult, TwoFactorRequiredError
+from pgstack.identity.auth import (
+    Authenticator,
+    IssuedToken,
+    LoginResult,
+    TwoFactorRequiredError,
+)
 from pgstack.identity.config import IdentityConfig
 from pgstack.identity.models import (
     ApiKey,
@@ -66,6 +71,7 @@ __all__ = [
     "IdentityConfig",
     "InGroup",
     "IssuedKey",
+    "IssuedToken",
     "LoginResult",
     "LoginSession",
     "PasswordHasher",

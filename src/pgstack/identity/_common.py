@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from pgstack.db.database import Database
 from pgstack.identity.config import IdentityConfig
+from pgstack.identity.lockout import Lockout
 from pgstack.identity.passwords import PasswordHasher
 
 # One message for every way a login can fail (unknown e-mail, wrong password, locked,
@@ -38,7 +39,7 @@ def same_digest(secret: str, stored: str) -> bool:
 
 
 class ServiceBase:
-    """The database, the settings and the password hasher each identity service uses."""
+    """The database, settings, password hasher and lockout each identity service uses."""
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class ServiceBase:
         self.db = db
         self.config = config or IdentityConfig()
         self.hasher = hasher or PasswordHasher(self.config)
+        self.lockout = Lockout(db, self.config, self.hasher)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.db!r})"

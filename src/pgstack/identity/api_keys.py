@@ -1,7 +1,10 @@
-"""API keys: `pgs_<prefix>_<secret><checksum>`, stored as SHA-256, with scopes and rotation."""
+"""API keys: `pgs_<prefix>_<secret><checksum>`, stored as a peppered HMAC, with scopes."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -11,17 +14,21 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 
+from pgstack.db.session import Session
 from pgstack.errors import (
     AuthenticationError,
+    ConfigurationError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
 )
 from pgstack.identity._common import ServiceBase, digest, same_digest, utcnow
 from pgstack.identity.models import ApiKey, User
+from pgstack.identity.text import check_text
 from pgstack.identity.users import UserRepository
 
 logger = logging.getLogger("pgstack.identity")
@@ -40,6 +47,16 @@ _MALFORMED = (
     "exactly as it was issued."
 )
 _REFUSED = "The API key is not valid: unknown, revoked or expired. Create a new one."
+_HMAC = "hmac$"  # stored HMAC-SHA-256 digests start so; older, plain SHA-256 ones are bare hex
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_peppers(raw: str) -> tuple[bytes, ...]:
+    return tuple(p.strip().encode() for p in raw.split(",") if p.strip())
+
+
+def _hmac(pepper: bytes, key: str) -> str:
+    return _HMAC + hmac.new(pepper, key.encode(), hashlib.sha256).hexdigest()
 
 
 def _base62(number: int, width: int) -> str:
@@ -116,8 +133,10 @@ def require_scopes(api_key: ApiKey, *scopes: str) -> None:
 
 def _scopes(scopes: Iterable[str]) -> list[str]:
     result = list(dict.fromkeys(s.strip() for s in scopes))
-    if any(not s or " " in s for s in result):
-        raise InvalidInputError("Scopes are non-empty words without spaces, e.g. 'users:read'.")
+    if any(not s or not s.isprintable() or any(c.isspace() for c in s) for s in result):
+        raise InvalidInputError(
+            "Scopes are non-empty words without spaces or control characters, e.g. 'users:read'."
+        )
     return result
 
 
@@ -134,29 +153,75 @@ class ApiKeys(ServiceBase):
         expires_in: timedelta | None = None,
         rate_limit_tier: str = "standard",
     ) -> IssuedKey:
-        """A new key for a live user; the plaintext is in the result and nowhere else."""
+        """A new key for a live user; the plaintext is in the result and nowhere else.
+
+        This is the trusted verb (for operators and application code): over HTTP the owner
+        must also have a verified address and confirm it is them (`reauthenticate`).
+        """
         if not name.strip():
             raise InvalidInputError("Give the key a name, so its owner can tell keys apart.")
+        check_text(name, "key name")
+        if expires_in is not None and expires_at is not None:
+            raise InvalidInputError("Give expires_in or expires_at, not both.")
         if expires_in is not None:
             expires_at = utcnow() + expires_in
         if expires_at is not None and expires_at.tzinfo is None:
             raise InvalidInputError("expires_at must be timezone-aware.")
-        key, prefix = generate_api_key()
         async with self.db.transaction() as session:
-            await UserRepository(session).get(user_id)  # NotFoundError for unknown or deleted
-            row = ApiKey(
-                user_id=user_id,
-                name=name.strip(),
-                prefix=prefix,
-                key_hash=digest(key),
-                scopes=_scopes(scopes),
-                rate_limit_tier=rate_limit_tier,
-                expires_at=expires_at,
+            issued = await self._create(
+                session, user_id, name.strip(), _scopes(scopes), expires_at, rate_limit_tier
             )
-            session.add(row)
-            await session.flush()
-        logger.info("API key %s created for user %s", prefix, user_id)
+        logger.info("API key %s created for user %s", issued.api_key.prefix, user_id)
+        return issued
+
+    async def _create(
+        self,
+        session: Session,
+        user_id: uuid.UUID,
+        name: str,
+        scopes: list[str],
+        expires_at: datetime | None,
+        rate_limit_tier: str,
+    ) -> IssuedKey:
+        await UserRepository(session).get(user_id)  # NotFoundError for unknown or deleted
+        key, prefix = generate_api_key()
+        row = ApiKey(
+            user_id=user_id,
+            name=name,
+            prefix=prefix,
+            key_hash=self._digest(key),
+            scopes=scopes,
+            rate_limit_tier=rate_limit_tier,
+            expires_at=expires_at,
+        )
+        session.add(row)
+        await session.flush()
         return IssuedKey(row, key)
+
+    def _peppers(self) -> tuple[bytes, ...]:
+        secret = self.db.settings.api_key_peppers
+        return _parse_peppers(secret.get_secret_value()) if secret is not None else ()
+
+    def _digest(self, key: str) -> str:
+        """How a new key is stored: HMAC-SHA-256 with the newest pepper (SHA-256 without one)."""
+        peppers = self._peppers()
+        if peppers:
+            return _hmac(peppers[0], key)
+        if self.db.settings.environment == "production":
+            raise ConfigurationError(
+                "PGSTACK_API_KEY_PEPPERS is not set: in production API keys are stored only "
+                "as an HMAC with a server secret. Set it (newest first, comma-separated)."
+            )
+        logger.warning("PGSTACK_API_KEY_PEPPERS is not set: API keys are stored as plain SHA-256")
+        return digest(key)
+
+    def _matches(self, key: str, stored: str) -> tuple[bool, bool]:
+        """Whether `key` matches `stored`, and whether `stored` is in the current form."""
+        peppers = self._peppers()
+        if not stored.startswith(_HMAC):
+            return same_digest(key, stored), not peppers
+        found = [hmac.compare_digest(_hmac(p, key), stored) for p in peppers]
+        return any(found), bool(found) and found[0]
 
     async def verify(self, key: str) -> VerifiedKey:
         """The key's row and user if the key is valid, else AuthenticationError.
@@ -184,30 +249,34 @@ class ApiKeys(ServiceBase):
             raise AuthenticationError(_REFUSED)
         api_key, user = row
         now = utcnow()
-        if not same_digest(key, api_key.key_hash) or not api_key.is_usable(now):
+        matches, current = self._matches(key, api_key.key_hash)
+        if not matches or not api_key.is_usable(now):
             logger.info("API key %s refused: wrong secret, revoked or expired", prefix)
             raise AuthenticationError(_REFUSED)
         interval = self.config.api_key_touch_interval
-        if api_key.last_used_at is None or api_key.last_used_at <= now - interval:
-            await self._touch(api_key.id, interval)
+        rehash = None if current else self._digest(key)
+        if rehash or api_key.last_used_at is None or api_key.last_used_at <= now - interval:
+            await self._touch(api_key, interval, rehash)
             api_key.last_used_at = now
         return VerifiedKey(api_key, user)
 
-    async def _touch(self, key_id: uuid.UUID, interval: timedelta) -> None:
+    async def _touch(self, api_key: ApiKey, interval: timedelta, rehash: str | None) -> None:
         async with self.db.transaction() as session:
             # The condition makes concurrent verifications write once, not once each.
+            stale = or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= func.now() - interval)
+            values: dict[str, Any] = {"last_used_at": func.now()}
+            if rehash is not None:
+                # Stored before the newest pepper: store it with that pepper now.
+                stale = or_(stale, ApiKey.key_hash == api_key.key_hash)
+                values["key_hash"] = rehash
             await session.execute(
                 update(ApiKey)
-                .where(
-                    ApiKey.id == key_id,
-                    or_(
-                        ApiKey.last_used_at.is_(None),
-                        ApiKey.last_used_at <= func.now() - interval,
-                    ),
-                )
-                .values(last_used_at=func.now())
+                .where(ApiKey.id == api_key.id, stale)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
+        if rehash is not None:
+            logger.info("API key %s re-hashed with the newest pepper", api_key.prefix)
 
     async def list_for(self, user_id: uuid.UUID, *, include_revoked: bool = False) -> list[ApiKey]:
         """A user's keys, newest first (hashes never leave the database in a usable form)."""
@@ -258,15 +327,22 @@ class ApiKeys(ServiceBase):
 
         The grace period lets every client switch to the new key before the old one stops.
         """
-        old = await self.get(key_id, user_id=user_id)
-        if not old.is_usable(utcnow()):
-            raise InvalidInputError("The key is revoked or expired; create a new one instead.")
-        issued = await self.create(
-            old.user_id,
-            old.name,
-            scopes=old.scopes,
-            expires_at=old.expires_at,
-            rate_limit_tier=old.rate_limit_tier,
+        async with self.db.transaction() as session:
+            old = await session.get(ApiKey, key_id, with_for_update=True)
+            if old is None or (user_id is not None and old.user_id != user_id):
+                raise NotFoundError(f"No API key with id {key_id}.")
+            now = utcnow()
+            if not old.is_usable(now):
+                raise InvalidInputError("The key is revoked or expired; create a new one instead.")
+            issued = await self._create(
+                session, old.user_id, old.name, old.scopes, old.expires_at, old.rate_limit_tier
+            )
+            old.revoked_at = now + grace
+            await session.flush()
+        logger.info(
+            "API key %s rotated to %s; the old one works until %s",
+            old.prefix,
+            issued.api_key.prefix,
+            old.revoked_at,
         )
-        await self._revoke_at(key_id, user_id, grace)
         return issued

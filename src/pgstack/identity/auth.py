@@ -8,15 +8,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 
 from pgstack.db.session import Session
-from pgstack.errors import AuthenticationError, InvalidInputError
+from pgstack.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
 from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, utcnow
+from pgstack.identity.lockout import Outcome
 from pgstack.identity.models import LoginSession, TokenPurpose, User, UserToken
 from pgstack.identity.passwords import require_strong_password
-from pgstack.identity.totp import TwoFactor
-from pgstack.identity.users import UserRepository, _end_sessions
+from pgstack.identity.text import has_control_characters
+from pgstack.identity.totp import spend_code
+from pgstack.identity.users import UserRepository, end_sessions
 from pgstack.orm.types import normalise_email
 
 logger = logging.getLogger("pgstack.identity")
@@ -27,8 +29,10 @@ _INVALID_LINK = (
 )
 
 
-# No user has the nil UUID (ids are UUIDv7), so an UPDATE for it changes nothing.
-_NO_USER = uuid.UUID(int=0)
+_BAD_CREDENTIAL = (
+    "The password is wrong, or the account is temporarily locked after repeated failures; "
+    "check it and try again later."
+)
 
 
 class TwoFactorRequiredError(AuthenticationError):
@@ -49,103 +53,61 @@ class LoginResult:
         return f"LoginResult(user={self.user.id}, token='***', expires_at={self.expires_at})"
 
 
+@dataclass(frozen=True)
+class IssuedToken:
+    """A single-use token to deliver to its user (shown once)."""
+
+    user: User
+    token: str
+
+    def __repr__(self) -> str:
+        return f"IssuedToken(user={self.user.id}, token='***')"
+
+
 class Authenticator(ServiceBase):
     """Check passwords, keep sessions, change and reset passwords, verify e-mail addresses."""
-
-    @property
-    def two_factor(self) -> TwoFactor:
-        """The two-factor service with the same database and settings."""
-        return TwoFactor(self.db, self.config, self.hasher)
 
     async def authenticate(self, email: str, password: str, *, otp: str | None = None) -> User:
         """The user these credentials belong to, or AuthenticationError.
 
-        An unknown address costs the same password hash as a known one, so timing does not
-        tell which accounts exist. `max_failed_logins` failures in a row lock the account for
-        `lockout`, during which even the right password is refused. An account with two-factor
-        on also needs `otp`: a current TOTP code or an unused recovery code.
+        The attempt is counted before the password is checked (see `Lockout`): after
+        `max_failed_logins` attempts without a success the account is locked for `lockout`,
+        and even the right password is refused, however many guesses arrive at once. An
+        unknown address costs the same UPDATE and password hash as a known one, so neither
+        answer nor timing tells which accounts exist. An account with two-factor on also
+        needs `otp`: a current TOTP code or an unused recovery code, in the same attempt.
         """
-        now = utcnow()
-        async with self.db.transaction(readonly=True) as session:
-            user = await UserRepository(session).get_by_or_none(email=normalise_email(email))
-        ok, new_hash = await self.hasher.averify_and_update(
-            password, user.password_hash if user is not None else None
-        )
-        if user is None:
-            # The same write a wrong password costs, matching no row: equal timing again.
-            await self._record_failure(_NO_USER)
-            logger.info("login failed: no live user has that e-mail address")
-            raise AuthenticationError(LOGIN_FAILED)
-        if user.is_locked(now):
-            await self._record_failure(_NO_USER)  # the same work as any other failure
-            logger.info("login refused: user %s is locked", user.id)
-            raise AuthenticationError(LOGIN_FAILED)
-        if not ok:
-            await self._record_failure(user.id)
-            logger.info("login failed: wrong password for user %s", user.id)
-            raise AuthenticationError(LOGIN_FAILED)
-        if not user.is_active:
-            raise AuthenticationError(
-                "This account is deactivated; ask an administrator to activate it."
-            )
-        if user.two_factor_enabled:
-            if not otp:
-                raise TwoFactorRequiredError(
-                    "This account uses two-factor authentication: send the code from your "
-                    "authenticator app, or a recovery code."
-                )
-            if not await self.two_factor.verify(user.id, otp):
-                await self._record_failure(user.id)
-                logger.info("login failed: wrong two-factor code for user %s", user.id)
+        check_password = self.lockout.password_check(password)
+
+        async def check(user: User | None) -> Outcome:
+            values = await check_password(user)
+            if user is None or values is None:
+                return None
+            if not user.is_active:
                 raise AuthenticationError(
-                    "The two-factor code is wrong or was already used; wait for the next one."
+                    "This account is deactivated; ask an administrator to activate it."
                 )
-        signed_in = await self._record_success(user.id, new_hash)
-        logger.info("user %s signed in%s", user.id, " (password hash upgraded)" if new_hash else "")
-        return signed_in
+            if user.two_factor_enabled:
+                if not otp:
+                    raise TwoFactorRequiredError(
+                        "This account uses two-factor authentication: send the code from your "
+                        "authenticator app, or a recovery code."
+                    )
+                if not await spend_code(self.db, self.config, user, otp):
+                    logger.info("login failed: wrong two-factor code for user %s", user.id)
+                    raise AuthenticationError(
+                        "The two-factor code is wrong or was already used; wait for the next one."
+                    )
+            return {**values, "last_login_at": func.now(), "login_count": User.login_count + 1}
 
-    async def _record_failure(self, user_id: uuid.UUID) -> None:
-        limit = self.config.max_failed_logins
-        reached = User.failed_login_count + 1 >= limit
-        async with self.db.transaction() as session:
-            # One statement, so concurrent failures each count and the lock cannot be raced.
-            result = await session.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(
-                    failed_login_count=case((reached, 0), else_=User.failed_login_count + 1),
-                    locked_until=case(
-                        (reached, func.now() + self.config.lockout), else_=User.locked_until
-                    ),
-                )
-                .returning(User.locked_until, User.failed_login_count)
-                .execution_options(synchronize_session=False)
-            )
-            row = result.one_or_none()
-        if row is not None and row.failed_login_count == 0 and row.locked_until is not None:
-            logger.warning(
-                "user %s locked until %s after %d failed logins", user_id, row.locked_until, limit
-            )
-
-    async def _record_success(self, user_id: uuid.UUID, new_hash: str | None) -> User:
-        values: dict[str, object] = {
-            "failed_login_count": 0,
-            "locked_until": None,
-            "last_login_at": func.now(),
-            "login_count": User.login_count + 1,
-        }
-        if new_hash is not None:
-            # The stored hash was bcrypt or weaker argon2: replace it now that we know the password.
-            values["password_hash"] = new_hash
-        async with self.db.transaction() as session:
-            result = await session.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(**values)
-                .returning(User)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-            return result.scalar_one()
+        if has_control_characters(email):
+            email = ""  # matches no one, and still costs the same work as an unknown address
+        user = await self.lockout.run(User.email == normalise_email(email), check)
+        if user is None:
+            logger.info("login failed: unknown address, locked account or wrong password")
+            raise AuthenticationError(LOGIN_FAILED)
+        logger.info("user %s signed in", user.id)
+        return user
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -211,30 +173,74 @@ class Authenticator(ServiceBase):
 
     # -- passwords ------------------------------------------------------------------------------
 
-    async def change_password(self, user_id: uuid.UUID, current: str, new: str) -> User:
+    async def change_password(
+        self, user_id: uuid.UUID, current: str, new: str, *, keep_api_keys: bool = False
+    ) -> User:
         """Change a password, given the current one; outstanding reset links stop working.
 
-        Every session of the user ends too, so a thief signed in with the old password is out.
+        Every session of the user ends, and every API key is revoked unless `keep_api_keys`,
+        so a thief who signed in with the old password, or made a key then, is out. The
+        current password is checked under the lockout, like a login.
         """
         async with self.db.transaction(readonly=True) as session:
             user = await UserRepository(session).get(user_id)
-        ok, _ = await self.hasher.averify_and_update(current, user.password_hash)
-        if not ok:
-            await self._record_failure(user.id)
-            raise AuthenticationError("The current password is wrong.")
         require_strong_password(new, email=user.email, name=user.name, config=self.config)
+        if await self.lockout.password(User.id == user_id, current) is None:
+            raise AuthenticationError(_BAD_CREDENTIAL)
         new_hash = await self.hasher.ahash(new)
         async with self.db.transaction() as session:
-            changed = await self._store_password(session, user.id, new_hash)
-        logger.info("user %s changed their password; their sessions were ended", user.id)
+            changed = await self._store_password(session, user_id, new_hash, keep_api_keys)
+        logger.info(
+            "user %s changed their password; sessions ended%s",
+            user_id,
+            "" if keep_api_keys else ", API keys revoked",
+        )
         return changed
 
-    async def _store_password(self, session: Session, user_id: uuid.UUID, new_hash: str) -> User:
+    async def reauthenticate(
+        self,
+        user_id: uuid.UUID,
+        *,
+        password: str | None = None,
+        session_token: str | None = None,
+    ) -> None:
+        """Make sure the caller is the user: their current password, or a fresh sign-in.
+
+        Guards what a stolen session must not do (enrol or remove two-factor, mint API keys).
+        With `password`, it is checked under the lockout (AuthenticationError if wrong); else
+        `session_token` must be the user's and younger than `reauthentication_window`
+        (PermissionDeniedError otherwise).
+        """
+        if password is not None:
+            if await self.lockout.password(User.id == user_id, password) is None:
+                raise AuthenticationError(_BAD_CREDENTIAL)
+            return
+        if session_token is not None:
+            async with self.db.transaction(readonly=True) as session:
+                fresh = await session.scalar(
+                    select(LoginSession.id).where(
+                        LoginSession.token_hash == digest(session_token),
+                        LoginSession.user_id == user_id,
+                        LoginSession.revoked_at.is_(None),
+                        LoginSession.expires_at > func.now(),
+                        LoginSession.created_at > func.now() - self.config.reauthentication_window,
+                    )
+                )
+            if fresh is not None:
+                return
+        minutes = int(self.config.reauthentication_window.total_seconds() // 60)
+        raise PermissionDeniedError(
+            "Confirm it is you: send your current password, or sign in again (a sign-in "
+            f"counts as fresh for {minutes} minutes)."
+        )
+
+    async def _store_password(
+        self, session: Session, user_id: uuid.UUID, new_hash: str, keep_api_keys: bool
+    ) -> User:
+        # The failure count and a lock stay as they are: only a right password clears them.
         user = await UserRepository(session).get(user_id)
         user.password_hash = new_hash
         user.password_changed_at = utcnow()
-        user.failed_login_count = 0
-        user.locked_until = None
         await session.execute(
             update(UserToken)
             .where(
@@ -244,15 +250,18 @@ class Authenticator(ServiceBase):
             )
             .values(used_at=func.now())
         )
-        await _end_sessions(session, user_id)
+        await end_sessions(session, user_id, api_keys=not keep_api_keys)
         await session.flush()
         return user
 
-    async def request_password_reset(self, email: str) -> str | None:
-        """A reset token to send to this address, or None when no such local user exists.
+    async def request_password_reset(self, email: str) -> IssuedToken | None:
+        """A reset token and its user, to send to this address; None without a local account.
 
-        Callers answer the same way either way, so the reset form does not reveal accounts.
+        One transaction. Callers answer the same way either way, and deliver the token after
+        answering (as the router does), so neither the answer nor its timing reveals accounts.
         """
+        if has_control_characters(email):
+            return None
         async with self.db.transaction() as session:
             user = await UserRepository(session).get_by_or_none(email=normalise_email(email))
             if user is None or user.is_external or not user.is_active:
@@ -262,7 +271,7 @@ class Authenticator(ServiceBase):
                 session, user.id, TokenPurpose.PASSWORD_RESET, self.config.reset_token_ttl
             )
         logger.info("password reset token issued for user %s", user.id)
-        return token
+        return IssuedToken(user, token)
 
     async def reset_password(self, token: str, new: str) -> User:
         """Set a new password with a reset token; the token then stops working."""
@@ -275,8 +284,11 @@ class Authenticator(ServiceBase):
                 raise AuthenticationError(_INVALID_LINK)
             require_strong_password(new, email=user.email, name=user.name, config=self.config)
             new_hash = await self.hasher.ahash(new)
-            changed = await self._store_password(session, user.id, new_hash)
-        logger.info("user %s reset their password with a reset token", changed.id)
+            changed = await self._store_password(session, user.id, new_hash, False)
+        logger.info(
+            "user %s reset their password with a reset token; sessions ended, API keys revoked",
+            changed.id,
+        )
         return changed
 
     # -- e-mail verification --------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,7 +28,12 @@ class IdentityConfig:
     reset_token_ttl: timedelta = timedelta(hours=1)
     verification_token_ttl: timedelta = timedelta(days=2)
     session_ttl: timedelta = timedelta(days=7)
+    #: How long after signing in a session may, without the password again, enrol or remove
+    #: two-factor or create API keys.
+    reauthentication_window: timedelta = timedelta(minutes=5)
     totp_issuer: str = "pgstack"
+    #: Seconds since the epoch, for TOTP time steps (tests pin it; keep `time.time`).
+    clock: Callable[[], float] = time.time
     recovery_code_count: int = 10
     #: How often, at most, a key's `last_used_at` is written; verifying stays a read between.
     api_key_touch_interval: timedelta = timedelta(minutes=1)

@@ -183,7 +183,7 @@ def _user_fk() -> Mapped[uuid.UUID]:
 
 
 class ApiKey(UUIDPrimaryKey, Timestamped, Base):
-    """An API key of a user: only its SHA-256 is stored, looked up by its visible prefix."""
+    """An API key of a user: only its peppered HMAC is stored, looked up by its visible prefix."""
 
     __tablename__ = "api_keys"
 

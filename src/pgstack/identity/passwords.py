@@ -6,6 +6,7 @@ import asyncio
 import functools
 import secrets
 import string
+import unicodedata
 from dataclasses import dataclass, field
 
 from pwdlib import PasswordHash
@@ -16,11 +17,19 @@ from zxcvbn import zxcvbn  # type: ignore[import-untyped]
 
 from pgstack.errors import InvalidInputError
 from pgstack.identity.config import IdentityConfig
+from pgstack.identity.text import has_control_characters
 
 # guesses_log10 at which the 0-100 score reaches 100: 10^13 guesses is out of reach of an
 # offline attack on an argon2id hash, and zxcvbn's "strong" (score 3) lands at about 60.
 _FULL_SCORE_LOG10 = 13.0
 _MAX_PASSWORD_LENGTH = 1024  # longer input only makes hashing an easy denial of service
+_SCORED_LENGTH = 72  # zxcvbn refuses longer input; a longer password scores as its first 72
+
+
+def _normalised(password: str) -> str:
+    # NFKC, so the same passphrase typed on another keyboard or OS (composed or decomposed
+    # accents, full-width forms) is the same password.
+    return unicodedata.normalize("NFKC", password)
 
 
 class PasswordHasher:
@@ -52,7 +61,9 @@ class PasswordHasher:
     def hash(self, password: str) -> str:
         """An argon2id hash of the password with the current parameters."""
         _check_length(password)
-        return self._hash.hash(password)
+        if has_control_characters(password):
+            raise InvalidInputError("The password contains control characters; remove them.")
+        return self._hash.hash(_normalised(password))
 
     def verify_and_update(self, password: str, stored: str | None) -> tuple[bool, str | None]:
         """Whether `password` matches `stored`, and a new hash to store if it is outdated.
@@ -60,16 +71,23 @@ class PasswordHasher:
         With no stored hash (an external user) a dummy hash is verified instead, so the
         answer takes as long as for a real one, and is always False.
         """
-        if len(password) > _MAX_PASSWORD_LENGTH:
-            password = password[:_MAX_PASSWORD_LENGTH]
+        if len(password) > _MAX_PASSWORD_LENGTH or has_control_characters(password):
+            password = password[:_MAX_PASSWORD_LENGTH].encode("utf-8", "replace").decode()
             stored = None  # never matches, still costs one hash
+        normalised = _normalised(password)
         if stored is None:
-            self._hash.verify(password, self.dummy_hash)
+            self._hash.verify(normalised, self.dummy_hash)
             return False, None
         try:
-            return self._hash.verify_and_update(password, stored)
+            ok, new_hash = self._hash.verify_and_update(normalised, stored)
+            if not ok and normalised != password:
+                # Hashed before passwords were normalised: accept the raw form once, and
+                # store the normalised form's hash from now on.
+                ok, _ = self._hash.verify_and_update(password, stored)
+                new_hash = self._hash.hash(normalised) if ok else None
+            return ok, new_hash
         except UnknownHashError:
-            self._hash.verify(password, self.dummy_hash)
+            self._hash.verify(normalised, self.dummy_hash)
             return False, None
 
     async def ahash(self, password: str) -> str:
@@ -135,7 +153,7 @@ def check_password_strength(
     """
     config = config or IdentityConfig()
     inputs = _personal_words(email, name)
-    result = zxcvbn(password[:_MAX_PASSWORD_LENGTH], user_inputs=inputs)
+    result = zxcvbn(password[:_SCORED_LENGTH], user_inputs=inputs)
     score = max(0, min(100, round(float(result["guesses_log10"]) * 100 / _FULL_SCORE_LOG10)))
     problems: list[str] = []
     if len(password) < config.password_min_length:

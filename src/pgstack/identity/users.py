@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Date, cast, func, literal, select, update
+from sqlalchemy import ColumnElement, Date, cast, func, literal, or_, select, update
 
+from pgstack.db.session import Session
 from pgstack.errors import ConflictError, InvalidInputError
 from pgstack.identity._common import ServiceBase, utcnow
-from pgstack.identity.models import LoginSession, Provider, User
+from pgstack.identity.models import ApiKey, LoginSession, Provider, User
 from pgstack.identity.passwords import require_strong_password
+from pgstack.identity.text import check_text
 from pgstack.orm.types import normalise_email
 from pgstack.repository import Eq, Filter, ILike, IsNull, Page, Repository
 from pgstack.repository.filters import Fields
@@ -77,6 +81,47 @@ class UserStatistics:
 STATUSES = ("active", "inactive", "locked", "unverified", "deleted")
 
 
+# Letters whose scripts are written together, counted as one script.
+_SCRIPT_FAMILIES = {"HIRAGANA": "JAPANESE", "KATAKANA": "JAPANESE", "CJK": "JAPANESE"}
+_LOCAL_PUNCTUATION = set(".!#$%&'*+/=?^_`{|}~-")
+
+
+def check_new_email(email: str) -> str:
+    """The address as it is stored (NFKC, case-folded), or InvalidInputError.
+
+    Refused: control characters, a missing part, and a local part that could pass for
+    another one: letters from more than one script (a Cyrillic a, U+0430, among Latin
+    letters), combining marks (U+0130, a capital I with a dot, folds to i and a dot), or
+    symbols other than ASCII punctuation.
+    """
+    check_text(email, "e-mail address")
+    address = normalise_email(email) or ""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in address):
+        raise InvalidInputError(f"{email[:320]!r} is not an e-mail address.")
+    scripts: set[str] = set()
+    for char in local:
+        category = unicodedata.category(char)
+        if char.isascii() and (char.isalnum() or char in _LOCAL_PUNCTUATION):
+            if char.isalpha():
+                scripts.add("LATIN")
+        elif category[0] in "LN" and category != "Nl":
+            script = unicodedata.name(char, "UNNAMED").split()[0]
+            scripts.add(_SCRIPT_FAMILIES.get(script, script))
+        else:
+            raise InvalidInputError(
+                f"The e-mail address {address[:320]!r} has a character that can pass for "
+                "another in its local part (before the @); type it with plain letters."
+            )
+    if len(scripts) > 1:
+        raise InvalidInputError(
+            f"The local part of {address[:320]!r} mixes letters of {len(scripts)} scripts "
+            f"({', '.join(sorted(scripts)).lower()}), so it can pass for another address; "
+            "use letters of one script."
+        )
+    return address
+
+
 def _check_provider(provider: str) -> str:
     try:
         return Provider(provider).value
@@ -108,9 +153,9 @@ class Users(ServiceBase):
         letter case, is a ConflictError.
         """
         provider = _check_provider(provider)
-        address = normalise_email(email) or ""
-        if "@" not in address or address.startswith("@") or address.endswith("@"):
-            raise InvalidInputError(f"{email[:320]!r} is not an e-mail address.")
+        address = check_new_email(email)
+        if name is not None:
+            check_text(name, "name")
         if provider == Provider.LOCAL.value:
             if password is None:
                 raise InvalidInputError("A local user needs a password.")
@@ -122,6 +167,7 @@ class Users(ServiceBase):
             raise InvalidInputError(f"A {provider} user needs the provider's user id.")
         password_hash = None
         if password is not None:
+            check_text(password, "password")
             if check_strength:
                 require_strong_password(password, email=address, name=name, config=self.config)
             password_hash = await self.hasher.ahash(password)
@@ -155,8 +201,14 @@ class Users(ServiceBase):
         async with self.db.transaction(readonly=True) as session:
             return await UserRepository(session).get_by_or_none(email=normalise_email(email))
 
-    async def update(self, user_id: uuid.UUID, **changes: Any) -> User:
-        """Change a user's name, roles, groups or active flag."""
+    async def update(
+        self, user_id: uuid.UUID, *, keep_role: str | None = None, **changes: Any
+    ) -> User:
+        """Change a user's name, roles, groups or active flag.
+
+        With `keep_role`, a change that would leave no active user with that role (an admin
+        demoting or deactivating the last admin) is a ConflictError; see `set_active`.
+        """
         allowed = {"name", "roles", "groups", "is_active"}
         unknown = set(changes) - allowed
         if unknown:
@@ -166,11 +218,15 @@ class Users(ServiceBase):
             )
         for key in ("roles", "groups"):
             if key in changes:
-                changes[key] = list(dict.fromkeys(changes[key]))
-        async with self.db.transaction() as session:
+                changes[key] = _words(changes[key], key)
+        if changes.get("name") is not None:
+            check_text(changes["name"], "name")
+        if "is_active" in changes and not isinstance(changes["is_active"], bool):
+            raise InvalidInputError("is_active is true or false.")
+        async with self._keeping(keep_role, user_id) as session:
             user = await UserRepository(session).update(user_id, changes)
             if changes.get("is_active") is False:
-                await _end_sessions(session, user.id)  # as set_active(False) does
+                await end_sessions(session, user.id)  # as set_active(False) does
             return user
 
     async def set_roles(
@@ -179,30 +235,62 @@ class Users(ServiceBase):
         """Add and remove roles in one change."""
         async with self.db.transaction() as session:
             user = await UserRepository(session).get(user_id)
-            for role in add:
+            for role in _words(add, "roles"):
                 user.add_role(role)
             for role in remove:
                 user.remove_role(role)
             await session.flush()
             return user
 
-    async def set_active(self, user_id: uuid.UUID, active: bool) -> User:
-        """Activate or deactivate a user; deactivating also ends their sessions."""
-        async with self.db.transaction() as session:
+    async def set_active(
+        self, user_id: uuid.UUID, active: bool, *, keep_role: str | None = None
+    ) -> User:
+        """Activate or deactivate a user; deactivating also ends their sessions.
+
+        With `keep_role`, deactivating the last active user with that role is a ConflictError.
+        """
+        async with self._keeping(keep_role, user_id) as session:
             user = await UserRepository(session).get(user_id)
             if active:
                 user.activate()
             else:
                 user.deactivate()
-                await _end_sessions(session, user.id)
+                await end_sessions(session, user.id)
             await session.flush()
             return user
 
-    async def delete(self, user_id: uuid.UUID) -> None:
-        """Soft-delete a user: hidden, unable to sign in, their keys and sessions refused."""
-        async with self.db.transaction() as session:
+    async def delete(self, user_id: uuid.UUID, *, keep_role: str | None = None) -> None:
+        """Soft-delete a user: hidden, unable to sign in, their keys and sessions refused.
+
+        With `keep_role`, deleting the last active user with that role is a ConflictError.
+        """
+        async with self._keeping(keep_role, user_id) as session:
             await UserRepository(session).delete(user_id)
-            await _end_sessions(session, user_id)
+            await end_sessions(session, user_id)
+
+    @asynccontextmanager
+    async def _keeping(self, role: str | None, user_id: uuid.UUID) -> AsyncIterator[Session]:
+        # A transaction in which the change may not take `role` from its last active holder.
+        # The advisory lock serialises such changes, so two admins demoting each other at
+        # once cannot both succeed.
+        async with self.db.transaction() as session:
+            if role is None:
+                yield session
+                return
+            await session.execute(select(func.pg_advisory_xact_lock(func.hashtext(role))))
+            holders = select(func.count()).where(
+                User.deleted_at.is_(None),
+                User.is_active.is_(True),
+                literal(role) == func.any(User.roles),
+            )
+            held = await session.scalar(holders.where(User.id == user_id))
+            yield session
+            await session.flush()
+            if held and not await session.scalar(holders):
+                raise ConflictError(
+                    f"This would leave no active user with the role {role}; give the role to "
+                    "another user first."
+                )
 
     async def restore(self, user_id: uuid.UUID) -> User:
         """Bring back a soft-deleted user."""
@@ -232,9 +320,12 @@ class Users(ServiceBase):
         `email` and `name` match any part, ignoring case; `status` is one of active,
         inactive, locked, unverified, deleted.
         """
+        for text, what in ((email, "e-mail"), (name, "name"), (role, "role"), (group, "group")):
+            if text:
+                check_text(text, f"{what} to search for")
         filters: list[Filter] = []
         if email:
-            filters.append(ILike("email", f"%{_escape(email.strip().lower())}%"))
+            filters.append(ILike("email", f"%{_escape(normalise_email(email) or '')}%"))
         if name:
             filters.append(ILike("name", f"%{_escape(name)}%"))
         if role:
@@ -321,14 +412,37 @@ class _Where(Filter):
         return self.condition
 
 
+def _words(values: Any, what: str) -> list[str]:
+    # Roles and groups: a list (null is not "no change" but a mistake), of printable words.
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise InvalidInputError(f"{what} is a list of names; send [] to remove them all.")
+    words = list(dict.fromkeys(values))
+    if not all(isinstance(w, str) and w.strip() and w.isprintable() for w in words):
+        raise InvalidInputError(
+            f"Each of the {what} is a non-empty name without control characters."
+        )
+    return words
+
+
 def _escape(text: str) -> str:
     # The search text is matched literally: % and _ typed by a user are not wildcards.
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-async def _end_sessions(session: Any, user_id: uuid.UUID) -> None:
+async def end_sessions(session: Any, user_id: uuid.UUID, *, api_keys: bool = False) -> None:
+    """End every session of the user, and with `api_keys` revoke every key of theirs too."""
     await session.execute(
         update(LoginSession)
         .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None))
         .values(revoked_at=func.now())
     )
+    if api_keys:
+        # A key rotated with a grace period still working is cut off now as well.
+        await session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.user_id == user_id,
+                or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > func.now()),
+            )
+            .values(revoked_at=func.now())
+        )

@@ -30,9 +30,8 @@ def migration_engine(settings: Settings, url: URL) -> AsyncEngine:
             "lock_timeout": str(int(settings.migration_lock_timeout_ms)),
         },
         "timeout": settings.database_connect_timeout,
+        "ssl": settings.ssl_option,
     }
-    if settings.sslmode is not None:
-        connect_args["ssl"] = settings.sslmode
     return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
 
 

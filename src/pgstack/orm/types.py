@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -145,8 +146,12 @@ class Email(TypeDecorator[str]):
 
 
 def normalise_email(value: str | None) -> str | None:
-    """An address as the Email type stores it: trimmed and lower-cased."""
-    return None if value is None else value.strip().lower()
+    """An address as the Email type stores it: NFKC-normalised, trimmed and case-folded.
+
+    NFKC turns compatibility forms (a Kelvin sign, full-width letters) into the plain letter,
+    so look-alike spellings of one address meet in one stored form.
+    """
+    return None if value is None else unicodedata.normalize("NFKC", value).strip().casefold()
 
 
 def _normalise_on_set(target: Any, value: Any, oldvalue: Any, initiator: Any) -> Any:

@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import uuid
 from collections.abc import Iterable, Sequence
@@ -52,9 +51,11 @@ def configure_cursor_secret(secret: str | bytes | None) -> None:
 def _key() -> bytes:
     global _cursor_key
     if _cursor_key is None:
-        configured = os.environ.get(CURSOR_SECRET_ENV)
-        if configured:
-            configure_cursor_secret(configured)
+        from pgstack.config import Settings
+
+        configured = Settings().cursor_secret
+        if configured is not None and configured.get_secret_value():
+            configure_cursor_secret(configured.get_secret_value())
         else:
             logger.warning(
                 "%s is not set: page cursors are signed with a random key of this process and "

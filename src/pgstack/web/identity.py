@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from pgstack.errors import AuthenticationError, PermissionDeniedError
+from pgstack.errors import AuthenticationError, ConflictError, PermissionDeniedError
 from pgstack.identity import (
     ApiKey,
     Identity,
@@ -34,12 +34,15 @@ from pgstack.identity import (
 from pgstack.identity import (
     require_scopes as _require_key_scopes,
 )
+from pgstack.identity.text import has_control_characters
 from pgstack.web.deps import get_database
 
 logger = logging.getLogger("pgstack.web")
 
-#: Called with the user, the purpose ("password_reset" / "email_verification") and the token,
-#: to deliver it (usually by e-mail). Without one, tokens are issued but never delivered.
+#: Called with the user, the purpose and the token, to deliver it (usually by e-mail), after
+#: the answer is sent. Purposes: "email_verification" (sign-up), "password_reset" (forgot),
+#: "account_exists" (someone signed up with an address that has an account: tell its owner;
+#: the token is a reset token). Without one, tokens are issued but never delivered.
 TokenSender = Callable[[User, str, str], Awaitable[None]]
 
 _bearer = HTTPBearer(auto_error=False, description="A session token or an API key.")
@@ -102,16 +105,28 @@ CurrentUser = Annotated[User, Depends(current_user)]
 
 
 def require_roles(*roles: str, any_of: bool = False) -> Callable[..., Awaitable[User]]:
-    """A dependency: the user must have every one of `roles` (or one, with `any_of=True`)."""
+    """A dependency: the user must have every one of `roles` (or one, with `any_of=True`).
 
-    async def dependency(user: CurrentUser) -> User:
-        allowed = user.has_any_role(*roles) if any_of else user.has_all_roles(*roles)
+    A key's scopes bound what it reaches: with an API key, each role used must also be one
+    of the key's scopes, named as such (`*` does not grant roles). A session needs none.
+    """
+
+    async def dependency(principal: PrincipalDep) -> User:
+        held = set(principal.user.roles)
+        if principal.api_key is not None:
+            held &= set(principal.api_key.scopes)
+        allowed = bool(held & set(roles)) if any_of else set(roles) <= held
         if not allowed:
             word = "one of the roles" if any_of else "the role(s)"
-            raise PermissionDeniedError(
-                f"This needs {word} {', '.join(roles)}; ask an administrator for access."
+            via = (
+                ", and an API key must also carry it as a scope"
+                if principal.api_key is not None
+                else ""
             )
-        return user
+            raise PermissionDeniedError(
+                f"This needs {word} {', '.join(roles)}{via}; ask an administrator for access."
+            )
+        return principal.user
 
     return dependency
 
@@ -140,9 +155,23 @@ SessionPrincipal = Annotated[Principal, Depends(require_session)]
 
 # -- bodies ---------------------------------------------------------------------------------
 
-_Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
-_Password = Annotated[str, Field(min_length=1, max_length=1024)]
-_Token = Annotated[str, Field(min_length=1, max_length=200)]
+
+def _printable(value: str) -> str:
+    if has_control_characters(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# Every text field and query parameter refuses control characters (NUL among them) here,
+# as a 422, before anything reaches the database.
+_Clean = AfterValidator(_printable)
+_Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"), _Clean]
+_Password = Annotated[str, Field(min_length=1, max_length=1024), _Clean]
+_Token = Annotated[str, Field(min_length=1, max_length=200), _Clean]
+_Name = Annotated[str, Field(max_length=200), _Clean]
+_Word = Annotated[str, Field(min_length=1, max_length=100), _Clean]
+_Code = Annotated[str, Field(min_length=6, max_length=40), _Clean]
+_Search = Annotated[str | None, Query(max_length=320), _Clean]
 
 
 class _Body(BaseModel):
@@ -152,13 +181,13 @@ class _Body(BaseModel):
 class RegisterIn(_Body):
     email: _Email
     password: _Password
-    name: Annotated[str, Field(max_length=200)] | None = None
+    name: _Name | None = None
 
 
 class LoginIn(_Body):
     email: _Email
     password: _Password
-    otp: Annotated[str, Field(max_length=40)] | None = None
+    otp: Annotated[str, Field(max_length=40), _Clean] | None = None
 
 
 class LoginOut(BaseModel):
@@ -187,6 +216,8 @@ class UserOut(BaseModel):
 class PasswordChangeIn(_Body):
     current_password: _Password
     new_password: _Password
+    #: API keys stay valid only when asked; by default a password change revokes them.
+    keep_api_keys: bool = False
 
 
 class TokenIn(_Body):
@@ -202,13 +233,17 @@ class ResetIn(_Body):
     new_password: _Password
 
 
-class CodeIn(_Body):
-    code: Annotated[str, Field(min_length=6, max_length=40)]
-
-
-class DisableTwoFactorIn(_Body):
-    code: Annotated[str, Field(min_length=6, max_length=40)] | None = None
+class ReauthIn(_Body):
+    #: The current password; not needed within a few minutes of signing in.
     password: _Password | None = None
+
+
+class CodeIn(ReauthIn):
+    code: _Code
+
+
+class DisableTwoFactorIn(ReauthIn):
+    code: _Code | None = None
 
 
 class EnrolmentOut(BaseModel):
@@ -220,13 +255,13 @@ class RecoveryCodesOut(BaseModel):
     recovery_codes: list[str]
 
 
-class ApiKeyIn(_Body):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    scopes: list[Annotated[str, Field(min_length=1, max_length=100)]] = []
+class ApiKeyIn(ReauthIn):
+    name: Annotated[str, Field(min_length=1, max_length=200), _Clean]
+    scopes: list[_Word] = []
     expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
 
 
-class RotateIn(_Body):
+class RotateIn(ReauthIn):
     grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400)] = 86400
 
 
@@ -249,10 +284,12 @@ class IssuedKeyOut(ApiKeyOut):
 
 
 class UserPatchIn(_Body):
-    name: Annotated[str, Field(max_length=200)] | None = None
-    roles: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
-    groups: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
-    is_active: bool | None = None
+    """Only the fields sent change; `name: null` clears the name, a null list or flag is 422."""
+
+    name: _Name | None = None
+    roles: list[_Word] = Field(default_factory=list)
+    groups: list[_Word] = Field(default_factory=list)
+    is_active: bool = True
 
 
 class UserPageOut(BaseModel):
@@ -306,14 +343,29 @@ def identity_router(
                 "no send_token configured: a %s token for user %s was not sent", purpose, user.id
             )
             return
-        await send_token(user, purpose, token)
+        try:
+            await send_token(user, purpose, token)
+        except Exception as exc:  # the answer is sent already: log, without the token
+            logger.error("delivering a %s token to user %s failed: %s", purpose, user.id, type(exc))
 
-    @router.post("/auth/register", status_code=status.HTTP_201_CREATED)
-    async def register(body: RegisterIn, identity: IdentityDep) -> UserOut:
-        user = await identity.users.create(body.email, body.password, name=body.name)
-        token = await identity.auth.request_email_verification(user.id)
-        await deliver(user, "email_verification", token)
-        return UserOut.model_validate(user)
+    async def send_reset(identity: Identity, email: str, purpose: str) -> None:
+        issued = await identity.auth.request_password_reset(email)
+        if issued is not None:
+            await deliver(issued.user, purpose, issued.token)
+
+    @router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
+    async def register(
+        body: RegisterIn, identity: IdentityDep, tasks: BackgroundTasks
+    ) -> dict[str, str]:
+        # The same answer whether or not the address has an account; its owner hears of it.
+        try:
+            user = await identity.users.create(body.email, body.password, name=body.name)
+        except ConflictError:
+            tasks.add_task(send_reset, identity, body.email, "account_exists")
+        else:
+            token = await identity.auth.request_email_verification(user.id)
+            tasks.add_task(deliver, user, "email_verification", token)
+        return {"detail": "Check your inbox: a link to finish signing up is on its way."}
 
     @router.post("/auth/login")
     async def login(body: LoginIn, identity: IdentityDep) -> LoginOut:
@@ -335,14 +387,19 @@ def identity_router(
         body: PasswordChangeIn, principal: SessionPrincipal, identity: IdentityDep
     ) -> Response:
         await identity.auth.change_password(
-            principal.user.id, body.current_password, body.new_password
+            principal.user.id,
+            body.current_password,
+            body.new_password,
+            keep_api_keys=body.keep_api_keys,
         )
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @router.post("/auth/verify/request", status_code=status.HTTP_202_ACCEPTED)
-    async def request_verification(user: CurrentUser, identity: IdentityDep) -> dict[str, str]:
+    async def request_verification(
+        user: CurrentUser, identity: IdentityDep, tasks: BackgroundTasks
+    ) -> dict[str, str]:
         token = await identity.auth.request_email_verification(user.id)
-        await deliver(user, "email_verification", token)
+        tasks.add_task(deliver, user, "email_verification", token)
         return {"detail": "A verification link is on its way."}
 
     @router.post("/auth/verify")
@@ -350,12 +407,12 @@ def identity_router(
         return UserOut.model_validate(await identity.auth.verify_email(body.token))
 
     @router.post("/auth/forgot", status_code=status.HTTP_202_ACCEPTED)
-    async def forgot(body: ForgotIn, identity: IdentityDep) -> dict[str, str]:
-        token = await identity.auth.request_password_reset(body.email)
-        if token is not None:
-            user = await identity.users.get_by_email(body.email)
-            if user is not None:
-                await deliver(user, "password_reset", token)
+    async def forgot(
+        body: ForgotIn, identity: IdentityDep, tasks: BackgroundTasks
+    ) -> dict[str, str]:
+        # Answered before the address is even looked up: the lookup, the token and the
+        # delivery run after the answer, so its timing cannot tell accounts apart.
+        tasks.add_task(send_reset, identity, body.email, "password_reset")
         return {"detail": "If the address has an account, a reset link is on its way."}
 
     @router.post("/auth/reset", status_code=status.HTTP_204_NO_CONTENT)
@@ -363,8 +420,16 @@ def identity_router(
         await identity.auth.reset_password(body.token, body.new_password)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+    async def reauthenticate(identity: Identity, principal: Principal, body: ReauthIn) -> None:
+        await identity.auth.reauthenticate(
+            principal.user.id, password=body.password, session_token=principal.session_token
+        )
+
     @router.post("/auth/2fa/enrol")
-    async def enrol(principal: SessionPrincipal, identity: IdentityDep) -> EnrolmentOut:
+    async def enrol(
+        principal: SessionPrincipal, identity: IdentityDep, body: ReauthIn | None = None
+    ) -> EnrolmentOut:
+        await reauthenticate(identity, principal, body or ReauthIn())
         enrolment = await identity.two_factor.enrol(principal.user.id)
         return EnrolmentOut(secret=enrolment.secret, provisioning_uri=enrolment.provisioning_uri)
 
@@ -372,6 +437,7 @@ def identity_router(
     async def confirm(
         body: CodeIn, principal: SessionPrincipal, identity: IdentityDep
     ) -> RecoveryCodesOut:
+        await reauthenticate(identity, principal, body)
         codes = await identity.two_factor.confirm(principal.user.id, body.code)
         return RecoveryCodesOut(recovery_codes=codes)
 
@@ -379,6 +445,9 @@ def identity_router(
     async def disable(
         body: DisableTwoFactorIn, principal: SessionPrincipal, identity: IdentityDep
     ) -> Response:
+        if body.password is None:
+            # Without the password: a fresh sign-in, and then still a code.
+            await reauthenticate(identity, principal, body)
         await identity.two_factor.disable(principal.user.id, code=body.code, password=body.password)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -386,10 +455,18 @@ def identity_router(
     async def list_keys(user: CurrentUser, identity: IdentityDep) -> list[ApiKeyOut]:
         return [ApiKeyOut.model_validate(k) for k in await identity.api_keys.list_for(user.id)]
 
+    async def may_mint_keys(identity: Identity, principal: Principal, body: ReauthIn) -> None:
+        if not principal.user.is_verified:
+            raise PermissionDeniedError(
+                "Verify your e-mail address before creating API keys (POST /auth/verify/request)."
+            )
+        await reauthenticate(identity, principal, body)
+
     @router.post("/auth/api-keys", status_code=status.HTTP_201_CREATED)
     async def create_key(
         body: ApiKeyIn, principal: SessionPrincipal, identity: IdentityDep
     ) -> IssuedKeyOut:
+        await may_mint_keys(identity, principal, body)
         expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
         issued = await identity.api_keys.create(
             principal.user.id, body.name, scopes=body.scopes, expires_in=expires
@@ -400,6 +477,7 @@ def identity_router(
     async def rotate_key(
         key_id: uuid.UUID, body: RotateIn, principal: SessionPrincipal, identity: IdentityDep
     ) -> IssuedKeyOut:
+        await may_mint_keys(identity, principal, body)
         issued = await identity.api_keys.rotate(
             key_id, grace=timedelta(seconds=body.grace_seconds), user_id=principal.user.id
         )
@@ -415,14 +493,14 @@ def identity_router(
     @router.get("/admin/users", dependencies=[Depends(admin)])
     async def search_users(
         identity: IdentityDep,
-        email: str | None = None,
-        name: str | None = None,
-        role: str | None = None,
-        status_: Annotated[str | None, Query(alias="status")] = None,
-        provider: str | None = None,
-        sort: str = "-created_at",
+        email: _Search = None,
+        name: _Search = None,
+        role: _Search = None,
+        status_: Annotated[str | None, Query(alias="status", max_length=20), _Clean] = None,
+        provider: _Search = None,
+        sort: Annotated[str, Query(max_length=200), _Clean] = "-created_at",
         limit: Annotated[int, Query(ge=1, le=100)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     ) -> UserPageOut:
         page = await identity.users.search(
             email=email,
@@ -462,12 +540,10 @@ def identity_router(
     @router.patch("/admin/users/{user_id}", dependencies=[Depends(admin)])
     async def patch_user(user_id: uuid.UUID, body: UserPatchIn, identity: IdentityDep) -> UserOut:
         changes = body.model_dump(exclude_unset=True)
-        active = changes.pop("is_active", None)
-        user = await identity.users.get(user_id)
-        if changes:
-            user = await identity.users.update(user_id, **changes)
-        if active is not None:
-            user = await identity.users.set_active(user_id, active)
+        if not changes:
+            return UserOut.model_validate(await identity.users.get(user_id))
+        # One transaction; refused with 409 if it would leave no active administrator.
+        user = await identity.users.update(user_id, keep_role=admin_role, **changes)
         return UserOut.model_validate(user)
 
     @router.delete(
@@ -476,7 +552,17 @@ def identity_router(
         dependencies=[Depends(admin)],
     )
     async def delete_user(user_id: uuid.UUID, identity: IdentityDep) -> Response:
-        await identity.users.delete(user_id)
+        await identity.users.delete(user_id, keep_role=admin_role)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.delete(
+        "/admin/users/{user_id}/2fa",
+        status_code=status.HTTP_204_NO_CONTENT,
+        dependencies=[Depends(admin)],
+    )
+    async def reset_two_factor(user_id: uuid.UUID, identity: IdentityDep) -> Response:
+        # For a user who lost both the device and the recovery codes; logged as a warning.
+        await identity.two_factor.reset(user_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     return router
