@@ -311,6 +311,8 @@ def _value_for(variable: str) -> str:
         return KEYS
     if "URL" in variable:
         return f"postgresql://app:{SECRET}@db.internal/app"
+    if variable == "PGSTACK_API_KEY_PEPPERS":
+        return SECRET * 3  # a pepper needs 32 characters or more
     return SECRET
 
 

@@ -199,6 +199,14 @@ class Settings(BaseSettings):
         le=1,
         validation_alias=AliasChoices("PGSTACK_HEALTH_POOL_WARN_RATIO", "health_pool_warn_ratio"),
     )
+    #: Serve the API docs (`/docs`) and the OpenAPI schema (`/openapi.json`); off in production
+    #: when the API should not describe itself to whoever asks.
+    docs: bool = Field(default=True, validation_alias=AliasChoices("PGSTACK_DOCS", "docs"))
+    #: Let anyone sign up through `POST /auth/register` in `pgstack serve`; off where an
+    #: administrator creates the accounts.
+    registration: bool = Field(
+        default=True, validation_alias=AliasChoices("PGSTACK_REGISTRATION", "registration")
+    )
     # Comma-separated `kid:base64key` AES-256 keys, newest first (see pgstack.crypto).
     encryption_keys: SecretStr | None = Field(
         default=None,

@@ -85,6 +85,12 @@ class MigrationError(PgStackError):
     title = "Migration error"
 
 
+class BackupError(PgStackError):
+    """A backup or restore could not be made or trusted (tool missing, checksum, dump)."""
+
+    title = "Backup error"
+
+
 class ProductionSafetyError(PgStackError):
     """A destructive operation was refused because PGSTACK_ENV is production."""
 
@@ -93,8 +99,12 @@ class ProductionSafetyError(PgStackError):
 
 
 class EncryptionError(PgStackError):
-    """A value could not be encrypted or decrypted (wrong key, tampering, moved ciphertext)."""
+    """A value could not be encrypted or decrypted (missing key, tampering, moved ciphertext).
 
+    An operator fixes it (keys in PGSTACK_ENCRYPTION_KEYS), not the caller: a 503.
+    """
+
+    status_code = 503
     title = "Encryption error"
 
 

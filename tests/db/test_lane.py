@@ -120,7 +120,7 @@ async def test_the_lane_is_a_pool_in_the_metrics_and_closes_with_the_database(
     # proves: C7, C2
     await lane_of(lane_db).fetch("SELECT 1", ())
     label = {"pool": f"{lane_db.name}-reads"}
-    assert REGISTRY.get_sample_value("pgstack_pool_total", label) == 1.0
+    assert REGISTRY.get_sample_value("pgstack_pool_connections", label) == 1.0
     assert REGISTRY.get_sample_value("pgstack_pool_size", label) == 1.0
     lane = lane_of(lane_db)
     await lane_db.disconnect()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pyotp
+import pytest
 
 from pgstack.config import Settings
 from pgstack.identity import Identity
+from pgstack.web import create_app
+from pgstack.web.modules import builtin_routers
 
 from .conftest import OTHER_STRONG, STRONG, Outbox, bearer, login, problem, verified_session
 
@@ -169,7 +172,9 @@ async def test_errors_are_problem_details_never_500(client: httpx.AsyncClient) -
         ),
         (await client.post("/auth/login", json={"email": "dup@example.com"}), 422),
         (await client.post("/auth/login", content=b"{not json"), 422),
-        (await client.get("/admin/users/not-a-uuid", headers=admin), 422),
+        # Not a user id: no such resource (and PATCH or DELETE on /statistics is a 405, not 422).
+        (await client.get("/admin/users/not-a-uuid", headers=admin), 404),
+        (await client.delete("/admin/users/statistics", headers=admin), 405),
         (await client.get("/admin/users", params={"status": "asleep"}, headers=admin), 422),
         (await client.get("/admin/users", params={"sort": "password_hash"}, headers=admin), 422),
     ]
@@ -177,3 +182,25 @@ async def test_errors_are_problem_details_never_500(client: httpx.AsyncClient) -
         body = problem(response, status)
         assert STRONG not in response.text
         assert body["detail"]
+
+
+async def test_registration_can_be_closed(
+    pgstack_migrated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # proves: W2, I1
+    monkeypatch.setenv("PGSTACK_REGISTRATION", "false")
+    settings = Settings()
+    assert settings.registration is False
+    app = create_app(
+        pgstack_migrated_settings,
+        monitor_interval=None,
+        routers=builtin_routers(registration=settings.registration),
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"email": "walk-in@example.com", "password": STRONG}
+            assert (await client.post("/auth/register", json=body)).status_code == 404
+            assert "/auth/register" not in (await client.get("/openapi.json")).json()["paths"]
+            # Signing in still works: only open sign-up is gone.
+            assert (await client.post("/auth/login", json=body)).status_code == 401

@@ -88,8 +88,3 @@ def _add_revision(app_dir: Path, rev: str, down: str, table: str) -> Path:
 def add_revision() -> AddRevision:
     """`add_revision(app_dir, rev, down_revision, table)` writes a revision creating `table`."""
     return _add_revision
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # pytest-alembic's plugin is off (see pyproject); its tests still carry its marker.
-    config.addinivalue_line("markers", "alembic: pytest-alembic's built-in migration tests")

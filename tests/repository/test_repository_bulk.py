@@ -24,6 +24,8 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    func,
+    literal_column,
     text,
 )
 from sqlalchemy.exc import DBAPIError
@@ -644,3 +646,28 @@ async def test_upsert_many_sends_values_rows_for_array_columns(
     async with pgstack_db.session() as session:
         stored = {t.code: (t.tags, t.extra) for t in await Repository(session, Tagged).list()}
     assert stored == {"old": ([[1, 2], [3, 4]], {"v": [2]}), "new": (None, None)}
+
+
+@pytest.mark.parametrize("count", [3, 150])  # the INSERT path, and COPY declining the batch
+@pytest.mark.parametrize("returning", [False, True])
+async def test_create_many_takes_sql_expression_values(
+    pgstack_db: Database, count: int, returning: bool
+) -> None:
+    # proves: R4
+    batch = rows(count)
+    batch[0]["value"] = literal_column("40 + 2")
+    batch[-1]["unit"] = func.upper(literal_column("'k'"))
+    async with pgstack_db.transaction() as session:
+        created = await Readings(session).create_many(batch, returning=returning)
+        if returning:
+            assert isinstance(created, list)
+            assert [r.sensor for r in created] == [row["sensor"] for row in batch]
+            assert (created[0].value, created[-1].unit, created[1].unit) == (42, "K", "C")
+        else:
+            assert created == count
+    async with pgstack_db.session() as session:
+        readings = Readings(session)
+        assert await readings.count() == count
+        assert (await readings.get_by(sensor="s0")).value == 42
+        assert (await readings.get_by(sensor=f"s{count - 1}")).unit == "K"
+        assert (await readings.get_by(sensor="s1")).version == 1

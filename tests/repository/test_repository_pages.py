@@ -104,6 +104,26 @@ async def test_page_size_is_capped(pgstack_db: Database) -> None:
             await repo.page(offset=-5)
 
 
+async def test_absurd_offsets_and_limits_are_invalid_queries_not_database_errors(
+    pgstack_db: Database,
+) -> None:
+    # proves: R3
+    async with pgstack_db.session() as session:
+        repo = Entries(session)
+        assert (await repo.page(offset=2**31 - 1)).items == []
+        assert await repo.list(offset=2**31 - 1, limit=2**31 - 1) == []
+        for absurd in (2**31, 2**63, 10**40, -1, True, 1.5, "3"):
+            with pytest.raises(InvalidQueryError, match="offset must be a whole number"):
+                await repo.page(offset=absurd)  # type: ignore[arg-type]
+            with pytest.raises(InvalidQueryError, match="offset must be a whole number"):
+                await repo.list(offset=absurd)  # type: ignore[arg-type]
+            with pytest.raises(InvalidQueryError, match="limit must be a whole number"):
+                await repo.list(limit=absurd)  # type: ignore[arg-type]
+        spec = repo.parse_query({"offset": str(2**31), "limit": "5"})
+        with pytest.raises(InvalidQueryError, match="offset"):
+            await repo.page(*spec.filters, limit=spec.limit, offset=spec.offset)
+
+
 async def walk(repo: Entries, sort: Any, limit: int, *filters: Any) -> list[Entry]:
     seen: list[Entry] = []
     cursor = None

@@ -15,6 +15,8 @@ from sqlalchemy import text
 from pgstack import Database, NotFoundError, Settings
 from pgstack.web import DatabaseDep, SessionDep, TransactionDep, create_app
 
+from .conftest import served
+
 
 @pytest.fixture
 async def table(pgstack_db: Database) -> AsyncIterator[str]:
@@ -70,11 +72,9 @@ def build_app(settings: Settings, table: str = "unused") -> FastAPI:
 @pytest.fixture
 async def client(pgstack_settings: Settings, table: str) -> AsyncIterator[httpx.AsyncClient]:
     app = build_app(pgstack_settings, table)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
+    async with served(app) as c:
+        c.app = app  # type: ignore[attr-defined]
+        yield c
 
 
 async def test_liveness_answers_without_the_database(pgstack_settings: Settings) -> None:

@@ -224,7 +224,8 @@ def serve(
         db.embedded = embedded
         typer.echo(f"pgstack: database {db.safe_url}")
         typer.echo(f"pgstack: API docs at http://{host}:{port}/docs")
-        app_ = create_app(database=db, migrations=project, routers=builtin_routers())
+        routers = builtin_routers(registration=settings.registration)
+        app_ = create_app(database=db, migrations=project, routers=routers)
         uvicorn.run(app_, host=host, port=port, log_level="info")
     finally:
         if embedded is not None:
@@ -372,6 +373,7 @@ def db_init(
 # The migration and seeding commands register themselves on db_app; the module groups are
 # mounted here. Each module imports what its commands need when they run.
 from pgstack.cli import migrate as _migrate  # noqa: E402, F401
+from pgstack.cli import ops as _ops  # noqa: E402, F401
 from pgstack.cli.tokens import tokens_app  # noqa: E402
 from pgstack.cli.users import api_keys_app, users_app  # noqa: E402
 

@@ -278,10 +278,19 @@ def merge(
 @db_app.command("check")
 @expected_failures
 def check(
-    project: ProjectOpt = None, migrations: MigrationsOpt = None, models: ModelsOpt = None
+    project: ProjectOpt = None,
+    migrations: MigrationsOpt = None,
+    models: ModelsOpt = None,
+    safety: Annotated[
+        bool, typer.Option("--safety", help="Lint pending revisions for locks and rewrites.")
+    ] = False,
 ) -> None:
     """Compare the models with the database; exit 1 and list the differences if they drift."""
     proj = load_project(project, migrations, models)
+    if safety:
+        from pgstack.cli.ops import check_safety
+
+        return check_safety(proj)
     from pgstack import migrations as mig
     from pgstack.migrations.api import multiple_heads
 

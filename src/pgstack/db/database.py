@@ -333,6 +333,9 @@ class Database:
             # trips per checkout. pgstack pings with one (see _ping_on_checkout).
             pool_pre_ping=False,
             echo=s.database_echo,
+            # Errors and echo show statements without their values: a value may be a password
+            # hash, a token or personal data, and errors reach logs.
+            hide_parameters=True,
             connect_args=connect_args,
         )
         if s.database_pool_pre_ping:

@@ -83,7 +83,12 @@ def engine_error(engine: Engine, error: Exception, sql: str, args: Sequence[Any]
         AsyncAdapt_asyncpg_connection._handle_exception_no_connection(dialect.dbapi, error)
     except Exception as adapted:
         return sa_exc.DBAPIError.instance(
-            sql, list(args), adapted, dialect.dbapi.Error, dialect=dialect
+            sql,
+            list(args),
+            adapted,
+            dialect.dbapi.Error,
+            hide_parameters=engine.hide_parameters,
+            dialect=dialect,
         )
     return error  # pragma: no cover - the call above always raises
 

@@ -41,6 +41,18 @@ HEALTH_STATUS = Gauge(
 _START_KEY = "pgstack_query_start"
 
 
+# pool_stats() key -> (gauge name after `pgstack_pool_`, help). A gauge must not end in
+# `_total` (that suffix means a counter), so the open connections are `_connections`.
+_POOL_GAUGES = {
+    "size": ("size", "Connections the pool keeps open (its configured size)."),
+    "checked_in": ("checked_in", "Open connections idle in the pool."),
+    "checked_out": ("checked_out", "Connections in use by a session or statement."),
+    "overflow": ("overflow", "Connections open beyond the pool size."),
+    "max_overflow": ("max_overflow", "Connections the pool may open beyond its size."),
+    "total": ("connections", "Open connections: idle plus in use."),
+}
+
+
 class _PoolCollector(Collector):
     """Reads pool statistics of every live Database at scrape time."""
 
@@ -52,10 +64,8 @@ class _PoolCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = {
-            name: GaugeMetricFamily(
-                f"pgstack_pool_{name}", f"Connection pool: {name}.", labels=["pool"]
-            )
-            for name in ("size", "checked_in", "checked_out", "overflow", "max_overflow", "total")
+            stat: GaugeMetricFamily(f"pgstack_pool_{name}", help_, labels=["pool"])
+            for stat, (name, help_) in _POOL_GAUGES.items()
         }
         for database in list(self._databases):
             if not database.is_connected:

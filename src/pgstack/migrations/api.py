@@ -34,9 +34,9 @@ from pgstack.migrations.state import (
     MigrationStatus,
     ancestry,
     dependency_downgrade,
-    describe_revisions,
     read_status,
 )
+from pgstack.migrations.state import describe_revisions as describe_revisions  # used from here
 
 T = TypeVar("T")
 Target = Settings | URL | str

@@ -12,6 +12,8 @@ from alembic import op
 ${imports if imports else ""}
 # Prefer text + a CHECK constraint to a PostgreSQL ENUM: dropping a table leaves its ENUM
 # type behind; a downgrade must drop it too: sa.Enum(name="...").drop(op.get_bind()).
+# On a busy table: `pgstack db check --safety` lints this revision before it runs;
+# pgstack.migrations.safety offers lock_timeout(ms) and create_index_concurrently(...).
 
 revision: str = ${repr(up_revision)}
 down_revision: str | Sequence[str] | None = ${repr(down_revision)}

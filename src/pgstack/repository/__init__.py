@@ -1,6 +1,7 @@
 """`Repository[Model]` with filters, sorting, offset and keyset pages, and bulk writes."""
 
 from pgstack.repository.bulk import COPY_THRESHOLD
+from pgstack.repository.core import MAX_OFFSET
 from pgstack.repository.filters import (
     OPERATORS,
     After,
@@ -29,6 +30,7 @@ from pgstack.repository.repository import Repository
 
 __all__ = [
     "COPY_THRESHOLD",
+    "MAX_OFFSET",
     "OPERATORS",
     "After",
     "And",

@@ -30,7 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 
 from pgstack.errors import ConflictError, DatabaseUnavailableError, InvalidQueryError
-from pgstack.repository.core import M
+from pgstack.repository.core import POPULATE, M
 from pgstack.repository.filters import Filter
 from pgstack.repository.write import WriteOps
 
@@ -205,7 +205,9 @@ class BulkOps(WriteOps[M]):
         session's own connection and transaction. Smaller ones are one INSERT pipelined for
         all rows (asyncpg's executemany, which measured a little faster than a multi-row
         VALUES); `returning=True` is a multi-row INSERT ... RETURNING. Defaults are filled
-        either way.
+        either way. A row may give a SQL expression as a value (`literal_column(...)`,
+        `func.now()`): the session's unit of work then writes the batch, slower, each such
+        row's INSERT carrying its expression.
         """
         if not returning:
             rows = rows if isinstance(rows, list) else list(rows)
@@ -214,6 +216,23 @@ class BulkOps(WriteOps[M]):
         data = self._rows(rows)
         if not data:
             return [] if returning else 0
+        computed = [i for i, row in enumerate(data) if any(map(_is_sql, row.values()))]
+        if computed:
+            # A SQL-expression value cannot travel as a parameter (COPY and executemany both
+            # send values): the unit of work writes it into its row's INSERT, and sends the
+            # other rows batched as usual.
+            objects = [self.model(**row) for row in data]
+            self.session.add_all(objects)
+            await self._flush()
+            if not returning:
+                return len(objects)
+            # The flush leaves those attributes expired: read the rows back in one statement.
+            info = self._info
+            keys = [getattr(objects[i], info.pk_key) for i in computed]
+            await self._read(
+                select(self.model).where(info.pk.in_(keys)).execution_options(**POPULATE)
+            )
+            return objects
         if returning:
             statement = insert(self.model).returning(self.model, sort_by_parameter_order=True)
             result = await self._write(statement, data)
@@ -592,6 +611,10 @@ class BulkOps(WriteOps[M]):
             )
         result = cast(CursorResult[Any], await self._write(statement))
         return int(result.rowcount)
+
+
+def _is_sql(value: Any) -> bool:
+    return isinstance(value, ClauseElement)
 
 
 def _columns(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[list[Any]]:

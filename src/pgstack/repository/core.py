@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,20 @@ POPULATE = {"populate_existing": True}
 MANAGED = frozenset(
     {"created_at", "updated_at", "created_by", "updated_by", "version", "deleted_at", "tenant_id"}
 )
+
+
+#: The largest offset (and `list()` limit) a read takes: PostgreSQL's int4. Beyond it is no
+#: real page, and the value would not even fit the statement's parameter.
+MAX_OFFSET = 2**31 - 1
+
+
+def whole_number(name: str, value: Any, *, low: int = 0, high: int = MAX_OFFSET) -> int:
+    """`value` if it is an int from `low` to `high`, else InvalidQueryError naming `name`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidQueryError(
+            f"{name} must be a whole number from {low} to {high}, not {shown_id(value)}."
+        )
+    return value
 
 
 def _text_to_datetime(value: str) -> datetime:
@@ -87,6 +102,95 @@ def _identity(value: Any) -> Any:
     return value
 
 
+# Which columns hold secrets, for filtering and sorting: a value a caller may compare with
+# (`password_hash__like=$argon2id$...%`) is a value a caller can guess one character at a time.
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "hash",
+        "digest",
+        "secret",
+        "token",
+        "salt",
+        "pepper",
+        "credential",
+        "credentials",
+        "apikey",
+    }
+)
+_KEY_QUALIFIERS = frozenset(
+    {"api", "private", "secret", "signing", "encryption", "access", "session", "master"}
+)
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+
+def secret_name(name: str) -> bool:
+    """Whether a column name reads as secret material (the rule `filterable` enforces).
+
+    The name's last word (split at `_` and case changes) is password, passwd, hash, digest,
+    secret, token, salt, pepper, credential(s) or apikey, or the name ends in `<q>_key` where
+    q is api, private, secret, signing, encryption, access, session or master. So
+    `password_hash`, `totp_secret`, `refresh_token` and `api_key` are secret names, while
+    `password_changed_at`, `token_type` and `sort_key` are not.
+    """
+    words = [w.lower() for w in _WORD.findall(name)]
+    if not words:
+        return False
+    if words[-1] in _SECRET_WORDS:
+        return True
+    return words[-1] == "key" and len(words) > 1 and words[-2] in _KEY_QUALIFIERS
+
+
+def secret_column(key: str, column: Any) -> bool:
+    """Whether a mapped column is secret: encrypted, `info={"secret": True}`, or named so."""
+    return is_secret(column) or secret_name(key) or secret_name(str(getattr(column, "name", "")))
+
+
+def check_query_fields(
+    model: type[Any],
+    filterable: Collection[str] | None,
+    sortable: Collection[str] | None,
+    allow_secret_fields: Collection[str],
+    owner: str,
+) -> None:
+    """Refuse a repository whose `filterable` or `sortable` names a secret column.
+
+    Only the columns named in `allow_secret_fields` may be listed although they look secret.
+    Runs when the repository class is defined (its model set), without configuring mappers.
+    """
+    columns = sa_inspect(model).columns
+    for what, names in (
+        ("filterable", filterable),
+        ("sortable", sortable),
+        ("allow_secret_fields", allow_secret_fields),
+    ):
+        if isinstance(names, str):
+            raise ConfigurationError(
+                f"{owner}.{what} is the string {names!r}; give a tuple of field names, "
+                f"e.g. ({names!r},)."
+            )
+    unknown = [n for n in allow_secret_fields if n not in columns]
+    if unknown:
+        raise ConfigurationError(
+            f"{owner}.allow_secret_fields names {', '.join(map(repr, unknown))}, which "
+            f"{model.__name__} does not have."
+        )
+    for what, names in (("filterable", filterable), ("sortable", sortable)):
+        secret = [
+            n
+            for n in names or ()
+            if n in columns and n not in allow_secret_fields and secret_column(n, columns[n])
+        ]
+        if secret:
+            raise ConfigurationError(
+                f"{owner}.{what} lists {', '.join(map(repr, secret))}, which hold(s) secrets "
+                "(encrypted, marked secret, or named like a password, hash, token or key): "
+                "callers could guess a value by filtering or sorting on it. Remove it; if it "
+                f"is not a secret, name it in {owner}.allow_secret_fields as well."
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class ColumnFacts:
     """A mapped column as the repository uses it."""
@@ -124,6 +228,7 @@ class ModelInfo:
             attribute = cast(InstrumentedAttribute[Any], getattr(model, prop.key))
             python_type = python_type_of(column.type)
             secret = is_secret(column)
+            hidden = secret_column(prop.key, column)
             self.columns[prop.key] = ColumnFacts(
                 key=prop.key,
                 name=column.name,
@@ -136,7 +241,7 @@ class ModelInfo:
                     coerce=_coercer(prop.key, python_type),
                 ),
                 secret=secret,
-                queryable_by_default=not secret
+                queryable_by_default=not hidden
                 and not isinstance(column.type, JSON | ARRAY | LargeBinary),
             )
         pk_column = mapper.primary_key[0]
@@ -251,13 +356,24 @@ class RepositoryCore(Generic[M]):
 
     model: type[M]
     #: Fields callers may filter on (None: every column that is not secret, JSON or binary).
+    #: A secret column (see `secret_name`) listed here is refused when the class is defined.
     filterable: ClassVar[Collection[str] | None] = None
     #: Fields callers may sort on (None: the same default as `filterable`).
     sortable: ClassVar[Collection[str] | None] = None
+    #: Columns that look secret but are not, which `filterable` and `sortable` may then list.
+    allow_secret_fields: ClassVar[Collection[str]] = ()
     #: Page size when a page request names none.
     default_page_size: ClassVar[int] = 50
     #: The largest page a caller may ask for.
     max_page_size: ClassVar[int] = 100
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        model = getattr(cls, "model", None)
+        if isinstance(model, type):
+            check_query_fields(
+                model, cls.filterable, cls.sortable, cls.allow_secret_fields, cls.__name__
+            )
 
     def __init__(self, session: AsyncSession, model: type[M] | None = None) -> None:
         if model is None:
@@ -273,6 +389,10 @@ class RepositoryCore(Generic[M]):
         key = (type(self), model)
         fields = _fields_cache.get(key)
         if fields is None:
+            cls = type(self)
+            check_query_fields(
+                model, cls.filterable, cls.sortable, cls.allow_secret_fields, cls.__name__
+            )
             fields = _fields_cache[key] = QueryFields(self._info, self.filterable, self.sortable)
         self._fields = fields
 

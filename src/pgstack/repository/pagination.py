@@ -28,7 +28,7 @@ from sqlalchemy import Integer, and_, bindparam, false, func, or_, select, tuple
 from sqlalchemy.sql.elements import ColumnElement
 
 from pgstack.errors import InvalidQueryError
-from pgstack.repository.core import POPULATE, M, RepositoryCore, sort_term
+from pgstack.repository.core import POPULATE, M, RepositoryCore, sort_term, whole_number
 from pgstack.repository.filters import Filter, ResolvedField, Sort, SortSpec, sorts
 
 logger = logging.getLogger("pgstack.repository")
@@ -222,13 +222,7 @@ class PaginationOps(RepositoryCore[M]):
     def _limit(self, limit: int | None) -> int:
         if limit is None:
             return self.default_page_size
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise InvalidQueryError(f"limit must be a whole number from 1 to {self.max_page_size}.")
-        if limit > self.max_page_size:
-            raise InvalidQueryError(
-                f"limit {limit} is over the maximum page size of {self.max_page_size}."
-            )
-        return limit
+        return whole_number("limit", limit, low=1, high=self.max_page_size)
 
     async def page(
         self,
@@ -241,9 +235,7 @@ class PaginationOps(RepositoryCore[M]):
     ) -> Page[M]:
         """One page of matching rows and the total count, usually in one round trip."""
         size = self._limit(limit)
-        start = offset or 0
-        if not isinstance(start, int) or start < 0:
-            raise InvalidQueryError("offset must be a whole number, 0 or more.")
+        start = whole_number("offset", offset or 0)
         order = list(sorts(sort))
         key: Any = None
         params: dict[str, Any] | None = None

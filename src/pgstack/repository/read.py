@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import exists, func, select
 
 from pgstack.errors import InvalidQueryError, NotFoundError
-from pgstack.repository.core import POPULATE, M, RepositoryCore, shown_id
+from pgstack.repository.core import POPULATE, M, RepositoryCore, shown_id, whole_number
 from pgstack.repository.filters import Filter, SortSpec, sorts
 
 
@@ -79,13 +79,9 @@ class ReadOps(RepositoryCore[M]):
             .execution_options(**POPULATE)
         )
         if limit is not None:
-            if limit < 0:
-                raise InvalidQueryError("limit cannot be negative.")
-            statement = statement.limit(limit)
+            statement = statement.limit(whole_number("limit", limit))
         if offset:
-            if offset < 0:
-                raise InvalidQueryError("offset cannot be negative.")
-            statement = statement.offset(offset)
+            statement = statement.offset(whole_number("offset", offset))
         return await self._read_objects(statement)
 
     async def count(self, *filters: Filter, include_deleted: bool = False, **equals: Any) -> int:

@@ -7,8 +7,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
+from swagger_ui_bundle import swagger_ui_path
 
 import pgstack
 from pgstack.config import Settings
@@ -28,13 +32,61 @@ def _health_response(report: HealthReport) -> JSONResponse:
     )
 
 
+class _HealthJSON(JSONResponse):
+    media_type = health.MEDIA_TYPE
+
+
+# The application/health+json body (draft-inadarei-api-health-check), as the probes send it.
+_HEALTH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "description", "checks"],
+    "properties": {
+        "status": {"type": "string", "enum": ["pass", "warn", "fail"]},
+        "description": {"type": "string"},
+        "checks": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["componentType", "status", "time"],
+                    "properties": {
+                        "componentType": {"type": "string"},
+                        "status": {"type": "string", "enum": ["pass", "warn", "fail"]},
+                        "time": {"type": "string"},
+                        "observedValue": {},  # a number, a revision, a flag
+                        "observedUnit": {"type": "string"},
+                        "output": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+_HEALTH_CONTENT = {health.MEDIA_TYPE: {"schema": _HEALTH_SCHEMA}}
 _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"description": "The check failed; the body says which part."}
+    200: {
+        "description": "pass or warn; the body says which checks warn.",
+        "content": _HEALTH_CONTENT,
+    },
+    503: {
+        "description": "The check failed; the body says which part.",
+        "content": {**_HEALTH_CONTENT, **problems.PROBLEM_CONTENT},
+    },
+}
+_METRICS_CONTENT = {
+    media: {"schema": {"type": "string"}}
+    for media in ("text/plain; version=0.0.4", "application/openmetrics-text; version=1.0.0")
 }
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Liveness: the process answers (no database access)")
+@router.get(
+    "/health",
+    summary="Liveness: the process answers (no database access)",
+    response_class=_HealthJSON,
+    responses={200: _HEALTH_RESPONSES[200]},
+)
 async def liveness() -> JSONResponse:
     """Liveness probe."""
     return _health_response(health.liveness())
@@ -43,6 +95,7 @@ async def liveness() -> JSONResponse:
 @router.get(
     "/ready",
     summary="Readiness: database round trip, pool, query performance",
+    response_class=_HealthJSON,
     responses=_HEALTH_RESPONSES,
 )
 async def readiness(request: Request) -> JSONResponse:
@@ -54,7 +107,10 @@ async def readiness(request: Request) -> JSONResponse:
 
 
 @router.get(
-    "/startup", summary="Startup: the service finished starting", responses=_HEALTH_RESPONSES
+    "/startup",
+    summary="Startup: the service finished starting",
+    response_class=_HealthJSON,
+    responses=_HEALTH_RESPONSES,
 )
 async def startup(request: Request) -> JSONResponse:
     """Startup probe."""
@@ -63,10 +119,37 @@ async def startup(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", tags=["metrics"])
-async def metrics() -> Response:
-    """Metrics in the Prometheus text format."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    tags=["metrics"],
+    response_class=PlainTextResponse,
+    responses={200: {"description": "The metrics.", "content": _METRICS_CONTENT}},
+)
+async def metrics(request: Request) -> Response:
+    """Metrics in the Prometheus text format, or OpenMetrics when the scraper's Accept asks."""
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(REGISTRY), headers={"Content-Type": content_type})
+
+
+_DOCS_ASSETS = "/docs/assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Swagger UI at `/docs`, its files from the swagger-ui-bundle package: works offline."""
+    app.mount(_DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{_DOCS_ASSETS}/favicon-32x32.png",
+            # No badge fetched from the public validator service.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 def create_app(
@@ -126,11 +209,21 @@ def create_app(
             if owns_db:
                 await db.disconnect()
 
-    app = FastAPI(title=title, version=pgstack.__version__, lifespan=lifespan)
+    docs = db.settings.docs
+    app = FastAPI(
+        title=title,
+        version=pgstack.__version__,
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url=None,  # served below from the installed package, not a CDN
+        redoc_url=None,
+    )
+    if docs:
+        _serve_docs(app)
     app.state.pgstack_db = db
     app.state.pgstack_monitor = None
     app.state.pgstack_started = False
-    problems.install(app)
+    problems.install(app, probes=router)
     app.include_router(router)
     for extra in routers:
         app.include_router(extra)

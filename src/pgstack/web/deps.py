@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from pgstack.db.database import Database
 from pgstack.db.session import Session
 from pgstack.errors import DatabaseUnavailableError
+from pgstack.repository import MAX_OFFSET
 
 
 def get_database(request: Request) -> Database:
@@ -39,3 +40,6 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 # response starts: the connection goes back to the pool instead of waiting on the client.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 TransactionDep = Annotated[Session, Depends(get_transaction, scope="function")]
+
+#: A listing's `offset` query parameter, bounded in the schema as the repository bounds it.
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip.")]

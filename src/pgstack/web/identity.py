@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from pgstack.errors import AuthenticationError, ConflictError, PermissionDeniedError
 from pgstack.identity import (
@@ -35,7 +35,7 @@ from pgstack.identity import (
     require_scopes as _require_key_scopes,
 )
 from pgstack.identity.text import has_control_characters
-from pgstack.web.deps import get_database
+from pgstack.web.deps import Offset, get_database
 
 logger = logging.getLogger("pgstack.web")
 
@@ -217,7 +217,7 @@ class PasswordChangeIn(_Body):
     current_password: _Password
     new_password: _Password
     #: API keys stay valid only when asked; by default a password change revokes them.
-    keep_api_keys: bool = False
+    keep_api_keys: StrictBool = False
 
 
 class TokenIn(_Body):
@@ -258,11 +258,11 @@ class RecoveryCodesOut(BaseModel):
 class ApiKeyIn(ReauthIn):
     name: Annotated[str, Field(min_length=1, max_length=200), _Clean]
     scopes: list[_Word] = []
-    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    expires_in_days: Annotated[StrictInt, Field(ge=1, le=3650)] | None = None
 
 
 class RotateIn(ReauthIn):
-    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400)] = 86400
+    grace_seconds: Annotated[StrictInt, Field(ge=0, le=30 * 86400)] = 86400
 
 
 class ApiKeyOut(BaseModel):
@@ -289,7 +289,7 @@ class UserPatchIn(_Body):
     name: _Name | None = None
     roles: list[_Word] = Field(default_factory=list)
     groups: list[_Word] = Field(default_factory=list)
-    is_active: bool = True
+    is_active: StrictBool = True
 
 
 class UserPageOut(BaseModel):
@@ -322,12 +322,14 @@ def identity_router(
     send_token: TokenSender | None = None,
     admin_role: str = "admin",
     tags: Sequence[str] = ("identity",),
+    registration: bool = True,
 ) -> APIRouter:
     """Routes for sign-up, sign-in, sessions, passwords, two-factor, API keys and admin.
 
     `/auth/...` serves the caller; `/admin/users/...` needs `admin_role`. Reset and
     verification tokens go to `send_token`; `/auth/forgot` answers 202 whether or not the
-    address has an account.
+    address has an account. `registration=False` leaves out `POST /auth/register`, for
+    services whose accounts an administrator creates.
     """
     settings = config or IdentityConfig()
 
@@ -353,19 +355,21 @@ def identity_router(
         if issued is not None:
             await deliver(issued.user, purpose, issued.token)
 
-    @router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
-    async def register(
-        body: RegisterIn, identity: IdentityDep, tasks: BackgroundTasks
-    ) -> dict[str, str]:
-        # The same answer whether or not the address has an account; its owner hears of it.
-        try:
-            user = await identity.users.create(body.email, body.password, name=body.name)
-        except ConflictError:
-            tasks.add_task(send_reset, identity, body.email, "account_exists")
-        else:
-            token = await identity.auth.request_email_verification(user.id)
-            tasks.add_task(deliver, user, "email_verification", token)
-        return {"detail": "Check your inbox: a link to finish signing up is on its way."}
+    if registration:
+
+        @router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
+        async def register(
+            body: RegisterIn, identity: IdentityDep, tasks: BackgroundTasks
+        ) -> dict[str, str]:
+            # The same answer whether or not the address has an account; its owner hears of it.
+            try:
+                user = await identity.users.create(body.email, body.password, name=body.name)
+            except ConflictError:
+                tasks.add_task(send_reset, identity, body.email, "account_exists")
+            else:
+                token = await identity.auth.request_email_verification(user.id)
+                tasks.add_task(deliver, user, "email_verification", token)
+            return {"detail": "Check your inbox: a link to finish signing up is on its way."}
 
     @router.post("/auth/login")
     async def login(body: LoginIn, identity: IdentityDep) -> LoginOut:
@@ -500,7 +504,7 @@ def identity_router(
         provider: _Search = None,
         sort: Annotated[str, Query(max_length=200), _Clean] = "-created_at",
         limit: Annotated[int, Query(ge=1, le=100)] = 50,
-        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+        offset: Offset = 0,
     ) -> UserPageOut:
         page = await identity.users.search(
             email=email,
@@ -533,11 +537,11 @@ def identity_router(
             days=stats.days,
         )
 
-    @router.get("/admin/users/{user_id}", dependencies=[Depends(admin)])
+    @router.get("/admin/users/{user_id:uuid}", dependencies=[Depends(admin)])
     async def get_user(user_id: uuid.UUID, identity: IdentityDep) -> UserOut:
         return UserOut.model_validate(await identity.users.get(user_id))
 
-    @router.patch("/admin/users/{user_id}", dependencies=[Depends(admin)])
+    @router.patch("/admin/users/{user_id:uuid}", dependencies=[Depends(admin)])
     async def patch_user(user_id: uuid.UUID, body: UserPatchIn, identity: IdentityDep) -> UserOut:
         changes = body.model_dump(exclude_unset=True)
         if not changes:
@@ -547,7 +551,7 @@ def identity_router(
         return UserOut.model_validate(user)
 
     @router.delete(
-        "/admin/users/{user_id}",
+        "/admin/users/{user_id:uuid}",
         status_code=status.HTTP_204_NO_CONTENT,
         dependencies=[Depends(admin)],
     )
@@ -556,7 +560,7 @@ def identity_router(
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @router.delete(
-        "/admin/users/{user_id}/2fa",
+        "/admin/users/{user_id:uuid}/2fa",
         status_code=status.HTTP_204_NO_CONTENT,
         dependencies=[Depends(admin)],
     )

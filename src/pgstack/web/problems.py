@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Collection
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
+from pgstack.db.metrics import sqlstate_of
 from pgstack.errors import PgStackError
 
 logger = logging.getLogger("pgstack.web")
 MEDIA_TYPE = "application/problem+json"
+
+#: The problem-details body (RFC 9457) every error answers with; `errors` on a 422.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+PROBLEM_CONTENT: dict[str, Any] = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
 def _slug(name: str) -> str:
@@ -46,12 +77,27 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+# What a client is told on a 5xx: the error's own message names settings, keys, hosts and
+# other operator detail (and can tell accounts apart), so it goes to the log instead.
+_GENERIC_5XX = {
+    500: "An unexpected error occurred. It was logged; try again later.",
+    502: "A service this request depends on failed. Try again later.",
+    503: "The service cannot answer this request right now. Try again later.",
+}
+
+
+def _server_error(request: Request, status: int) -> JSONResponse:
+    detail = _GENERIC_5XX.get(status, _GENERIC_5XX[500])
+    return problem_response(status, detail, instance=request.url.path)
+
+
 async def _pgstack_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PgStackError)
     if exc.status_code >= 500:
         logger.error(
             "%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc.message
         )
+        return _server_error(request, exc.status_code)
     # RFC 9110: a 401 must say which authentication scheme to use.
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return problem_response(
@@ -66,12 +112,27 @@ async def _pgstack_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of one route; a path may have several (GET,
+        # PATCH and DELETE of one resource), as the OpenAPI document says.
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
     return problem_response(
         exc.status_code,
         exc.detail if isinstance(exc.detail, str) else None,
         instance=request.url.path,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the OpenAPI document lists for a path template this request's path fits."""
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{.*?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods.update(method.upper() for method in item if method in _METHODS)
+    return ", ".join(sorted(methods))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -85,15 +146,135 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# Why PostgreSQL refused a value (SQLSTATE class 22, "data exception"), in words that name
+# no value: the server's own message quotes the offending input.
+_DATA_ERRORS = {
+    "22001": "a text is longer than its field allows",
+    "22003": "a number is out of the range its field allows",
+    "22007": "a date or time is not valid",
+    "22008": "a date or time is out of range",
+    "22021": "a text holds a character PostgreSQL cannot store (such as a NUL byte, U+0000)",
+    "22P05": "a text holds a character PostgreSQL cannot store (such as a NUL byte, U+0000)",
+    "22P02": "a value does not have the form its field needs",
+    "2201W": "a page size is out of range",
+    "2201X": "a page offset is out of range",
+}
+# The driver's own refusal of a value before sending it (e.g. a number too big for int4).
+_CLIENT_DATA_ERROR = "22000"
+
+
+def data_error_code(exc: BaseException) -> str | None:
+    """The SQLSTATE when `exc` is PostgreSQL refusing a value (class 22), else None.
+
+    asyncpg's refusal to encode a value (out of range for its type) counts as one too.
+    """
+    code = sqlstate_of(exc)
+    if code is not None:
+        return code if code.startswith("22") else None
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, ValueError) and type(seen).__module__.startswith("asyncpg"):
+            return _CLIENT_DATA_ERROR
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def _where(request: Request) -> str:
+    return f"{request.method} {request.url.path}"
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    code = data_error_code(exc)
+    if code is not None:
+        # The driver's text quotes the refused value (which may be a secret): log the code.
+        logger.info("database refused a value (SQLSTATE %s) on %s", code, _where(request))
+        reason = _DATA_ERRORS.get(code, "a value is not valid for its field")
+        return problem_response(
+            422,
+            f"The database refused a value of the request: {reason} (SQLSTATE {code}). "
+            "Correct the value and send the request again.",
+            title="Invalid input",
+            type_="urn:pgstack:error:invalid-input",
+            instance=request.url.path,
+        )
+    # Bound parameters are hidden (the engine runs with hide_parameters); the statement and
+    # the server's message go to the log, never to the client.
+    logger.error("database error on %s", _where(request), exc_info=exc)
+    return _server_error(request, 500)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may hold data from the request or the database: log it, never send it.
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(500, "An unexpected error occurred.", instance=request.url.path)
+    if data_error_code(exc) is not None:
+        return await _database_error(request, exc)
+    logger.exception("unhandled error on %s", _where(request))
+    return _server_error(request, 500)
 
 
-def install(app: FastAPI) -> None:
-    """Answer every error of the app with a problem-details body."""
+def problem_statuses() -> list[int]:
+    """Every status an error can answer with: pgstack's error hierarchy, validation, 500."""
+    statuses = {422, 500}
+    pending: list[type[PgStackError]] = [PgStackError]
+    while pending:
+        cls = pending.pop()
+        statuses.add(cls.status_code)
+        pending.extend(cls.__subclasses__())
+    return sorted(statuses)
+
+
+def document_problems(schema: dict[str, Any], skip: Collection[str] = ()) -> None:
+    """Declare the problem responses of every operation of an OpenAPI document, in place.
+
+    Each operation outside the paths in `skip` (which declare their own) lists every status
+    of `problem_statuses()` with `application/problem+json` content; FastAPI's own 422
+    (`application/json`, HTTPValidationError) becomes the problem-details body it really is.
+    """
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    statuses = problem_statuses()
+    for path, item in schema.get("paths", {}).items():
+        if path in skip:
+            continue
+        for method, operation in item.items():
+            if method not in _METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            # A body that is not even text (bytes that are not UTF-8) is a 400, not a 422.
+            extra = [400] if "requestBody" in operation else []
+            for status in sorted([*statuses, *extra]):
+                entry = responses.setdefault(
+                    str(status), {"description": HTTPStatus(status).phrase}
+                )
+                content = entry.get("content") or {}
+                if status == 422:
+                    content.pop("application/json", None)  # FastAPI's HTTPValidationError
+                entry["content"] = {**content, **PROBLEM_CONTENT}
+    components = schema["components"]["schemas"]
+    for name in ("HTTPValidationError", "ValidationError"):  # in that order: one uses the other
+        if f'"#/components/schemas/{name}"' not in json.dumps(schema):
+            components.pop(name, None)
+
+
+def install(app: FastAPI, *, probes: APIRouter | None = None) -> None:
+    """Answer every error of the app with a problem-details body, and document them.
+
+    The app's OpenAPI document lists the problem responses of every operation (see
+    `document_problems`); the routes of `probes` declare their own responses.
+    """
+    generate = app.openapi
+    skip = {getattr(route, "path", "") for route in probes.routes} if probes else set()
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_problems(generate(), skip)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(PgStackError, _pgstack_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    # Handled here rather than by the catch-all below, which Starlette re-raises to the server
+    # (whose log line would carry the driver's text, values included).
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

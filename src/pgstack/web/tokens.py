@@ -3,7 +3,7 @@
 Token values never leave the vault through these routes. Mount them behind your own
 authorization, which is required:
 
-    app = create_app(routers=[tokens_router(dependencies=[Depends(require_admin)])])
+    app = create_app(routers=[tokens_router(dependencies=[Depends(require_roles("admin"))])])
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def tokens_router(
     if not dependencies:
         raise ConfigurationError(
             "tokens_router() needs at least one authorization dependency, e.g. "
-            "dependencies=[Depends(require_admin)]: these routes manage credentials."
+            "dependencies=[Depends(require_roles('admin'))]: these routes manage credentials."
         )
     router = APIRouter(prefix=prefix, tags=["tokens"], dependencies=list(dependencies))
 
