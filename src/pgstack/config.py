@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     database_name: str = "postgres"
     database_user: str = "postgres"
     database_password: SecretStr | None = None
+    #: URL of the schema owner, which runs migrations (see `pgstack db init`); None: DATABASE_URL.
+    database_migration_url: SecretStr | None = None
 
     database_pool_size: int = Field(default=20, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)

@@ -578,3 +578,111 @@ def test_serve_applies_the_app_s_migrations_before_it_listens(
     applied = re.search(r"migrations applied: (.*)", out)
     assert applied is not None, out
     assert_run_order(applied.group(1).split(", "))
+
+
+# -- every verb in a broken setup ------------------------------------------------------------
+
+# Each verb with arguments that make it touch what it needs (the database, the scripts).
+VERBS = {
+    "upgrade": [],
+    "downgrade": ["base", "--yes"],
+    "current": [],
+    "history": [],
+    "revision": ["-m", "more", "--autogenerate"],
+    "merge": ["-m", "join"],
+    "check": [],
+    "reset": ["--yes"],
+    "clear": ["--yes"],
+    "validate": [],
+    "seed": ["dev"],
+    "health": [],
+    "info": [],
+}
+# The verbs that read the scripts, and those that connect to the database.
+PROJECT_VERBS = set(VERBS) - {"health", "info"}
+DATABASE_VERBS = set(VERBS) - {"merge"}
+
+
+def two_heads(tmp_path: Path) -> Path:
+    """A copy of the sample app whose branch has two heads (two revisions made in parallel)."""
+    app_dir = copy_sample(tmp_path)
+    for rev in ("sampleapp_0002a", "sampleapp_0002b"):
+        (app_dir / "migrations" / "versions" / f"{rev}.py").write_text(
+            f'"""parallel work {rev}"""\n\nrevision = "{rev}"\ndown_revision = "sampleapp_0001"\n'
+            "branch_labels = None\ndepends_on = None\n\n\n"
+            "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
+        )
+    return app_dir
+
+
+def assert_one_error_line(result: object, hint: str) -> None:
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code != 0, output  # type: ignore[attr-defined]
+    assert "Traceback" not in output
+    lines = [line for line in output.strip().splitlines() if not line.startswith("pgstack: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert hint in lines[0], output
+
+
+@pytest.mark.parametrize("verb", sorted(PROJECT_VERBS))
+def test_every_verb_in_a_wrong_folder_is_one_line_with_a_hint(
+    verb: str, sample_url: URL, tmp_path: Path
+) -> None:
+    # proves: O6, G3
+    result = cli(sample_url, verb, *VERBS[verb], "--project", str(tmp_path / "no-such-app"))
+    assert_one_error_line(result, "--project")
+
+
+@pytest.mark.parametrize("verb", sorted(DATABASE_VERBS))
+def test_every_verb_against_an_unreachable_server_is_one_line_with_a_hint(verb: str) -> None:
+    # proves: O6, G3
+    url = f"postgresql://app:hunter2-secret@127.0.0.1:{closed_port()}/appdb"
+    project = ["--project", str(SAMPLE)] if verb in PROJECT_VERBS else []
+    result = cli(url, verb, *VERBS[verb], *project)
+    if verb == "health":  # a report, not an error: the check fails and says why
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "running" in result.output
+        return
+    assert_one_error_line(result, "server is running")
+    assert "hunter2-secret" not in result.output
+
+
+@pytest.mark.parametrize("verb", sorted(DATABASE_VERBS))
+def test_every_verb_as_a_missing_role_is_one_line_with_a_hint(verb: str, sample_url: URL) -> None:
+    # proves: O6, G3
+    url = raw(sample_url.set(username="pgstack_no_such_role", password="pw-not-shown"))
+    project = ["--project", str(SAMPLE)] if verb in PROJECT_VERBS else []
+    result = cli(url, verb, *VERBS[verb], *project)
+    if verb == "health":
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "db init" in result.output
+        return
+    assert_one_error_line(result, "db init")
+    assert "pw-not-shown" not in result.output
+
+
+@pytest.mark.parametrize("verb", ["upgrade", "check", "revision"])
+def test_two_heads_say_merge_the_heads(verb: str, sample_url: URL, tmp_path: Path) -> None:
+    # proves: O6, G3, D5
+    app_dir = two_heads(tmp_path)
+    result = cli(sample_url, verb, *VERBS[verb], "--project", str(app_dir))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "merge" in result.output and "autogenerate" not in result.output
+
+
+def test_check_with_two_heads_prints_a_merge_command_that_runs(
+    sample_url: URL, tmp_path: Path
+) -> None:
+    # proves: O6, G3, D5
+    app_dir = two_heads(tmp_path)
+    checked = cli(sample_url, "check", "--project", str(app_dir))
+    assert checked.exit_code == 1
+    command = re.search(r"`pgstack (db merge[^`]*)`", checked.output)
+    assert command is not None, checked.output
+    merged = cli(sample_url, *command.group(1).split()[1:], "--project", str(app_dir))
+    assert merged.exit_code == 0, merged.output
+    upgraded = cli(sample_url, "upgrade", "--project", str(app_dir))
+    assert upgraded.exit_code == 0, upgraded.output
+    again = cli(sample_url, "check", "--project", str(app_dir))
+    assert again.exit_code == 0, again.output

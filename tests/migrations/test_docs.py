@@ -45,7 +45,7 @@ def blocks() -> list[tuple[str, str]]:
 
 
 def test_the_walkthrough_runs(pgstack_empty_url: URL, tmp_path: Path) -> None:
-    # proves: G2, G3, G5, G6, C5
+    # proves: G2, G3, G4, G5, G6, C5
     project = tmp_path / "myapp-project"
     (project / "myapp").mkdir(parents=True)
     (project / "myapp" / "__init__.py").write_text("")
@@ -54,6 +54,7 @@ def test_the_walkthrough_runs(pgstack_empty_url: URL, tmp_path: Path) -> None:
         (project / name).write_text(files[name])
     (project / "status.py").write_text(files["status.py"])
     (project / "test_myapp.py").write_text(files["test_myapp.py"])
+    (project / "test_pytest_alembic.py").write_text(files["test_pytest_alembic.py"])
     (project / "conftest.py").write_text(files["conftest.py"])
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PGSTACK_"))}
@@ -93,9 +94,13 @@ def test_the_walkthrough_runs(pgstack_empty_url: URL, tmp_path: Path) -> None:
     extra = {"PGSTACK_TEST_DATA_DIR": str(Path(data_dir).resolve())}
     if os.environ.get("PGSTACK_TEST_DATABASE_URL"):
         extra["PGSTACK_TEST_DATABASE_URL"] = os.environ["PGSTACK_TEST_DATABASE_URL"]
-    suite = sh(f"{sys.executable} -m pytest -q -p no:cacheprovider test_myapp.py", **extra)
+    suite = sh(
+        f"{sys.executable} -m pytest -q -p no:cacheprovider -p no:pytest_alembic "
+        "test_myapp.py test_pytest_alembic.py",
+        **extra,
+    )
     assert suite.returncode == 0, suite.stdout + suite.stderr
-    assert "2 passed" in suite.stdout
+    assert "7 passed" in suite.stdout
 
 
 def _quote(script: str) -> str:

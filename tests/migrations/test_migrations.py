@@ -23,11 +23,13 @@ from pgstack.migrations import (
     current,
     downgrade,
     downgrade_async,
+    downgrade_plan,
     heads,
     history,
     is_at_head,
     merge,
     revision,
+    run_downgrade,
     status,
     upgrade,
     upgrade_async,
@@ -431,3 +433,25 @@ def test_autogenerate_writes_wrapped_types_as_their_database_type(
     # The same project object sees the revision it just wrote.
     assert len(upgrade(pgstack_empty_url, project=project)) == 1
     assert check(pgstack_empty_url, project=project, metadata=metadata) == []
+
+
+def test_downgrade_to_the_pgstack_revision_an_app_branch_depends_on(
+    pgstack_empty_url: URL, sample_copy: Path
+) -> None:
+    # proves: G3, G2
+    # The app's first revision depends on pgstack's head, as `pgstack db revision` writes it:
+    # only `depends_on` leads from that head to the app's, and Alembic alone finds nothing
+    # to drop ("not a valid downgrade target").
+    (pgstack_head,) = heads(MigrationProject.pgstack_only())
+    first = sample_copy / "migrations" / "versions" / "sampleapp_0001_authors_and_notes.py"
+    first.write_text(first.read_text().replace('("pgstack_0001",)', f'("{pgstack_head}",)'))
+    project = MigrationProject.from_pyproject(sample_copy)
+    upgrade(pgstack_empty_url, project=project)
+    assert current(pgstack_empty_url, project=project) == ("sampleapp_0001",)
+
+    assert downgrade_plan(pgstack_empty_url, pgstack_head, project=project) == ["sampleapp_0001"]
+    run = run_downgrade(pgstack_empty_url, pgstack_head, project=project)
+    assert run.applied == ["sampleapp_0001"]
+    assert run.current == (pgstack_head,)
+    assert current(pgstack_empty_url, project=project) == (pgstack_head,)
+    assert "relation sample_authors (r)" not in "\n".join(schema_snapshot(pgstack_empty_url))

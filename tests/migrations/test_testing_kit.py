@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +16,10 @@ from sqlalchemy.engine import URL
 
 from pgstack import Database
 from pgstack.db.admin import asyncpg_dsn
+from pgstack.errors import MigrationError
 from pgstack.migrations import MigrationProject, is_at_head
+from pgstack.testing import templates as templates_module
+from pgstack.testing.templates import TemplateDatabases, run_async
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3])
@@ -90,11 +94,13 @@ async def test_d(pgstack_migrated_db):
 """
 
 
-def test_xdist_workers_share_the_server_not_the_databases(tmp_path: Path) -> None:
-    # proves: D6, D3
+def run_suite(
+    tmp_path: Path, tests: str, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `tests` as a test file of its own, with pgstack's plugin, in another pytest."""
     suite = tmp_path / "suite"
     suite.mkdir()
-    (suite / "test_kit.py").write_text(textwrap.dedent(XDIST_TESTS))
+    (suite / "test_kit.py").write_text(textwrap.dedent(tests))
     # A loop per test (pytest-asyncio's default), unlike this suite's one loop per session:
     # each test's engine is made, used and disposed in that test's own loop.
     (suite / "pyproject.toml").write_text(
@@ -103,21 +109,25 @@ def test_xdist_workers_share_the_server_not_the_databases(tmp_path: Path) -> Non
         'asyncio_default_test_loop_scope = "function"\n'
         'filterwarnings = ["error::sqlalchemy.exc.SAWarning"]\n'
     )
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env["PGSTACK_XDIST_OUT"] = str(out)
-    # The same embedded data folder as this run: the workers join the running server.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    # The same embedded data folder as this run: the tests join the running server.
     data_dir = os.environ.get("PGSTACK_TEST_DATA_DIR", ".pgstack/test-pgdata")
-    env["PGSTACK_TEST_DATA_DIR"] = str(Path(data_dir).resolve())
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "xdist", "-p", "no:cacheprovider"],
+    environment["PGSTACK_TEST_DATA_DIR"] = str(Path(data_dir).resolve())
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
         cwd=suite,
-        env=env,
+        env={**environment, **env},
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+def test_xdist_workers_share_the_server_not_the_databases(tmp_path: Path) -> None:
+    # proves: D6, D3
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_suite(tmp_path, XDIST_TESTS, "-n", "2", "-p", "xdist", PGSTACK_XDIST_OUT=str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed" in result.stdout
     records = {p.stem: p.read_text() for p in out.iterdir()}
@@ -125,3 +135,60 @@ def test_xdist_workers_share_the_server_not_the_databases(tmp_path: Path) -> Non
     assert set(records.values()) == {"gw0", "gw1"}
     for name, worker in records.items():
         assert name.startswith(f"pgstack_t_{worker}_")
+
+
+LEAK_TESTS = """
+pytest_plugins = ["pgstack.testing.plugin"]
+
+HELD = []  # what a leaky application does: keeps a connection it never gives back
+
+
+async def test_gives_its_connection_back(pgstack_db):
+    async with pgstack_db.engine.connect() as conn:
+        await conn.exec_driver_sql("SELECT 1")
+
+
+async def test_keeps_a_connection(pgstack_db):
+    conn = await pgstack_db.engine.connect()
+    await conn.exec_driver_sql("SELECT 1")
+    HELD.append(conn)
+"""
+
+
+def test_a_test_that_leaks_a_connection_fails_the_run(tmp_path: Path) -> None:
+    # proves: D3
+    result = run_suite(tmp_path, LEAK_TESTS)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "2 passed, 1 error" in result.stdout, output  # the error: the leak, at teardown
+    assert "ERROR at teardown of test_keeps_a_connection" in result.stdout, output
+    assert "1 connection(s) still checked out at the end of the test" in result.stdout, output
+
+
+def test_a_template_whose_upgrade_fails_is_dropped_not_kept(
+    pgstack_server_url: URL, sample_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # proves: D6
+    (sample_copy / "migrations" / "versions" / "sampleapp_0002_broken.py").write_text(
+        'revision = "sampleapp_0002"\ndown_revision = "sampleapp_0001"\n'
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        "def upgrade() -> None:\n"
+        "    from alembic import op\n\n"
+        '    op.execute("SELECT no_such_function()")\n'
+    )
+    name = f"pgstack_tpl_broken_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(templates_module, "unique_name", lambda prefix: name)
+    templates = TemplateDatabases(pgstack_server_url)
+    project = MigrationProject.from_pyproject(sample_copy)
+    with pytest.raises(MigrationError, match="no_such_function"):
+        templates.template(project)
+    assert templates.templates == {}
+
+    async def exists() -> bool:
+        conn = await asyncpg.connect(asyncpg_dsn(pgstack_server_url))
+        try:
+            return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+        finally:
+            await conn.close()
+
+    assert not run_async(exists)

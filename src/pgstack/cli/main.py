@@ -353,9 +353,10 @@ def db_init(
         ),
     ],
 ) -> None:
-    """Create the configured database and role, grant data access, add extensions."""
+    """Create the database, its owner (DATABASE_MIGRATION_URL) and application roles."""
     from pgstack.config import Settings
     from pgstack.db.admin import init_database
+    from pgstack.migrations.api import migration_settings
 
     settings = Settings()
     url = settings.url
@@ -364,7 +365,7 @@ def db_init(
             "Set DATABASE_URL (or DATABASE_HOST/NAME/USER/PASSWORD) to the URL the app will use: "
             "`db init` creates that database and role."
         )
-    result = asyncio.run(init_database(admin_url, url))
+    result = asyncio.run(init_database(admin_url, url, migration_settings(settings).url))
     for what, outcome in result.steps:
         typer.echo(f"{what}: {outcome}")
 

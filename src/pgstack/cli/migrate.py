@@ -108,7 +108,7 @@ async def add_migrations_check(db: Database, project: MigrationProject | None = 
 
 
 def _revision_line(project: MigrationProject, revisions: list[str] | tuple[str, ...]) -> str:
-    from pgstack.migrations.api import describe_revisions
+    from pgstack.migrations.state import describe_revisions
 
     return describe_revisions(project.script, revisions) or "none"
 
@@ -125,13 +125,19 @@ def upgrade(
     from pgstack import migrations as mig
 
     with database_settings() as settings:
-        applied = mig.upgrade(settings, revision, project=proj)
-        now = mig.current(settings, project=proj)
-    for rev in applied:
+        run = mig.run_upgrade(settings, revision, project=proj)
+    for rev in run.applied:
         typer.echo(f"applied {_revision_line(proj, [rev])}")
-    if not applied:
+    if not run.applied:
         typer.echo("nothing to apply")
-    typer.echo(f"current: {', '.join(now) or 'none'}")
+    typer.echo(f"current: {', '.join(run.current) or 'none'}")
+    if run.ahead:
+        typer.echo(
+            f"note: newer code migrated this database ({', '.join(run.ahead)}); nothing was "
+            "changed. If this is not a rolling deploy, run from the app's folder (or pass "
+            "--project).",
+            err=True,
+        )
 
 
 @db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
@@ -156,11 +162,10 @@ def downgrade(
             typer.echo(f"  {_revision_line(proj, [rev])}")
         if not yes:
             typer.confirm("Undo them? What they created, data included, is dropped", abort=True)
-        undone = mig.downgrade(settings, revision, project=proj)
-        now = mig.current(settings, project=proj)
-    for rev in undone:
+        run = mig.run_downgrade(settings, revision, project=proj)
+    for rev in run.applied:
         typer.echo(f"undone {rev}")
-    typer.echo(f"current: {', '.join(now) or 'none'}")
+    typer.echo(f"current: {', '.join(run.current) or 'none'}")
 
 
 @db_app.command("current")
@@ -180,7 +185,10 @@ def current(project: ProjectOpt = None, migrations: MigrationsOpt = None) -> Non
     if state.missing:
         typer.echo(f"missing: {', '.join(state.missing)} (run `pgstack db upgrade`)")
     if state.unknown:
-        typer.echo(f"unknown to this code: {', '.join(state.unknown)}")
+        typer.echo(
+            f"unknown to this code: {', '.join(state.unknown)} (newer code migrated it, or "
+            "this is not the app's folder: pass --project)"
+        )
 
 
 @db_app.command("history")
@@ -251,7 +259,9 @@ def revision(
 @db_app.command("merge")
 @expected_failures
 def merge(
-    message: Annotated[str, typer.Option("--message", "-m", help="What the merge joins.")],
+    message: Annotated[
+        str, typer.Option("--message", "-m", help="What the merge joins.")
+    ] = "merge heads",
     branch: Annotated[
         str | None, typer.Option("--branch", help="Branch whose heads to merge.")
     ] = None,
@@ -282,7 +292,14 @@ def check(
 
         return check_safety(proj)
     from pgstack import migrations as mig
+    from pgstack.migrations.api import multiple_heads
 
+    heads = multiple_heads(proj.script)
+    if heads:
+        typer.echo("the migrations have more than one head: merge the heads, then check again")
+        for line in heads:
+            typer.echo(f"  - {line}")
+        raise typer.Exit(1)
     with database_settings() as settings:
         problems = mig.check(settings, project=proj)
     if not problems:

@@ -393,8 +393,7 @@ class Database:
         tried = "" if not _is_retryable_connect_error(exc) else f" after {attempts} attempt(s)"
         return DatabaseUnavailableError(
             f"Cannot connect to PostgreSQL at {where}, database {url.database!r}{tried}: "
-            f"{self._cause(exc)}. Check that the server is running and that DATABASE_URL "
-            "(or DATABASE_HOST/PORT/NAME/USER/PASSWORD) is right."
+            f"{self._cause(exc)}. {connect_hint(exc)}"
         )
 
 
@@ -426,6 +425,19 @@ def _ping_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         await_(driver.execute("SELECT 1"))
     except Exception as exc:
         raise sa_exc.DisconnectionError(f"the pooled connection is gone ({exc})") from exc
+
+
+def connect_hint(exc: BaseException) -> str:
+    """What to do about a failed connection: fix the login, or make the server reachable."""
+    if sqlstate_of(exc) in _FATAL_CONNECT_SQLSTATES:
+        return (
+            "Check the role, password and database of DATABASE_URL (`pgstack db init "
+            "--admin-url ...` creates the database and its roles)."
+        )
+    return (
+        "Check that the server is running and that DATABASE_URL "
+        "(or DATABASE_HOST/PORT/NAME/USER/PASSWORD) is right."
+    )
 
 
 def _is_retryable_connect_error(exc: BaseException) -> bool:

@@ -9,7 +9,7 @@ The same functions back `pgstack db ...` and the readiness check "migrations".
 """
 
 from pgstack.migrations.api import (
-    MigrationStatus,
+    MigrationRun,
     RevisionInfo,
     check,
     current,
@@ -21,6 +21,8 @@ from pgstack.migrations.api import (
     is_at_head,
     merge,
     revision,
+    run_downgrade,
+    run_upgrade,
     status,
     status_async,
     upgrade,
@@ -34,10 +36,12 @@ from pgstack.migrations.project import (
     pgstack_metadata,
 )
 from pgstack.migrations.seed import SeedContext, run_seeders, seeder
+from pgstack.migrations.state import MigrationStatus
 
 __all__ = [
     "PGSTACK_BRANCH",
     "MigrationProject",
+    "MigrationRun",
     "MigrationStatus",
     "RevisionInfo",
     "SeedContext",
@@ -56,7 +60,9 @@ __all__ = [
     "pgstack_metadata",
     "reset",
     "revision",
+    "run_downgrade",
     "run_seeders",
+    "run_upgrade",
     "seeder",
     "status",
     "status_async",

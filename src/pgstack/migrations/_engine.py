@@ -10,18 +10,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from pgstack.config import Settings
+from pgstack.db.database import _FATAL_CONNECT_SQLSTATES, connect_hint
 from pgstack.db.metrics import sqlstate_of
 from pgstack.errors import DatabaseUnavailableError, MigrationError, PgStackError
 
 APPLICATION_NAME = "pgstack-migrate"
-# No such database, bad password, no such role: retrying or migrating cannot help.
-_CANNOT_CONNECT = {"3D000", "28P01", "28000"}
 
 
 def migration_engine(settings: Settings, url: URL) -> AsyncEngine:
-    """An engine without a pool: migrations hold one connection, then give it back for good."""
+    """An engine without a pool: migrations hold one connection, then give it back for good.
+
+    Its sessions give up on a table lock they cannot get within
+    PGSTACK_MIGRATION_LOCK_TIMEOUT_MS, instead of queueing the application's queries behind
+    a migration's DDL.
+    """
     connect_args: dict[str, Any] = {
-        "server_settings": {"application_name": APPLICATION_NAME},
+        "server_settings": {
+            "application_name": APPLICATION_NAME,
+            "lock_timeout": str(int(settings.migration_lock_timeout_ms)),
+        },
         "timeout": settings.database_connect_timeout,
         "ssl": settings.ssl_option,
     }
@@ -62,16 +69,14 @@ def as_pgstack_error(exc: BaseException, url: URL | None, doing: str) -> PgStack
     is_connect = isinstance(exc, OSError | ConnectionError | TimeoutError) or (
         isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
     )
-    if sqlstate_of(exc) in _CANNOT_CONNECT:
+    cannot_log_in = sqlstate_of(exc) in _FATAL_CONNECT_SQLSTATES
+    if (
+        cannot_log_in
+        or is_connect
+        or isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError)
+    ):
         at = where(url) if url is not None else "the configured server"
         return DatabaseUnavailableError(
-            f"Cannot connect to PostgreSQL at {at} while {doing}: {detail}. Check DATABASE_URL "
-            "(`pgstack db init --admin-url ...` creates the database and its role)."
-        )
-    if is_connect or (isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError)):
-        at = where(url) if url is not None else "the configured server"
-        return DatabaseUnavailableError(
-            f"Cannot reach PostgreSQL at {at} while {doing}: {detail}. Check that the server "
-            "is running and that DATABASE_URL is right."
+            f"Cannot connect to PostgreSQL at {at} while {doing}: {detail}. {connect_hint(exc)}"
         )
     return MigrationError(f"{doing[:1].upper()}{doing[1:]} failed: {detail}")

@@ -4,28 +4,44 @@ Alembic's command API is synchronous and calls `env.py`, which here drives an as
 with `asyncio.run`. That cannot happen on a thread whose event loop is running, so
 `pgstack.migrations` runs commands on a worker thread when called from async code (the
 application's lifespan); the CLI calls them directly.
+
+A caller may also hand its own `Connection`, `Engine` or `AsyncEngine` in
+`config.attributes["connection"]` (as pytest-alembic does): the migrations then run in the
+caller's transaction (one is begun when there is none), with `SET LOCAL lock_timeout`, and
+nothing here commits or rolls back a transaction the caller began.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from alembic import context
-from alembic.runtime.migration import MigrationContext, MigrationInfo
-from sqlalchemy import Connection, text
+from alembic.runtime.migration import MigrationContext, MigrationInfo, MigrationStep
+from alembic.util import CommandError, to_tuple
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgstack.config import Settings
 from pgstack.db.metrics import sqlstate_of
 from pgstack.errors import MigrationError
 from pgstack.migrations._engine import migration_engine
 from pgstack.migrations.compare import COMPARE_OPTIONS
+from pgstack.migrations.state import (
+    MigrationStatus,
+    dependency_downgrade,
+    read_status,
+    record_applied,
+)
 
 # One key for "someone is migrating this database"; advisory locks are per database already.
 LOCK_KEY = 0x7067_7374_6163_6B4D  # "pgstackM"
 _LOCK_NOT_AVAILABLE = "55P03"
+
+Guard = Callable[[MigrationStatus], bool]
+"""`config.attributes["pgstack.guard"]`: sees the state under the lock; True skips the run."""
 
 
 def run() -> None:
@@ -36,16 +52,28 @@ def run() -> None:
             "pgstack runs migrations against a live database only (no --sql offline mode)."
         )
     settings: Settings = config.attributes.get("pgstack.settings") or Settings()
-    connection: Connection | None = config.attributes.get("connection")
-    if connection is not None:
-        _migrate(connection, settings)
-        return
-    url = settings.url
-    if url is None:
+    given = config.attributes.get("connection")
+    if isinstance(given, Connection):
+        _in_transaction(given, settings)
+    elif isinstance(given, AsyncEngine):
+        asyncio.run(_on_async_engine(given, settings))
+    elif given is not None and (
+        isinstance(given, Engine) or callable(getattr(given, "connect", None))
+    ):
+        # An Engine, or what stands for one (pytest-alembic wraps its connection so).
+        with given.connect() as conn:
+            _in_transaction(conn, settings)
+    elif given is not None:
+        raise MigrationError(
+            'config.attributes["connection"] must be a SQLAlchemy Connection, Engine or '
+            f"AsyncEngine, not {type(given).__name__}."
+        )
+    elif settings.url is None:
         raise MigrationError(
             "No database is configured: set DATABASE_URL (or DATABASE_HOST/NAME/USER/PASSWORD)."
         )
-    asyncio.run(_migrate_async(settings))
+    else:
+        asyncio.run(_migrate_async(settings))
 
 
 async def _migrate_async(settings: Settings) -> None:
@@ -58,25 +86,54 @@ async def _migrate_async(settings: Settings) -> None:
         await engine.dispose()
 
 
-def _migrate(conn: Connection, settings: Settings) -> None:
+async def _on_async_engine(engine: AsyncEngine, settings: Settings) -> None:
+    async with engine.connect() as conn:
+        await conn.run_sync(_in_transaction, settings)
+
+
+def _in_transaction(conn: Connection, settings: Settings) -> None:
+    """Migrate in the caller's transaction, or in one of our own when it has none."""
+    if conn.in_transaction():
+        _migrate(conn, settings, own=False)
+        return
+    with conn.begin():
+        _migrate(conn, settings, own=False)
+
+
+def _migrate(conn: Connection, settings: Settings, own: bool = True) -> None:
+    """Run the command on `conn`; `own`: pgstack's connection, with its lock and transactions.
+
+    pgstack's own connection has `lock_timeout` from its engine and a transaction per
+    revision; a caller's connection gets `SET LOCAL lock_timeout` in the caller's transaction.
+    """
     config = context.config
-    locked = bool(config.attributes.get("pgstack.lock"))
+    locked = own and bool(config.attributes.get("pgstack.lock"))
     if locked:
         acquire_lock(conn, settings.migration_lock_wait_s)
     try:
-        _run_migrations(conn, settings)
+        if not own:
+            conn.execute(
+                text(f"SET LOCAL lock_timeout = {int(settings.migration_lock_timeout_ms)}")
+            )
+        guard: Guard | None = config.attributes.get("pgstack.guard")
+        state = read_status(conn, context.script)
+        config.attributes["pgstack.current"] = state.current
+        skip = guard is not None and guard(state)
+        if own and conn.in_transaction():
+            conn.commit()  # reading the state began one; Alembic begins its own per revision
+        if not skip:
+            _run_migrations(conn, settings, own)
     except BaseException:
-        release(conn, locked, quiet=True)
+        if own:
+            release(conn, locked, quiet=True)
         raise
-    release(conn, locked)
+    if own:
+        release(conn, locked)
 
 
-def _run_migrations(conn: Connection, settings: Settings) -> None:
+def _run_migrations(conn: Connection, settings: Settings, own: bool) -> None:
     config = context.config
-    # Session-level, committed: every DDL statement of every revision gives up on a table
-    # lock it cannot get quickly, instead of queueing the application's queries behind it.
-    conn.execute(text(f"SET lock_timeout = {int(settings.migration_lock_timeout_ms)}"))
-    conn.commit()
+    script = context.script
     applied: list[str] = config.attributes.setdefault("pgstack.applied", [])
 
     def record(
@@ -85,16 +142,24 @@ def _run_migrations(conn: Connection, settings: Settings) -> None:
         heads: Collection[Any],
         run_args: Mapping[str, Any],
     ) -> None:
+        # In the revision's own transaction, so the record and the schema never disagree.
+        assert ctx.connection is not None
+        record_applied(ctx.connection, script, heads)
+        config.attributes["pgstack.current"] = tuple(sorted(heads))
         if not step.is_stamp:
             applied.append(step.up_revision_id or "")
 
     context.configure(
         connection=conn,
-        target_metadata=config.attributes.get("pgstack.metadata"),
+        target_metadata=config.attributes.get("pgstack.metadata")
+        or config.attributes.get("target_metadata"),
         transaction_per_migration=True,
         on_version_apply=record,
         **COMPARE_OPTIONS,
     )
+    migration = context.get_context()
+    if migration._migrations_fn is not None:
+        migration._migrations_fn = _downgrading_dependencies(migration._migrations_fn)
     try:
         with context.begin_transaction():
             context.run_migrations()
@@ -102,18 +167,48 @@ def _run_migrations(conn: Connection, settings: Settings) -> None:
         if sqlstate_of(exc) != _LOCK_NOT_AVAILABLE:
             raise
         done = ", ".join(applied) or "none"
+        undone = "its revision was rolled back" if own else "the transaction is aborted"
         raise MigrationError(
             f"A migration waited more than {settings.migration_lock_timeout_ms} ms "
             "(PGSTACK_MIGRATION_LOCK_TIMEOUT_MS) for a table lock that another session "
-            "holds, and stopped; its revision was rolled back (applied before it: "
+            f"holds, and stopped; {undone} (applied before it: "
             f"{done}). Run it again when that session has finished."
         ) from None
-    if conn.in_transaction():
+    if own and conn.in_transaction():
         conn.commit()
 
 
+MigrationFn = Callable[[Any, MigrationContext], Iterable[Any]]
+
+
+def _downgrading_dependencies(fn: MigrationFn) -> MigrationFn:
+    """`fn`, which also downgrades to a revision that later ones only depend on.
+
+    `downgrade pgstack_0003` from an app's head is refused by Alembic ("not a valid downgrade
+    target"): the app's revisions reach pgstack's through `depends_on`, not down revisions.
+    It means: undo what needs that revision and is not part of it.
+    """
+
+    def steps(heads: Any, ctx: MigrationContext) -> Any:
+        try:
+            return fn(heads, ctx)
+        except CommandError as exc:
+            if "not a valid downgrade target" not in str(exc):
+                raise
+            destination = context.get_revision_argument()
+            if not isinstance(destination, str):
+                raise
+            script = context.script
+            undo = dependency_downgrade(script, to_tuple(heads, default=()), destination)
+            if not undo:
+                raise
+            return [MigrationStep.downgrade_from_script(script.revision_map, s) for s in undo]
+
+    return steps
+
+
 def release(conn: Connection, locked: bool, *, quiet: bool = False) -> None:
-    """Undo the session settings and give the migration lock back.
+    """End the open transaction and give the migration lock back.
 
     With `quiet`, a failure here is swallowed: an error is already on its way, and a broken
     connection takes its session lock with it when it closes.
@@ -121,7 +216,6 @@ def release(conn: Connection, locked: bool, *, quiet: bool = False) -> None:
     try:
         if conn.in_transaction():
             conn.rollback()
-        conn.execute(text("RESET lock_timeout"))
         if locked:
             conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
         conn.commit()
@@ -134,7 +228,10 @@ def acquire_lock(conn: Connection, wait_s: float) -> None:
     """Take the migration lock, waiting at most `wait_s` seconds for its holder to finish."""
     # A blocking pg_advisory_lock, bounded by lock_timeout, rather than polling: waiters
     # show in pg_locks and pg_stat_activity, so a DBA sees who waits for whom.
-    conn.execute(text(f"SET lock_timeout = {max(1, int(wait_s * 1000))}"))
+    if conn.in_transaction():
+        conn.commit()
+    # SET LOCAL: the wait applies to this statement's transaction only.
+    conn.execute(text(f"SET LOCAL lock_timeout = {max(1, int(wait_s * 1000))}"))
     try:
         conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
     except sa_exc.DBAPIError as exc:

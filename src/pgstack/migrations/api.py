@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
-from alembic.migration import MigrationContext
 from alembic.operations.ops import MigrationScript
 from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError, to_tuple
-from sqlalchemy import Connection, MetaData, inspect
+from sqlalchemy import Connection, MetaData
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -30,34 +30,19 @@ from pgstack.errors import ConfigurationError, MigrationError
 from pgstack.migrations._engine import as_pgstack_error, migration_engine
 from pgstack.migrations.compare import differences
 from pgstack.migrations.project import PGSTACK_BRANCH, PGSTACK_VERSIONS, MigrationProject
+from pgstack.migrations.state import (
+    MigrationStatus,
+    ancestry,
+    dependency_downgrade,
+    read_status,
+)
+from pgstack.migrations.state import describe_revisions as describe_revisions  # used from here
 
 T = TypeVar("T")
 Target = Settings | URL | str
-VERSION_TABLE = "alembic_version"
 
 
 # -- state ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MigrationStatus:
-    """Where a database stands against the migration scripts."""
-
-    current: tuple[str, ...]
-    """Revisions in the database's version table."""
-    heads: tuple[str, ...]
-    """Head revisions of the scripts (pgstack's branch and the app's)."""
-    missing: tuple[str, ...]
-    """Revisions of the scripts not applied to the database, in the order they would run."""
-    unknown: tuple[str, ...]
-    """Revisions in the database that the scripts do not know (applied by newer code)."""
-    versioned: bool
-    """Whether the database has a version table at all."""
-
-    @property
-    def at_head(self) -> bool:
-        """Every revision applied, and none the scripts do not know."""
-        return self.versioned and not self.missing and not self.unknown
 
 
 @dataclass(frozen=True)
@@ -72,62 +57,6 @@ class RevisionInfo:
     path: Path
     is_head: bool
     applied: bool | None
-
-
-def status_from(
-    script: ScriptDirectory, current: Iterable[str], versioned: bool
-) -> MigrationStatus:
-    """Compare a database's version rows with the scripts."""
-    current = tuple(current)
-    known = {s.revision for s in script.walk_revisions()}
-    unknown = tuple(r for r in current if r not in known)
-    applied = ancestry(script, [r for r in current if r in known])
-    order = [s.revision for s in reversed(list(script.walk_revisions()))]
-    return MigrationStatus(
-        current=current,
-        heads=tuple(script.get_heads()),
-        missing=tuple(r for r in order if r not in applied),
-        unknown=unknown,
-        versioned=versioned,
-    )
-
-
-def ancestry(script: ScriptDirectory, revisions: Iterable[str]) -> set[str]:
-    """The revisions and everything they need: down revisions and `depends_on`, transitively."""
-    seen: set[str] = set()
-    todo = list(revisions)
-    while todo:
-        rev = todo.pop()
-        if rev in seen:
-            continue
-        seen.add(rev)
-        node = script.get_revision(rev)
-        if node is not None:
-            # Alembic's own normalised parents: down revisions plus resolved `depends_on`.
-            todo.extend(node._normalized_down_revisions)
-            todo.extend(node._resolved_dependencies)
-    return seen
-
-
-def describe_revisions(script: ScriptDirectory, revisions: Iterable[str]) -> str:
-    """`rev (branch: message), ...` for messages."""
-    parts = []
-    for rev in revisions:
-        node = script.get_revision(rev)
-        if node is None:
-            parts.append(rev)
-            continue
-        label = ",".join(sorted(node.branch_labels)) or "unlabelled"
-        parts.append(f"{rev} ({label}: {(node.doc or '').strip()})")
-    return ", ".join(parts)
-
-
-def read_current(conn: Connection) -> tuple[tuple[str, ...], bool]:
-    """The version rows of the database on `conn`, and whether its version table exists."""
-    versioned = inspect(conn).has_table(VERSION_TABLE)
-    if not versioned:
-        return (), False
-    return tuple(MigrationContext.configure(conn).get_current_heads()), True
 
 
 def branch_heads(script: ScriptDirectory) -> dict[str, list[str]]:
@@ -161,23 +90,59 @@ def ensure_single_heads(project: MigrationProject) -> None:
 # -- commands ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MigrationRun:
+    """What an upgrade or a downgrade did."""
+
+    applied: list[str]
+    """Revisions upgraded (or downgraded), in the order they ran."""
+    current: tuple[str, ...]
+    """Revisions the database is at afterwards."""
+    ahead: tuple[str, ...] = ()
+    """Revisions of newer code the database is at, when an upgrade had nothing to do."""
+
+
 def upgrade(
     target: Target | None = None,
     revision: str = "heads",
     *,
     project: MigrationProject | None = None,
 ) -> list[str]:
-    """Upgrade to `revision` (default: every head) under the migration lock; the applied ids."""
+    """Upgrade to `revision` (default: every head) under the migration lock; the applied ids.
+
+    A database that newer code migrated past these scripts (a rolling deploy) is left as
+    it is: nothing is applied. One on another lineage is a `MigrationError`.
+    """
+    return run_upgrade(target, revision, project=project).applied
+
+
+def run_upgrade(
+    target: Target | None = None,
+    revision: str = "heads",
+    *,
+    project: MigrationProject | None = None,
+) -> MigrationRun:
+    """`upgrade`, saying also where the database ends and whether it was ahead."""
     project = project or MigrationProject.discover()
-    settings = resolve(target)
+    settings = migration_settings(resolve(target))
     ensure_single_heads(project)
-    config = project.alembic_config(**{"pgstack.settings": settings, "pgstack.lock": True})
+    ahead: list[str] = []
 
-    def run() -> list[str]:
-        command.upgrade(config, revision)
-        return list(config.attributes.get("pgstack.applied", []))
+    def guard(state: MigrationStatus) -> bool:
+        if not state.unknown:
+            return False
+        if state.missing:
+            raise MigrationError(
+                f"The database is at revision(s) these scripts do not know "
+                f"({', '.join(state.unknown)}) and lacks some they have "
+                f"({', '.join(state.missing)}): it was migrated from another lineage. Run "
+                "from the app's folder (or pass --project), or deploy the release that wrote "
+                "those revisions."
+            )
+        ahead.extend(state.unknown)
+        return True  # newer code migrated it: nothing to do, and nothing to undo
 
-    return _guarded(run, settings, "upgrading")
+    return _run(command.upgrade, settings, project, revision, guard, "upgrading", ahead)
 
 
 def downgrade(
@@ -187,16 +152,49 @@ def downgrade(
     project: MigrationProject | None = None,
 ) -> list[str]:
     """Downgrade to `revision` (`base`, `-1`, `app@-1`, an id) under the lock; the undone ids."""
+    return run_downgrade(target, revision, project=project).applied
+
+
+def run_downgrade(
+    target: Target | None,
+    revision: str,
+    *,
+    project: MigrationProject | None = None,
+) -> MigrationRun:
+    """`downgrade`, saying also where the database ends; one connection does it all."""
     project = project or MigrationProject.discover()
-    settings = resolve(target)
-    _refuse_ambiguous_step(revision, current(settings, project=project))
-    config = project.alembic_config(**{"pgstack.settings": settings, "pgstack.lock": True})
+    settings = migration_settings(resolve(target))
 
-    def run() -> list[str]:
-        command.downgrade(config, revision)
-        return list(config.attributes.get("pgstack.applied", []))
+    def guard(state: MigrationStatus) -> bool:
+        _refuse_unknown(state, "downgrade")
+        _refuse_ambiguous_step(revision, state.current)
+        return False
 
-    return _guarded(run, settings, "downgrading")
+    return _run(command.downgrade, settings, project, revision, guard, "downgrading", [])
+
+
+def _run(
+    verb: Callable[[Any, str], Any],
+    settings: Settings,
+    project: MigrationProject,
+    revision: str,
+    guard: Callable[[MigrationStatus], bool],
+    doing: str,
+    ahead: list[str],
+) -> MigrationRun:
+    config = project.alembic_config(
+        **{"pgstack.settings": settings, "pgstack.lock": True, "pgstack.guard": guard}
+    )
+
+    def run() -> MigrationRun:
+        verb(config, revision)
+        return MigrationRun(
+            applied=list(config.attributes.get("pgstack.applied", [])),
+            current=tuple(config.attributes.get("pgstack.current", ())),
+            ahead=tuple(ahead),
+        )
+
+    return _guarded(run, settings, doing)
 
 
 def downgrade_plan(
@@ -204,17 +202,35 @@ def downgrade_plan(
 ) -> list[str]:
     """The revisions a downgrade to `revision` would undo, newest first (nothing is changed)."""
     project = project or MigrationProject.discover()
-    settings = resolve(target)
-    current_revs = current(settings, project=project)
-    _refuse_ambiguous_step(revision, current_revs)
+    settings = migration_settings(resolve(target))
+    state = status(settings, project=project)
+    _refuse_unknown(state, "downgrade")
+    _refuse_ambiguous_step(revision, state.current)
 
     def plan() -> list[str]:
-        steps = project.script.iterate_revisions(
-            current_revs or "base", revision, select_for_downgrade=True
-        )
+        script = project.script
+        try:
+            steps = list(
+                script.iterate_revisions(
+                    state.current or "base", revision, select_for_downgrade=True
+                )
+            )
+        except RevisionError:
+            steps = dependency_downgrade(script, state.current, revision)
+            if not steps:
+                raise
         return [s.revision for s in steps]
 
     return _guarded(plan, settings, "planning the downgrade")
+
+
+def _refuse_unknown(state: MigrationStatus, what: str) -> None:
+    if state.unknown:
+        raise MigrationError(
+            f"The database is at revision(s) these scripts do not know "
+            f"({', '.join(state.unknown)}), so this code cannot {what} it. Run from the app's "
+            "folder (or pass --project), or use the release that wrote those revisions."
+        )
 
 
 def _refuse_ambiguous_step(revision: str, current_revs: Sequence[str]) -> None:
@@ -240,9 +256,11 @@ def status(
 ) -> MigrationStatus:
     """Where the database stands: current, heads, missing and unknown revisions."""
     project = project or MigrationProject.discover()
-    settings = resolve(target)
-    rows, versioned = _with_connection(settings, read_current, "reading the migration state")
-    return status_from(project.script, rows, versioned)
+    settings = migration_settings(resolve(target))
+    script = project.script
+    return _with_connection(
+        settings, lambda conn: read_status(conn, script), "reading the migration state"
+    )
 
 
 def is_at_head(target: Target | None = None, *, project: MigrationProject | None = None) -> bool:
@@ -262,10 +280,9 @@ def history(
     """Every revision, newest first; `applied` is filled in when a database is given."""
     project = project or MigrationProject.discover()
     script = project.script
-    applied: set[str] | None = None
+    missing: set[str] | None = None
     if target is not None:
-        state = status(target, project=project)
-        applied = ancestry(script, [r for r in state.current if r not in state.unknown])
+        missing = set(status(target, project=project).missing)
     head_set = set(script.get_heads())
     result = []
     for node in script.walk_revisions():
@@ -278,7 +295,7 @@ def history(
                 message=(node.doc or "").strip(),
                 path=Path(node.path),
                 is_head=node.revision in head_set,
-                applied=None if applied is None else node.revision in applied,
+                applied=None if missing is None else node.revision not in missing,
             )
         )
     return result
@@ -328,7 +345,7 @@ def revision(
     attributes: dict[str, Any] = {}
     settings: Settings | None = None
     if autogenerate:
-        settings = resolve(target)
+        settings = migration_settings(resolve(target))
         ensure_single_heads(project)
         models = list(metadata) if metadata is not None else project.metadata()
         attributes = {"pgstack.settings": settings, "pgstack.metadata": models}
@@ -368,7 +385,10 @@ def merge(
     label = branch or (project.branch if project.versions is not None else PGSTACK_BRANCH)
     own = branch_heads(project.script).get(label, [])
     if len(own) < 2:
-        raise MigrationError(f"Branch {label} has {len(own)} head(s): nothing to merge.")
+        raise MigrationError(
+            f"Branch {label} has {len(own)} head(s): nothing to merge. `pgstack db check` "
+            "names a branch with several heads; pass it with --branch."
+        )
     config = project.alembic_config()
 
     def run() -> Path:
@@ -390,18 +410,20 @@ def check(
 ) -> list[str]:
     """What keeps models, migrations and the database from agreeing; empty when they do.
 
-    Lists branches with several heads, revisions not applied yet, and then (once the
-    database is at head) every difference between the models and the schema.
+    Lists branches with several heads (and then nothing else), or revisions not applied
+    yet, or (once the database is at head) every difference between the models and the
+    schema.
     """
     project = project or MigrationProject.discover()
-    settings = resolve(target)
+    settings = migration_settings(resolve(target))
     script = project.script
     problems = multiple_heads(script)
+    if problems:
+        return problems  # nothing can be upgraded, so comparing the database says nothing
     models = list(metadata) if metadata is not None else project.metadata()
 
     def inspect_db(conn: Connection) -> list[str]:
-        rows, versioned = read_current(conn)
-        state = status_from(script, rows, versioned)
+        state = read_status(conn, script)
         found: list[str] = []
         if state.missing:
             found.append(
@@ -416,7 +438,7 @@ def check(
             found.extend(differences(conn, models))
         return found
 
-    return problems + _with_connection(settings, inspect_db, "comparing the models")
+    return _with_connection(settings, inspect_db, "comparing the models")
 
 
 # -- async forms ---------------------------------------------------------------------------
@@ -444,31 +466,42 @@ async def status_async(
 ) -> MigrationStatus:
     """Where the database of an open engine (or connection) stands; no new connection."""
     project = project or MigrationProject.discover()
+    script = project.script
     if isinstance(engine, AsyncConnection):
-        rows, versioned = await engine.run_sync(read_current)
-    else:
-        async with engine.connect() as conn:
-            rows, versioned = await conn.run_sync(read_current)
-    return status_from(project.script, rows, versioned)
+        return await engine.run_sync(read_status, script)
+    async with engine.connect() as conn:
+        return await conn.run_sync(read_status, script)
 
 
 # -- plumbing ------------------------------------------------------------------------------
 
 
 def resolve(target: Target | None) -> Settings:
-    """Settings for `target`; the environment supplies everything it does not say."""
+    """Settings for `target`; the environment supplies everything it does not say.
+
+    A URL given is the database for every purpose: DATABASE_MIGRATION_URL does not apply.
+    """
     if isinstance(target, Settings):
         settings = target
     elif target is None:
         settings = Settings()
     else:
         url = to_asyncpg_url(target) if isinstance(target, str) else target
-        settings = Settings().with_url(url)
+        settings = Settings().with_url(url).model_copy(update={"database_migration_url": None})
     if settings.url is None:
         raise ConfigurationError(
             "No database is configured: set DATABASE_URL (or DATABASE_HOST/NAME/USER/PASSWORD)."
         )
     return settings
+
+
+def migration_settings(settings: Settings) -> Settings:
+    """The settings migrations run with: DATABASE_MIGRATION_URL (the owner's) when it is set."""
+    owner = settings.database_migration_url
+    if owner is None:
+        return settings
+    to_asyncpg_url(owner.get_secret_value(), "DATABASE_MIGRATION_URL")  # fail early, by name
+    return settings.model_copy(update={"database_url": owner})
 
 
 def run_off_loop(fn: Callable[[], T]) -> T:
@@ -486,9 +519,27 @@ def _guarded(fn: Callable[[], T], settings: Settings | None, doing: str) -> T:
     try:
         return run_off_loop(fn)
     except CommandError as exc:
-        raise MigrationError(f"{doing[:1].upper()}{doing[1:]} failed: {exc}") from None
+        raise MigrationError(
+            f"{doing[:1].upper()}{doing[1:]} failed: {str(exc).rstrip('.')}. {command_hint(exc)}"
+        ) from None
     except Exception as exc:
         raise as_pgstack_error(exc, url, doing) from None
+
+
+def command_hint(exc: CommandError) -> str:
+    """What to do about one of Alembic's command errors."""
+    text = str(exc).lower()
+    if "can't locate revision" in text:
+        return (
+            "The database or the command names a revision these scripts lack: run from the "
+            "app's folder (or pass --project), or deploy the release that wrote it."
+        )
+    if "multiple head" in text:
+        return (
+            "Name one head as BRANCH@head, or merge them: `pgstack db merge --branch BRANCH` "
+            "(branches: `pgstack db history`)."
+        )
+    return "`pgstack db history` lists the revisions and branches."
 
 
 def _with_connection(settings: Settings, fn: Callable[[Connection], T], doing: str) -> T:

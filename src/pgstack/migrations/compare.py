@@ -77,43 +77,60 @@ def missing_objects(conn: Connection, metadata: Sequence[MetaData]) -> list[Sche
     """Tables, columns, indexes and constraints of the models that the database lacks.
 
     Constraints are matched by name, which the naming convention makes stable; that also
-    covers CHECK constraints, which autogenerate does not compare.
+    covers CHECK constraints, which autogenerate does not compare. One catalog query per
+    kind of object and schema serves every table.
     """
     inspector = inspect(conn)
-    problems: list[SchemaProblem] = []
-    tables: dict[str | None, set[str]] = {}
+    by_schema: dict[str | None, list[Table]] = {}
     for md in metadata:
         for table in md.sorted_tables:
-            schema = table.schema
-            if schema not in tables:
-                tables[schema] = set(inspector.get_table_names(schema=schema))
-            if table.name not in tables[schema]:
+            by_schema.setdefault(table.schema, []).append(table)
+    problems: list[SchemaProblem] = []
+    for schema, tables in by_schema.items():
+        present = set(inspector.get_table_names(schema=schema))
+        names = [t.name for t in tables if t.name in present]
+        found = _catalog(inspector, schema, names) if names else {}
+        for table in tables:
+            if table.name not in present:
                 problems.append(
                     SchemaProblem("table", table.name, table.name, f"table {table.name}: missing")
                 )
-                continue
-            problems.extend(_missing_in_table(inspector, table))
+            else:
+                problems.extend(_missing_in_table(table, found))
     return problems
 
 
-def _missing_in_table(inspector: Any, table: Table) -> list[SchemaProblem]:
-    name, schema = table.name, table.schema
-    found: list[SchemaProblem] = []
+def _catalog(inspector: Any, schema: str | None, names: list[str]) -> dict[str, dict[Any, Any]]:
+    """Per kind, `{(schema, table): reflected}` for the named tables, one query per kind."""
+    kinds = {
+        "columns": inspector.get_multi_columns,
+        "pk": inspector.get_multi_pk_constraint,
+        "indexes": inspector.get_multi_indexes,
+        "uniques": inspector.get_multi_unique_constraints,
+        "fks": inspector.get_multi_foreign_keys,
+        "checks": inspector.get_multi_check_constraints,
+    }
+    return {kind: get(schema=schema, filter_names=names) for kind, get in kinds.items()}
+
+
+def _missing_in_table(table: Table, found: dict[str, dict[Any, Any]]) -> list[SchemaProblem]:
+    name, key = table.name, (table.schema, table.name)
+    problems: list[SchemaProblem] = []
+
+    def names(kind: str) -> set[str]:
+        return {item["name"] for item in found[kind].get(key, [])}
 
     def lack(kind: str, what: str) -> None:
-        found.append(SchemaProblem(kind, name, what, f"table {name}: {kind} {what} missing"))
+        problems.append(SchemaProblem(kind, name, what, f"table {name}: {kind} {what} missing"))
 
-    columns = {c["name"] for c in inspector.get_columns(name, schema=schema)}
+    columns, indexes, uniques = names("columns"), names("indexes"), names("uniques")
+    fks, checks = names("fks"), names("checks")
     for column in table.columns:
         if column.name not in columns:
             lack("column", column.name)
-    pk = inspector.get_pk_constraint(name, schema=schema)
+    pk = found["pk"].get(key) or {}
     if table.primary_key.columns and not pk.get("constrained_columns"):
         lack("primary key", str(table.primary_key.name or ""))
-    indexes = {i["name"] for i in inspector.get_indexes(name, schema=schema)}
-    uniques = {u["name"] for u in inspector.get_unique_constraints(name, schema=schema)}
-    fks = {f["name"] for f in inspector.get_foreign_keys(name, schema=schema)}
-    checks = {c["name"] for c in inspector.get_check_constraints(name, schema=schema)}
     for index in table.indexes:
         if index.name and index.name not in indexes:
             lack("index", str(index.name))
@@ -126,7 +143,7 @@ def _missing_in_table(inspector: Any, table: Table) -> list[SchemaProblem]:
         elif isinstance(constraint, ForeignKeyConstraint) and cname not in fks:
             lack("foreign key", cname)
         elif isinstance(constraint, CheckConstraint) and cname not in checks:
-            found.append(
+            problems.append(
                 SchemaProblem(
                     "check",
                     name,
@@ -135,7 +152,7 @@ def _missing_in_table(inspector: Any, table: Table) -> list[SchemaProblem]:
                     "missing from the database",
                 )
             )
-    return found
+    return problems
 
 
 def _describe(diff: tuple[Any, ...]) -> str:

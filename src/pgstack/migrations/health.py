@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pgstack.db.health import Check
-from pgstack.migrations.api import describe_revisions, status_async
+from pgstack.migrations.api import status_async
 from pgstack.migrations.project import MigrationProject
+from pgstack.migrations.state import describe_revisions
 
 if TYPE_CHECKING:
     from pgstack.db.database import Database

@@ -14,14 +14,13 @@ from pgstack.migrations._env import acquire_lock, release
 from pgstack.migrations.api import (
     Target,
     _with_connection,
-    describe_revisions,
-    read_current,
+    migration_settings,
     resolve,
-    status_from,
     upgrade,
 )
 from pgstack.migrations.compare import missing_objects
 from pgstack.migrations.project import MigrationProject
+from pgstack.migrations.state import describe_revisions, read_status
 
 # Tables `clear` keeps: they describe the schema, not the application's data.
 KEEP_ON_CLEAR = frozenset({"pgstack_meta", "alembic_version"})
@@ -74,7 +73,7 @@ def reset(target: Target | None = None, *, project: MigrationProject | None = No
 
     Refused in production. Extensions, roles and grants stay. Returns the applied revisions.
     """
-    settings = resolve(target)
+    settings = migration_settings(resolve(target))
     refuse_in_production(settings, "reset")
     project = project or MigrationProject.discover()
 
@@ -103,7 +102,7 @@ def clear(
 
     Refused in production.
     """
-    settings = resolve(target)
+    settings = migration_settings(resolve(target))
     refuse_in_production(settings, "clear")
     project = project or MigrationProject.discover()
     tables = [t for md in project.metadata() for t in md.sorted_tables]
@@ -164,8 +163,8 @@ def validate(
     def run(conn: Connection) -> None:
         version = conn.execute(text("SHOW server_version")).scalar_one()
         report.add("server", "connection", True, f"PostgreSQL {version}")
-        rows, versioned = read_current(conn)
-        state = status_from(script, rows, versioned)
+        report.add("roles", "service role", *_role_check(conn, settings))
+        state = read_status(conn, script)
         if state.missing:
             report.add(
                 "migrations",
@@ -176,7 +175,13 @@ def validate(
         else:
             report.add("migrations", "at head", True, ", ".join(state.current))
         if state.unknown:
-            report.add("migrations", "known", False, f"unknown: {', '.join(state.unknown)}")
+            report.add(
+                "migrations",
+                "known",
+                state.ahead,
+                f"unknown: {', '.join(state.unknown)}"
+                + (" (a newer release migrated it)" if state.ahead else " (another lineage)"),
+            )
         conn.rollback()
 
         problems = missing_objects(conn, metadata)
@@ -192,12 +197,55 @@ def validate(
     _with_connection(settings, run, "validating")
     summary: dict[str, Any] = settings.summary()
     summary["database_url"] = render_url(settings.url) if settings.url is not None else "(none)"
+    owner = migration_settings(settings)
+    if owner is not settings and owner.url is not None:
+        summary["database_migration_url"] = render_url(owner.url)
     summary["app_migrations"] = str(project.versions) if project.versions else "(none)"
     summary["models"] = project.models or "(none)"
     summary["branch"] = project.branch if project.versions else "(pgstack only)"
     for key, value in summary.items():
         report.add("configuration", key, True, str(value))
     return report
+
+
+_ROLE = text(
+    """
+    SELECT current_user AS name, r.rolsuper AS superuser, r.rolbypassrls AS bypassrls,
+           pg_has_role(current_user, n.nspowner, 'USAGE') AS owns_schema,
+           EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid
+                   AND pg_has_role(current_user, c.relowner, 'USAGE')) AS owns_tables
+    FROM pg_roles r, pg_namespace n
+    WHERE r.rolname = current_user AND n.nspname = current_schema()
+    """
+)
+
+
+def _role_check(conn: Connection, settings: Settings) -> tuple[bool, str]:
+    """Whether the service's role is the application role: no superuser, owns nothing."""
+    role = conn.execute(_ROLE).one_or_none()
+    conn.rollback()
+    if role is None:
+        return True, "no current schema to judge ownership by"
+    powers = [
+        what
+        for what, has in (
+            ("a superuser", role.superuser),
+            ("exempt from row-level security (BYPASSRLS)", role.bypassrls),
+            ("the schema's owner", role.owns_schema),
+            ("the owner of tables", role.owns_tables),
+        )
+        if has
+    ]
+    if not powers:
+        return True, f"{role.name}: data rights only"
+    detail = (
+        f"DATABASE_URL connects as {role.name}, {' and '.join(powers)}: in production "
+        "connect the service as the application role and migrate as the owner with "
+        "DATABASE_MIGRATION_URL (`pgstack db init` makes both)"
+    )
+    if settings.environment != "production":
+        return True, detail + f" (allowed in {settings.environment})"
+    return False, detail
 
 
 def _crud_probe(conn: Connection) -> tuple[bool, str]:

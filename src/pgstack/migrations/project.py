@@ -73,7 +73,10 @@ class MigrationProject:
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigurationError(f"No pyproject.toml at {file}.") from None
+            raise ConfigurationError(
+                f"No pyproject.toml at {file}: pass --project the folder that holds the app's "
+                "pyproject.toml, or run from inside it."
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{file} is not valid TOML: {exc}.") from None
         section = data.get("tool", {}).get("pgstack")

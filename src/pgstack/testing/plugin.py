@@ -12,16 +12,14 @@ test run's pyproject.toml, else pgstack's own migrations. Override that fixture 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
 from pgstack.config import Settings, to_asyncpg_url
-from pgstack.db.admin import asyncpg_dsn
+from pgstack.db.admin import asyncpg_dsn as asyncpg_dsn  # for tests that connect on their own
 from pgstack.db.database import Database
 from pgstack.db.embedded import EmbeddedPostgres
 from pgstack.db.session import Session
@@ -50,28 +48,20 @@ def pgstack_server_url() -> Iterator[URL]:
 
 
 @pytest.fixture(scope="session")
-async def pgstack_database_url(pgstack_server_url: URL) -> AsyncIterator[URL]:
+def pgstack_database_url(pgstack_templates: TemplateDatabases) -> Iterator[URL]:
     """A fresh database for this test run, dropped at the end."""
-    name = f"pgstack_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(asyncpg_dsn(pgstack_server_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield pgstack_server_url.set(database=name)
-    finally:
-        admin = await asyncpg.connect(asyncpg_dsn(pgstack_server_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    yield from pgstack_templates.dropped_after(pgstack_templates.empty())
 
 
 def settings_for(url: URL) -> Settings:
-    """Settings for a test database: a small pool, quick retries, no `.env`."""
+    """Settings for a test database: a small pool, quick retries, no `.env`.
+
+    Migrations run on the test database too: a DATABASE_MIGRATION_URL in the environment
+    does not apply.
+    """
     return Settings(
         database_url=url.render_as_string(hide_password=False),
+        database_migration_url=None,
         database_pool_size=5,
         database_max_overflow=2,
         database_pool_timeout=5,
@@ -144,21 +134,13 @@ def pgstack_migrated_url(
     pgstack_template_url: URL,
 ) -> Iterator[URL]:
     """A database of this test's own, at the head of the migrations; dropped afterwards."""
-    url = pgstack_templates.clone(pgstack_migration_project)
-    try:
-        yield url
-    finally:
-        pgstack_templates.drop(url)
+    yield from pgstack_templates.dropped_after(pgstack_templates.clone(pgstack_migration_project))
 
 
 @pytest.fixture
 def pgstack_empty_url(pgstack_templates: TemplateDatabases) -> Iterator[URL]:
     """A new, empty database of this test's own (to test migrations); dropped afterwards."""
-    url = pgstack_templates.empty()
-    try:
-        yield url
-    finally:
-        pgstack_templates.drop(url)
+    yield from pgstack_templates.dropped_after(pgstack_templates.empty())
 
 
 @pytest.fixture

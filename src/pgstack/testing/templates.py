@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -74,22 +74,29 @@ class TemplateDatabases:
     template_ms: list[float] = field(default_factory=list)
 
     def template(self, project: MigrationProject) -> URL:
-        """The URL of the template migrated to head for `project`, built on first use."""
+        """The URL of the template migrated to head for `project`, built on first use.
+
+        A template whose upgrade fails is dropped, not kept: the next test tries afresh.
+        """
         key = (str(project.versions), project.branch)
         name = self.templates.get(key)
         if name is None:
             name = unique_name("pgstack_tpl")
             started = time.perf_counter()
             run_async(lambda: _admin(self.server, f"CREATE DATABASE {_quote(name)}"))
-            self.templates[key] = name
-            upgrade(self.server.set(database=name), "heads", project=project)
-            # No one may connect to a template while it is copied; refusing connections
-            # makes a stray one fail loudly instead of making a clone wait and fail.
-            run_async(
-                lambda: _admin(
-                    self.server, f"ALTER DATABASE {_quote(name)} WITH ALLOW_CONNECTIONS false"
+            try:
+                upgrade(self.server.set(database=name), "heads", project=project)
+                # No one may connect to a template while it is copied; refusing connections
+                # makes a stray one fail loudly instead of making a clone wait and fail.
+                run_async(
+                    lambda: _admin(
+                        self.server, f"ALTER DATABASE {_quote(name)} WITH ALLOW_CONNECTIONS false"
+                    )
                 )
-            )
+            except BaseException:
+                self._drop([name])
+                raise
+            self.templates[key] = name
             self.template_ms.append((time.perf_counter() - started) * 1000)
         return self.server.set(database=name)
 
@@ -118,12 +125,21 @@ class TemplateDatabases:
     def drop(self, url: URL) -> None:
         """Drop a clone (its connections are cut)."""
         assert url.database is not None
-        statement = f"DROP DATABASE IF EXISTS {_quote(url.database)} WITH (FORCE)"
-        run_async(lambda: _admin(self.server, statement))
+        self._drop([url.database])
+
+    def dropped_after(self, url: URL) -> Iterator[URL]:
+        """Yield `url` (a fixture's database), then drop it: `yield from t.dropped_after(u)`."""
+        try:
+            yield url
+        finally:
+            self.drop(url)
 
     def close(self) -> None:
         """Drop every template this process made."""
         names, self.templates = list(self.templates.values()), {}
+        self._drop(names)
+
+    def _drop(self, names: list[str]) -> None:
         if names:
             statements = [f"DROP DATABASE IF EXISTS {_quote(n)} WITH (FORCE)" for n in names]
             run_async(lambda: _admin(self.server, *statements))
