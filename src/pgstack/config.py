@@ -91,7 +91,8 @@ class SecretFilesSource(PydanticBaseSettingsSource):
         self._named = named
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ reads every field at once
+        # Nothing per field: __call__ reads every field's NAME_FILE at once.
+        return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         variables: dict[str, str | None] = {}
