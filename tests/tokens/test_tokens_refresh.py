@@ -376,19 +376,33 @@ async def test_during_a_backoff_callers_do_not_wait_for_the_row_lock(
 
 
 class _Proxy:
-    """A TCP relay to PostgreSQL that can be cut, as a network outage cuts a service off."""
+    """A TCP relay to PostgreSQL that can be cut, as a network outage cuts a service off.
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    It reaches the server the way `url` does: over TCP, or through the Unix socket of a
+    server that listens on no TCP port (the embedded test server).
+    """
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
         self.links: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
 
-    async def start(self) -> int:
+    async def start(self) -> URL:
+        """Start relaying; the URL that reaches the server through the relay."""
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
+        port = int(self.server.sockets[0].getsockname()[1])
+        query = {k: v for k, v in self.url.query.items() if k != "host"}
+        return self.url.set(host="127.0.0.1", port=port, query=query)
+
+    async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        port = self.url.port or 5432
+        socket_dir = self.url.query.get("host")
+        if isinstance(socket_dir, str) and socket_dir.startswith("/"):
+            return await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{port}")
+        return await asyncio.open_connection(self.url.host or "127.0.0.1", port)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_reader, up_writer = await self._upstream()
         self.links += [writer, up_writer]
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -415,10 +429,10 @@ async def test_a_database_outage_is_database_unavailable_and_a_503(
     pgstack_migrated_url: URL, token_keys: KeyRing
 ) -> None:
     # proves: T3
-    proxy = _Proxy(pgstack_migrated_url.port or 5432)
-    port = await proxy.start()
+    proxy = _Proxy(pgstack_migrated_url)
+    relayed = await proxy.start()
     settings = Settings(
-        database_url=pgstack_migrated_url.set(port=port).render_as_string(hide_password=False),
+        database_url=relayed.render_as_string(hide_password=False),
         database_connect_attempts=1,
         database_pool_timeout=2,
         _env_file=None,
