@@ -610,8 +610,12 @@ async def replication(ctx: _Context) -> None:
     """Lag of replicas (seen from the primary, or on a replica itself) and idle slots."""
     lag_s = ctx.limits.replication_lag.total_seconds()
     if await ctx.value("SELECT pg_is_in_recovery()"):
+        # A streaming replica that replayed all it received is current, however long ago the
+        # primary last committed; otherwise the age of the last replayed commit is the lag.
         lag = await ctx.value(
-            "SELECT extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
+            "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()"
+            " AND EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 0"
+            " ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END"
         )
         if lag is not None and float(lag) >= lag_s:
             ctx.add(
@@ -619,7 +623,7 @@ async def replication(ctx: _Context) -> None:
                 "warn",
                 "this replica",
                 f"last replayed transaction is {_age(float(lag))} old",
-                "Reads from this replica see old data (or the primary is idle).",
+                "Reads from this replica see old data.",
                 "Check the replica's disk and network, and long queries cancelling replay.",
             )
         return
