@@ -125,13 +125,35 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_UUID = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+
 def _allowed_methods(request: Request) -> str:
-    """Every method the OpenAPI document lists for a path template this request's path fits."""
+    """Every method the OpenAPI document lists for an operation whose path this request fits.
+
+    A path parameter declared as a UUID matches only a UUID, as the router's `:uuid`
+    convertor does, so `/admin/users/statistics` is not taken for `/admin/users/{user_id}`.
+    """
     methods: set[str] = set()
     for template, item in request.app.openapi().get("paths", {}).items():
-        pattern = re.sub(r"\\\{.*?\\\}", "[^/]+", re.escape(template))
-        if re.fullmatch(pattern, request.url.path):
-            methods.update(method.upper() for method in item if method in _METHODS)
+        for method, operation in item.items():
+            if method not in _METHODS:
+                continue
+            formats = {
+                p["name"]: p.get("schema", {}).get("format")
+                for p in operation.get("parameters", [])
+                if p.get("in") == "path"
+            }
+            # re.split alternates literal text and parameter names: "/a/", "id", "/b".
+            parts = re.split(r"\{(.*?)\}", template)
+            pattern = "".join(
+                re.escape(part)
+                if i % 2 == 0
+                else (_UUID if formats.get(part) == "uuid" else "[^/]+")
+                for i, part in enumerate(parts)
+            )
+            if re.fullmatch(pattern, request.url.path):
+                methods.add(method.upper())
     return ", ".join(sorted(methods))
 
 
