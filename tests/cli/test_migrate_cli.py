@@ -148,6 +148,9 @@ def test_upgrade_current_history_downgrade(pgstack_empty_url: URL) -> None:
     assert [r for r in order if r in PGSTACK_REVISIONS] == PGSTACK_REVISIONS[::-1]
     assert order.index("sampleapp_0001") < order.index("pgstack_0001")
     assert all("yes" in row for row in rows.values()), result.output
+    listing = json.loads(cli(url, "history", "--json", *project).output)
+    assert [r["revision"] for r in listing] == order  # the same rows, newest first
+    assert all(r["applied"] is True for r in listing)
 
     # Going below the current revision asks first; "no" changes nothing.
     result = cli(url, "downgrade", "sampleapp@base", *project, input="n\n")

@@ -187,7 +187,7 @@ async def test_errors_are_problem_details_never_500(client: httpx.AsyncClient) -
 async def test_registration_can_be_closed(
     pgstack_migrated_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # proves: W2, I1
+    # proves: W2
     monkeypatch.setenv("PGSTACK_REGISTRATION", "false")
     settings = Settings()
     assert settings.registration is False

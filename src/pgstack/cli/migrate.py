@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pgstack.cli.main import db_app, expected_failures
+from pgstack.cli.main import JsonOpt, db_app, expected_failures
 from pgstack.errors import MigrationError
 
 if TYPE_CHECKING:
@@ -193,9 +193,14 @@ def current(project: ProjectOpt = None, migrations: MigrationsOpt = None) -> Non
 
 @db_app.command("history")
 @expected_failures
-def history(project: ProjectOpt = None, migrations: MigrationsOpt = None) -> None:
+def history(
+    project: ProjectOpt = None, migrations: MigrationsOpt = None, as_json: JsonOpt = False
+) -> None:
     """List every revision, newest first (and which are applied, when a database is set)."""
     proj = load_project(project, migrations)
+    import dataclasses
+    import json
+
     from rich.table import Table
 
     from pgstack import migrations as mig
@@ -205,6 +210,10 @@ def history(project: ProjectOpt = None, migrations: MigrationsOpt = None) -> Non
     settings = Settings()
     target = settings if settings.is_configured else None
     revisions = mig.history(target, project=proj)
+    if as_json:
+        rows = [dataclasses.asdict(info) | {"path": str(info.path)} for info in revisions]
+        typer.echo(json.dumps(rows, indent=2))
+        return
     table = Table(title="migrations, newest first")
     for column in ("revision", "branch", "after", "depends on", "applied", "message"):
         table.add_column(column)
