@@ -9,9 +9,9 @@ from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import APIRouter
-from pydantic import BaseModel
-from sqlalchemy import Text, Uuid
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+from sqlalchemy import MetaData, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pgstack.config import Settings
@@ -24,7 +24,12 @@ from pgstack.tenancy import Tenancy, Tenant
 from pgstack.web import create_app
 from pgstack.web.deps import SessionDep
 from pgstack.web.identity import identity_router
-from pgstack.web.tenancy import TenantAccessDep, require_tenant_role, tenancy_router
+from pgstack.web.tenancy import (
+    TenantAccess,
+    TenantAccessDep,
+    require_tenant_role,
+    tenancy_router,
+)
 
 STRONG = "violet Harbour 42 lanterns drift"
 PROBLEM = "application/problem+json"
@@ -48,14 +53,13 @@ async def make_user(identity: Identity, email: str, **extra: object) -> User:
 
 
 class NotesBase(DeclarativeBase):
-    metadata = __import__("sqlalchemy").MetaData(naming_convention=NAMING_CONVENTION)
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class Note(UUIDPrimaryKey, TenantScoped, Audited, NotesBase):
     __tablename__ = "tenancy_test_notes"
 
     body: Mapped[str] = mapped_column(Text, nullable=False)
-    owner: Mapped[uuid.UUID | None] = mapped_column(Uuid(as_uuid=True))
 
 
 class NoteRepository(Repository[Note]):
@@ -63,7 +67,7 @@ class NoteRepository(Repository[Note]):
 
 
 class NoteIn(BaseModel):
-    body: Annotated[str, __import__("pydantic").Field(max_length=1000)]
+    body: Annotated[str, Field(max_length=1000)]
 
 
 class NoteOut(BaseModel):
@@ -73,10 +77,12 @@ class NoteOut(BaseModel):
     created_by: str | None
 
 
+Writer = Annotated[TenantAccess, Depends(require_tenant_role("member"))]
+
+
 def notes_router() -> APIRouter:
     """An application's own tenant routes, written the way the guide shows."""
     router = APIRouter()
-    writer = require_tenant_role("member")
 
     def out(note: Note) -> NoteOut:
         return NoteOut(
@@ -94,7 +100,7 @@ def notes_router() -> APIRouter:
     @router.post("/notes", status_code=201)
     async def create_note(
         body: NoteIn,
-        access: Annotated[object, __import__("fastapi").Depends(writer)],
+        access: Writer,
         session: SessionDep,
     ) -> NoteOut:
         note = await NoteRepository(session).create(body=body.body)

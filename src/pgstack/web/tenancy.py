@@ -157,6 +157,10 @@ def require_tenant_role(*roles: str) -> Callable[..., Awaitable[TenantAccess]]:
     return dependency
 
 
+#: The request's tenant access, for an admin (or owner) of that tenant only.
+TenantAdminDep = Annotated[TenantAccess, Depends(require_tenant_role(TenantRole.ADMIN.value))]
+
+
 # -- bodies ---------------------------------------------------------------------------------
 
 
@@ -310,8 +314,6 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
     """
     router = APIRouter(tags=list(tags))
     admin = [Depends(require_roles(admin_role))]
-    tenant_admin = require_tenant_role(TenantRole.ADMIN.value)
-    TenantAdmin = Annotated[TenantAccess, Depends(tenant_admin)]
 
     @router.get("/tenants")
     async def my_tenants(principal: PrincipalDep, tenancy: TenancyDep) -> list[MyTenantOut]:
@@ -348,7 +350,7 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
 
     @router.patch("/tenants/{tenant_id:uuid}")
     async def patch_tenant(
-        tenant_id: uuid.UUID, body: TenantPatchIn, access: TenantAdmin, tenancy: TenancyDep
+        tenant_id: uuid.UUID, body: TenantPatchIn, access: TenantAdminDep, tenancy: TenancyDep
     ) -> TenantOut:
         changes = body.model_dump(exclude_unset=True)
         if not changes:
@@ -369,7 +371,7 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
 
     @router.post("/tenants/{tenant_id:uuid}/invitations", status_code=status.HTTP_201_CREATED)
     async def invite(
-        tenant_id: uuid.UUID, body: InviteIn, access: TenantAdmin, tenancy: TenancyDep
+        tenant_id: uuid.UUID, body: InviteIn, access: TenantAdminDep, tenancy: TenancyDep
     ) -> InvitationOut:
         _may_touch_owners(access, body.role)
         issued = await tenancy.memberships.invite(
@@ -390,7 +392,7 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
         status_code=status.HTTP_204_NO_CONTENT,
     )
     async def withdraw(
-        tenant_id: uuid.UUID, invitation_id: uuid.UUID, access: TenantAdmin, tenancy: TenancyDep
+        tenant_id: uuid.UUID, invitation_id: uuid.UUID, access: TenantAdminDep, tenancy: TenancyDep
     ) -> Response:
         await tenancy.memberships.withdraw(access.tenant.id, invitation_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -400,7 +402,7 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
         tenant_id: uuid.UUID,
         user_id: uuid.UUID,
         body: RoleIn,
-        access: TenantAdmin,
+        access: TenantAdminDep,
         tenancy: TenancyDep,
     ) -> MemberOut:
         current_role = await tenancy.memberships.role_of(access.tenant.id, user_id)
