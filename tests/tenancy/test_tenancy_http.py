@@ -146,6 +146,8 @@ async def test_the_tenant_must_be_named_and_well_formed(
     problem(await client.get("/notes", headers=raw), 422)
     # Path and header naming different tenants is refused, not resolved either way.
     problem(await client.get(f"/tenants/{world.a.id}", headers=bearer(me, world.b.id)), 422)
+    spelled = bearer(me, str(world.a.id).upper())  # the same tenant, spelled otherwise
+    assert (await client.get(f"/tenants/{world.a.id}", headers=spelled)).status_code == 200
     problem(await client.get("/notes", headers={"X-Tenant-ID": str(world.a.id)}), 401)
 
 

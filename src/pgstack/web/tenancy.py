@@ -69,13 +69,7 @@ def role_satisfies(role: str, allowed: Sequence[str]) -> bool:
     return rank is not None and any(rank >= _RANKS[a] for a in allowed if a in _RANKS)
 
 
-def _named_tenant(request: Request, header: str | None) -> uuid.UUID | None:
-    raw: Any = request.path_params.get("tenant_id")
-    if raw is not None and header is not None and str(raw) != header.strip():
-        raise InvalidInputError(
-            "The path and the X-Tenant-ID header name different tenants; send one of them."
-        )
-    raw = raw if raw is not None else header
+def _as_uuid(raw: Any) -> uuid.UUID | None:
     if raw is None or isinstance(raw, uuid.UUID):
         return raw
     try:
@@ -84,6 +78,15 @@ def _named_tenant(request: Request, header: str | None) -> uuid.UUID | None:
         raise InvalidInputError(
             "The tenant id (path or X-Tenant-ID header) is not a UUID; send the tenant's id."
         ) from None
+
+
+def _named_tenant(request: Request, header: str | None) -> uuid.UUID | None:
+    path, named = _as_uuid(request.path_params.get("tenant_id")), _as_uuid(header)
+    if path is not None and named is not None and path != named:
+        raise InvalidInputError(
+            "The path and the X-Tenant-ID header name different tenants; send one of them."
+        )
+    return path or named
 
 
 async def _access(
