@@ -175,9 +175,10 @@ async def test_a_key_bound_to_a_tenant_acts_for_it_only(
     problem(await client.get(f"/tenants/{world.b.id}/members", headers=bearer(key)), 403)
     # The session of the same user reaches B.
     assert (await client.get("/notes", headers=bearer(tokens["member"], world.b.id))).json()
-    # Leaving A ends the key's access to A.
+    # Leaving A ends the key's access to A, and the key does not fall back to B.
     await tenancy.memberships.remove(world.a.id, world.member.id)
-    problem(await client.get("/notes", headers=bearer(key)), 422)
+    problem(await client.get("/notes", headers=bearer(key)), 404)
+    problem(await client.get("/notes", headers=bearer(key, world.b.id)), 403)
 
 
 async def test_concurrent_requests_of_two_tenants_never_see_each_other(

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import ScalarSelect, Select, delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 
 from pgstack.db.database import Database
 from pgstack.db.metrics import sqlstate_of
@@ -320,14 +320,9 @@ class Memberships:
             row = await self._locked_member(session, tenant_id, user_id)
             if row.role == OWNER:
                 await _keep_an_owner(session, tenant_id)
+            # A key bound to this tenant stays bound: it stops working here with the
+            # membership, and never starts acting for another tenant of its user.
             await session.delete(row)
-            # Keys bound to the tenant stop acting for it with the membership.
-            await session.execute(
-                delete(TenantApiKey).where(
-                    TenantApiKey.tenant_id == tenant_id,
-                    TenantApiKey.api_key_id.in_(_keys_of(user_id)),
-                )
-            )
         logger.info("user %s left tenant %s", user_id, tenant_id)
 
     async def _locked_member(
@@ -408,12 +403,6 @@ class Memberships:
                     User.deleted_at.is_(None),
                 )
             )
-
-
-def _keys_of(user_id: uuid.UUID) -> ScalarSelect[uuid.UUID]:
-    from pgstack.identity import ApiKey
-
-    return select(ApiKey.id).where(ApiKey.user_id == user_id).scalar_subquery()
 
 
 async def _keep_an_owner(session: Session, tenant_id: uuid.UUID) -> None:
