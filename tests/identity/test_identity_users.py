@@ -43,7 +43,8 @@ async def test_the_database_refuses_a_second_live_address_and_an_unknown_provide
             await conn.execute(
                 text(
                     "INSERT INTO users (id, email, provider, version) "
-                    "VALUES (:id, 'x@example.com', 'myspace', 1)"
+                    # Applications register provider names; the database checks their shape.
+                    "VALUES (:id, 'x@example.com', 'My Space', 1)"
                 ),
                 {"id": uuid.uuid4()},
             )

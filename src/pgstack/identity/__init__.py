@@ -33,6 +33,8 @@ from pgstack.identity.models import (
     TokenPurpose,
     User,
     UserToken,
+    known_providers,
+    register_provider,
 )
 from pgstack.identity.passwords import (
     PasswordHasher,
@@ -42,7 +44,14 @@ from pgstack.identity.passwords import (
     require_strong_password,
 )
 from pgstack.identity.totp import Enrolment, TwoFactor
-from pgstack.identity.users import HasRole, InGroup, UserRepository, Users, UserStatistics
+from pgstack.identity.users import (
+    HasRole,
+    InGroup,
+    UserRepository,
+    Users,
+    UserStatistics,
+    check_username,
+)
 
 
 class Identity:
@@ -88,10 +97,13 @@ __all__ = [
     "Users",
     "VerifiedKey",
     "check_password_strength",
+    "check_username",
     "generate_api_key",
     "generate_password",
+    "known_providers",
     "looks_like_api_key",
     "parse_api_key",
+    "register_provider",
     "require_scopes",
     "require_strong_password",
 ]

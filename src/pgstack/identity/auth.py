@@ -70,6 +70,8 @@ class Authenticator(ServiceBase):
     async def authenticate(self, email: str, password: str, *, otp: str | None = None) -> User:
         """The user these credentials belong to, or AuthenticationError.
 
+        `email` may also be the user's username (anything without an @).
+
         The attempt is counted before the password is checked (see `Lockout`): after
         `max_failed_logins` attempts without a success the account is locked for `lockout`,
         and even the right password is refused, however many guesses arrive at once. An
@@ -102,7 +104,14 @@ class Authenticator(ServiceBase):
 
         if has_control_characters(email):
             email = ""  # matches no one, and still costs the same work as an unknown address
-        user = await self.lockout.run(User.email == normalise_email(email), check)
+        # A login name without @ is a username: the same lockout, the same work, the same
+        # answer as an e-mail address.
+        who = (
+            User.email == normalise_email(email)
+            if "@" in email or not email
+            else User.username == email.strip().lower()
+        )
+        user = await self.lockout.run(who, check)
         if user is None:
             logger.info("login failed: unknown address, locked account or wrong password")
             raise AuthenticationError(LOGIN_FAILED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from datetime import datetime
 
@@ -22,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pgstack.errors import InvalidInputError
 from pgstack.orm import (
     Base,
     Email,
@@ -43,6 +45,28 @@ class Provider(enum.StrEnum):
     GOOGLE = "google"
     GITHUB = "github"
     OIDC = "oidc"
+    SLACK = "slack"
+
+
+#: The shape of a provider name; applications add theirs with `register_provider`.
+PROVIDER_NAME = r"^[a-z][a-z0-9_]{0,39}$"
+_registered: set[str] = {p.value for p in Provider}
+
+
+def register_provider(name: str) -> str:
+    """Let users sign in through a provider of the application's own (`okta`, `keycloak`)."""
+    if re.fullmatch(PROVIDER_NAME, name) is None:
+        raise InvalidInputError(
+            f"{name[:60]!r} is not a provider name: use 1-40 lower-case letters, digits or "
+            "underscores, starting with a letter."
+        )
+    _registered.add(name)
+    return name
+
+
+def known_providers() -> frozenset[str]:
+    """The built-in provider names and those the application registered."""
+    return frozenset(_registered)
 
 
 class TokenPurpose(enum.StrEnum):
@@ -70,17 +94,28 @@ class User(UUIDPrimaryKey, Timestamped, SoftDelete, Versioned, Base):
 
     __tablename__ = "users"
     __table_args__ = (
-        CheckConstraint(_one_of("provider", Provider), name="provider"),
+        # A shape, not a list: applications register provider names of their own.
+        CheckConstraint(f"provider ~ '{PROVIDER_NAME}'", name="provider"),
         CheckConstraint("login_count >= 0", name="login_count"),
         CheckConstraint("failed_login_count >= 0", name="failed_login_count"),
         # Case-insensitive because the Email type stores addresses lower-cased; partial so
         # that a soft-deleted account does not block signing up again with its address.
         Index("uq_users_email", "email", unique=True, postgresql_where=text("deleted_at IS NULL")),
+        Index(
+            "uq_users_username",
+            "username",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
         UniqueConstraint("provider", "provider_user_id"),
     )
 
     email: Mapped[str] = mapped_column(Email(), nullable=False)
+    #: Optional second login name, stored lower-case (see `check_username`).
+    username: Mapped[str | None] = mapped_column(Text)
     name: Mapped[str | None] = mapped_column(Text)
+    avatar_url: Mapped[str | None] = mapped_column(Text)
+    bio: Mapped[str | None] = mapped_column(Text)
     password_hash: Mapped[str | None] = mapped_column(Text, info={"secret": True})
     provider: Mapped[str] = mapped_column(
         Text, nullable=False, default=Provider.LOCAL.value, server_default=Provider.LOCAL.value

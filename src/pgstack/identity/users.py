@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -15,7 +16,7 @@ from sqlalchemy import ColumnElement, Date, cast, func, literal, or_, select, up
 from pgstack.db.session import Session
 from pgstack.errors import ConflictError, InvalidInputError
 from pgstack.identity._common import ServiceBase, utcnow
-from pgstack.identity.models import ApiKey, LoginSession, Provider, User
+from pgstack.identity.models import ApiKey, LoginSession, Provider, User, known_providers
 from pgstack.identity.passwords import require_strong_password
 from pgstack.identity.text import check_text
 from pgstack.orm.types import normalise_email
@@ -30,6 +31,7 @@ class UserRepository(Repository[User]):
     filterable = (
         "id",
         "email",
+        "username",
         "name",
         "provider",
         "provider_user_id",
@@ -43,7 +45,15 @@ class UserRepository(Repository[User]):
         "updated_at",
         "deleted_at",
     )
-    sortable = ("email", "name", "created_at", "updated_at", "last_login_at", "login_count")
+    sortable = (
+        "email",
+        "username",
+        "name",
+        "created_at",
+        "updated_at",
+        "last_login_at",
+        "login_count",
+    )
 
 
 @dataclass(frozen=True)
@@ -123,11 +133,44 @@ def check_new_email(email: str) -> str:
 
 
 def _check_provider(provider: str) -> str:
-    try:
-        return Provider(provider).value
-    except ValueError:
-        names = ", ".join(p.value for p in Provider)
-        raise InvalidInputError(f"Unknown provider {provider!r}; use one of {names}.") from None
+    if provider not in known_providers():
+        names = ", ".join(sorted(known_providers()))
+        raise InvalidInputError(
+            f"Unknown provider {provider[:60]!r}; use one of {names}, or register it first "
+            "(pgstack.identity.register_provider)."
+        )
+    return provider
+
+
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,38}[a-z0-9]$")
+
+
+def check_username(username: str) -> str:
+    """The username as it is stored (lower-case), or InvalidInputError.
+
+    3-40 ASCII letters, digits, dots, dashes or underscores, starting and ending with a
+    letter or digit: no @ (so a login name is an e-mail address or a username, never
+    both) and no look-alike letters from other scripts.
+    """
+    check_text(username, "username")
+    name = username.strip().lower()
+    if _USERNAME.fullmatch(name) is None:
+        raise InvalidInputError(
+            f"{username[:60]!r} is not a username: use 3-40 letters a-z, digits, '.', '-' or "
+            "'_', starting and ending with a letter or digit."
+        )
+    return name
+
+
+def _check_profile(changes: dict[str, Any]) -> None:
+    if changes.get("username") is not None:
+        changes["username"] = check_username(changes["username"])
+    for key in ("name", "bio", "avatar_url"):
+        if changes.get(key) is not None:
+            check_text(changes[key], key)
+    url = changes.get("avatar_url")
+    if url is not None and not (url.startswith("https://") or url.startswith("http://")):
+        raise InvalidInputError("avatar_url must be an http(s) URL.")
 
 
 class Users(ServiceBase):
@@ -139,6 +182,9 @@ class Users(ServiceBase):
         password: str | None = None,
         *,
         name: str | None = None,
+        username: str | None = None,
+        avatar_url: str | None = None,
+        bio: str | None = None,
         roles: Iterable[str] = (),
         groups: Iterable[str] = (),
         provider: str = Provider.LOCAL.value,
@@ -154,8 +200,13 @@ class Users(ServiceBase):
         """
         provider = _check_provider(provider)
         address = check_new_email(email)
-        if name is not None:
-            check_text(name, "name")
+        profile: dict[str, Any] = {
+            "name": name,
+            "username": username,
+            "avatar_url": avatar_url,
+            "bio": bio,
+        }
+        _check_profile(profile)
         if provider == Provider.LOCAL.value:
             if password is None:
                 raise InvalidInputError("A local user needs a password.")
@@ -179,9 +230,11 @@ class Users(ServiceBase):
                     f"A user with the e-mail address {address} already exists; sign in, or "
                     "reset the password."
                 )
+            if profile["username"] and await repo.exists(username=profile["username"]):
+                raise ConflictError(f"The username {profile['username']} is taken; pick another.")
             return await repo.create(
                 email=address,
-                name=name,
+                **profile,
                 password_hash=password_hash,
                 password_changed_at=now if password_hash else None,
                 provider=provider,
@@ -201,15 +254,20 @@ class Users(ServiceBase):
         async with self.db.transaction(readonly=True) as session:
             return await UserRepository(session).get_by_or_none(email=normalise_email(email))
 
+    async def get_by_username(self, username: str) -> User | None:
+        """The live user with this username, in any letter case, or None."""
+        async with self.db.transaction(readonly=True) as session:
+            return await UserRepository(session).get_by_or_none(username=username.strip().lower())
+
     async def update(
         self, user_id: uuid.UUID, *, keep_role: str | None = None, **changes: Any
     ) -> User:
-        """Change a user's name, roles, groups or active flag.
+        """Change a user's name, username, profile (avatar_url, bio), roles, groups or active flag.
 
         With `keep_role`, a change that would leave no active user with that role (an admin
         demoting or deactivating the last admin) is a ConflictError; see `set_active`.
         """
-        allowed = {"name", "roles", "groups", "is_active"}
+        allowed = {"name", "username", "avatar_url", "bio", "roles", "groups", "is_active"}
         unknown = set(changes) - allowed
         if unknown:
             raise InvalidInputError(
@@ -219,8 +277,7 @@ class Users(ServiceBase):
         for key in ("roles", "groups"):
             if key in changes:
                 changes[key] = _words(changes[key], key)
-        if changes.get("name") is not None:
-            check_text(changes["name"], "name")
+        _check_profile(changes)
         if "is_active" in changes and not isinstance(changes["is_active"], bool):
             raise InvalidInputError("is_active is true or false.")
         async with self._keeping(keep_role, user_id) as session:

@@ -21,7 +21,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
 from pgstack.errors import AuthenticationError, ConflictError, PermissionDeniedError
 from pgstack.identity import (
@@ -169,6 +177,9 @@ _Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[
 _Password = Annotated[str, Field(min_length=1, max_length=1024), _Clean]
 _Token = Annotated[str, Field(min_length=1, max_length=200), _Clean]
 _Name = Annotated[str, Field(max_length=200), _Clean]
+_Username = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[^@\s]+$"), _Clean]
+_Bio = Annotated[str, Field(max_length=2000), _Clean]
+_Url = Annotated[str, Field(max_length=2000, pattern=r"^https?://\S+$"), _Clean]
 _Word = Annotated[str, Field(min_length=1, max_length=100), _Clean]
 _Code = Annotated[str, Field(min_length=6, max_length=40), _Clean]
 _Search = Annotated[str | None, Query(max_length=320), _Clean]
@@ -185,9 +196,18 @@ class RegisterIn(_Body):
 
 
 class LoginIn(_Body):
-    email: _Email
+    """Sign in with `email` or `username` (one of them) and the password."""
+
+    email: _Email | None = None
+    username: _Username | None = None
     password: _Password
     otp: Annotated[str, Field(max_length=40), _Clean] | None = None
+
+    @model_validator(mode="after")
+    def _one_login_name(self) -> LoginIn:
+        if (self.email is None) == (self.username is None):
+            raise ValueError("send either email or username")
+        return self
 
 
 class LoginOut(BaseModel):
@@ -201,7 +221,10 @@ class UserOut(BaseModel):
 
     id: uuid.UUID
     email: str
+    username: str | None
     name: str | None
+    avatar_url: str | None
+    bio: str | None
     provider: str
     roles: list[str]
     groups: list[str]
@@ -287,9 +310,21 @@ class UserPatchIn(_Body):
     """Only the fields sent change; `name: null` clears the name, a null list or flag is 422."""
 
     name: _Name | None = None
+    username: _Username | None = None
+    avatar_url: _Url | None = None
+    bio: _Bio | None = None
     roles: list[_Word] = Field(default_factory=list)
     groups: list[_Word] = Field(default_factory=list)
     is_active: StrictBool = True
+
+
+class ProfileIn(_Body):
+    """Only the fields sent change; null clears one."""
+
+    name: _Name | None = None
+    username: _Username | None = None
+    avatar_url: _Url | None = None
+    bio: _Bio | None = None
 
 
 class UserPageOut(BaseModel):
@@ -373,7 +408,9 @@ def identity_router(
 
     @router.post("/auth/login")
     async def login(body: LoginIn, identity: IdentityDep) -> LoginOut:
-        result = await identity.auth.login(body.email, body.password, otp=body.otp)
+        name = body.email if body.email is not None else body.username
+        assert name is not None  # the body's validator requires one
+        result = await identity.auth.login(name, body.password, otp=body.otp)
         return LoginOut(access_token=result.token, expires_at=result.expires_at)
 
     @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
@@ -385,6 +422,13 @@ def identity_router(
     @router.get("/auth/me")
     async def me(user: CurrentUser) -> UserOut:
         return UserOut.model_validate(user)
+
+    @router.patch("/auth/me")
+    async def update_profile(body: ProfileIn, user: CurrentUser, identity: IdentityDep) -> UserOut:
+        changes = body.model_dump(exclude_unset=True)
+        if not changes:
+            return UserOut.model_validate(user)
+        return UserOut.model_validate(await identity.users.update(user.id, **changes))
 
     @router.post("/auth/me/password", status_code=status.HTTP_204_NO_CONTENT)
     async def change_password(

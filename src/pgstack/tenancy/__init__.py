@@ -1,0 +1,69 @@
+"""Tenants, their members and roles, and the tenant a request or job acts for.
+
+tenancy = Tenancy(db)
+acme = await tenancy.tenants.create("T0123", "Acme", owner_id=ada.id)
+issued = await tenancy.memberships.invite(acme.id, "bob@example.com", "member")
+with tenant(acme.id):          # a job's queries and inserts on tenant-scoped models
+    ...
+"""
+
+from __future__ import annotations
+
+from pgstack.db.database import Database
+from pgstack.orm.context import all_tenants, current_tenant, require_tenant, tenant_context
+from pgstack.tenancy.memberships import (
+    IssuedInvitation,
+    Member,
+    Memberships,
+    check_role,
+)
+from pgstack.tenancy.models import (
+    TRANSITIONS,
+    USABLE,
+    ExternalIdentity,
+    Tenant,
+    TenantApiKey,
+    TenantMembership,
+    TenantRole,
+    TenantStatus,
+)
+from pgstack.tenancy.tenants import TenantRepository, Tenants
+
+#: `with tenant(tenant_id):` scopes a job's work to one tenant; the same as `tenant_context`.
+tenant = tenant_context
+
+
+class Tenancy:
+    """The tenant and membership services on one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.tenants = Tenants(db)
+        self.memberships = Memberships(db)
+
+    def __repr__(self) -> str:
+        return f"Tenancy({self.db!r})"
+
+
+__all__ = [
+    "TRANSITIONS",
+    "USABLE",
+    "ExternalIdentity",
+    "IssuedInvitation",
+    "Member",
+    "Memberships",
+    "Tenancy",
+    "Tenant",
+    "TenantApiKey",
+    "TenantMembership",
+    "TenantRepository",
+    "TenantRole",
+    "TenantStatus",
+    "Tenants",
+    "all_tenants",
+    "check_role",
+    "current_tenant",
+    "require_tenant",
+    "tenant",
+    "tenant_context",
+]
