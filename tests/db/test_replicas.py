@@ -199,7 +199,7 @@ async def test_reads_go_to_the_replica_and_writes_to_the_primary(
                     "SELECT count(*) FROM replica_gadgets WHERE id = $1", primary, made.id
                 )
                 == 1
-            )  # noqa: E501
+            )
     finally:
         await on_server("SELECT pg_wal_replay_resume()", replica)
 
@@ -211,7 +211,7 @@ async def test_a_readonly_session_refuses_writes_on_the_replica(db: Database) ->
             with pytest.raises(DBAPIError, match="read-only transaction"):
                 await session.execute(
                     text("INSERT INTO replica_gadgets VALUES (gen_random_uuid(), 'x')")
-                )  # noqa: E501
+                )
         async with db.transaction(readonly=True) as session:
             assert await session.scalar(text("SELECT pg_is_in_recovery()")) is True
         # A hot standby refuses serializable transactions: those stay on the primary.
