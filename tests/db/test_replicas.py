@@ -83,6 +83,8 @@ def replica_settings(cluster: Cluster, *replicas: Server, **values: Any) -> Sett
 @pytest.fixture
 async def db(cluster: Cluster, tables: None) -> AsyncIterator[Database]:
     async with Database(replica_settings(cluster)) as database:
+        assert database.replicas is not None
+        assert database.replicas.nodes[0].healthy, database.replicas.describe()
         yield database
 
 
@@ -96,7 +98,8 @@ async def on_server(sql: str, server: Server, *args: Any) -> Any:
 
 async def replayed(cluster: Cluster) -> None:
     """Wait until every replica has replayed everything the primary has written."""
-    lsn = await on_server("SELECT pg_current_wal_lsn()::text", cluster.primary)
+    # The insert position: with synchronous_commit off, a commit may not be written yet.
+    lsn = await on_server("SELECT pg_current_wal_insert_lsn()::text", cluster.primary)
     for replica in cluster.replicas:
         deadline = time.monotonic() + 20
         sql = "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn"

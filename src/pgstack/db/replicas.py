@@ -27,6 +27,7 @@ write, or a fast-path read. `Database.read_lane` (the token vault's reads) stays
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -252,6 +253,7 @@ class ReplicaSet:
         self.interval = s.database_replica_check_interval_s
         self._turn = itertools.count()
         self._task: asyncio.Task[None] | None = None
+        self.closed = False
         self._primary = db.engine.sync_engine
         # Read-only sessions that find no replica run read-only on the primary.
         self._primary_readonly = self._primary.execution_options(postgresql_readonly=True)
@@ -293,6 +295,7 @@ class ReplicaSet:
 
     async def close(self, timeout: float) -> None:
         """Stop probing, then close every replica's lane and pool."""
+        self.closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -504,6 +507,60 @@ class _RoutingSession(SyncSession):
         self._pgstack_last = node
         return node.engine.sync_engine if node is not None else replicas._primary
 
+    def _pgstack_forget(self, engine: Any) -> bool:
+        """Drop a lost replica connection from the transaction, so the read can go elsewhere.
+
+        Loaded objects and pending changes stay (a rollback would expire or drop them); the
+        primary's part of the transaction is untouched. False inside a savepoint, which
+        holds the connection too: then the error stands.
+        """
+        root = self.get_transaction()
+        if root is None:
+            return True  # it failed before a transaction held it
+        if self.get_nested_transaction() is not None:
+            return False
+        entry = root._connections.pop(engine, None)
+        if entry is not None:
+            connection = entry[0]
+            root._connections.pop(connection, None)
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+                connection.close()
+        return True
+
+    def _pgstack_release_replicas(self) -> None:
+        """End the replica connections' read-only transactions; a dead replica's is dropped.
+
+        A replica that dies while its transaction ends must not fail the request (nothing on
+        it was to be kept) nor keep the primary's connection from going back to its pool.
+        """
+        root = self.get_transaction()
+        if root is None or self.get_nested_transaction() is not None:
+            return
+        for node in self._pgstack_replicas.nodes:
+            engine = node.engine.sync_engine
+            entry = root._connections.pop(engine, None)
+            if entry is None:
+                continue
+            connection, transaction = entry[0], entry[1]
+            root._connections.pop(connection, None)
+            try:
+                transaction.rollback()
+            except Exception as exc:
+                self._pgstack_replicas.mark_down(node, _reason(exc))
+                with contextlib.suppress(Exception):
+                    connection.invalidate()
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def close(self) -> None:
+        self._pgstack_release_replicas()
+        super().close()
+
+    def rollback(self) -> None:
+        self._pgstack_release_replicas()
+        super().rollback()
+
     def _execute_internal(self, statement: Any, params: Any = None, **kw: Any) -> Any:
         while True:
             try:
@@ -514,9 +571,8 @@ class _RoutingSession(SyncSession):
                     raise
                 self._pgstack_replicas.mark_down(node, _reason(exc))
                 self._pgstack_node = None
-                if self._pgstack_primary or self.identity_map or self.new or self.dirty:
-                    raise  # the rollback a retry needs would lose loaded or pending objects
-                self.rollback()
+                if not self._pgstack_forget(node.engine.sync_engine):
+                    raise
                 continue
             if self._pgstack_last is not None:
                 self._pgstack_last.reads += 1
@@ -586,6 +642,8 @@ class _ReplicaCollector(Collector):
             labels=["replica"],
         )
         for replicas in list(self._sets):
+            if replicas.closed:
+                continue
             for node in replicas.nodes:
                 healthy.add_metric([node.name], 1.0 if node.healthy else 0.0)
                 if node.lag_s is not None:
