@@ -141,6 +141,11 @@ def test_statements_classified_for_routing() -> None:
     assert not is_plain_read(text("SELECT * FROM t FOR NO KEY UPDATE"))
     assert not is_plain_read(text("INSERT INTO t VALUES (1)"))
     assert not is_plain_read(None)
+    # Locks and sequences live on the primary, even when asked for by a SELECT.
+    assert not is_plain_read(select(func.pg_advisory_xact_lock(func.hashtext("admin"))))
+    assert not is_plain_read(select(Gadget.id, func.nextval("s")))
+    assert not is_plain_read(text("SELECT pg_try_advisory_lock(1)"))
+    assert is_plain_read(select(Gadget).where(Gadget.name == func.lower("X")))
 
 
 def test_replica_settings_are_validated() -> None:

@@ -49,7 +49,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session as SyncSession
 from sqlalchemy.orm import SessionTransactionOrigin
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.functions import FunctionElement
 
 from pgstack.config import render_url
 from pgstack.db.health import Check
@@ -103,7 +105,9 @@ _READ_HEADS = (
 _HEAD = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*\(*\s*([a-z]+)", re.IGNORECASE | re.DOTALL)
 _DML = re.compile(r"\b(insert|update|delete|merge)\b", re.IGNORECASE)
 _LOCKING = re.compile(r"\bfor\s+(no\s+key\s+update|update|key\s+share|share)\b", re.IGNORECASE)
+_FUNCTIONS = re.compile(r"\b(pg_advisory|pg_try_advisory|nextval|setval)", re.IGNORECASE)
 _WROTE = "pgstack_wrote"
+_PRIMARY_FUNCTIONS = ("pg_advisory", "pg_try_advisory", "nextval", "setval")
 
 
 def is_write_sql(sql: str) -> bool:
@@ -120,13 +124,21 @@ def is_plain_read(clause: Any) -> bool:
     if clause is None or getattr(clause, "is_dml", False):
         return False
     if isinstance(clause, TextClause):
-        return not is_write_sql(clause.text) and not _LOCKING.search(clause.text)
+        sql = clause.text
+        return not (is_write_sql(sql) or _LOCKING.search(sql) or _FUNCTIONS.search(sql))
     element = getattr(clause, "element", None)  # text(...).columns(...)
     if isinstance(element, TextClause):
         return is_plain_read(element)
     if not getattr(clause, "is_select", False):
         return False
-    return getattr(clause, "_for_update_arg", None) is None
+    if getattr(clause, "_for_update_arg", None) is not None:
+        return False
+    # A SELECT that takes a lock or moves a sequence must do it where the writes happen.
+    return not any(
+        isinstance(element, FunctionElement)
+        and str(getattr(element, "name", "")).lower().startswith(_PRIMARY_FUNCTIONS)
+        for element in visitors.iterate(clause)
+    )
 
 
 # -- read-your-writes -------------------------------------------------------------------------
