@@ -286,6 +286,8 @@ class ReplicaSet:
 
         s = db.settings
         nodes = []
+        # Labels in metrics and readiness: `replica1`, ...; another Database's are prefixed.
+        prefix = "" if db.name == "primary" else f"{db.name}-"
         for number, url in enumerate(s.replica_urls, start=1):
             engine = db._create_engine(url)
             lane = None
@@ -294,7 +296,7 @@ class ReplicaSet:
                     engine, db._connect_args(), s.read_pool_size, s.database_pool_timeout
                 )
             nodes.append(
-                ReplicaNode(f"replica{number}", url, engine, lane, s.database_max_overflow)
+                ReplicaNode(f"{prefix}replica{number}", url, engine, lane, s.database_max_overflow)
             )
         replicas = cls(db, nodes)
         primary = db.engine.sync_engine
