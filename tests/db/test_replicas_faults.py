@@ -143,3 +143,42 @@ async def test_a_replica_killed_under_read_load(cluster: Cluster) -> None:
     assert before.count(replica.port) > 0, "the replica served nothing before the kill"
     assert len(on_primary) > 0, "the primary served nothing after the kill"
     assert beyond == [], f"requests failed that started after the kill: {beyond[:3]}"
+
+
+async def test_a_stalled_replica_is_taken_out_and_put_back(cluster: Cluster) -> None:
+    # proves: C6
+    primary, replica = cluster.primary, cluster.replicas[0]
+    settings = settings_for(primary.url).model_copy(
+        update={
+            "database_replica_urls": [SecretStr(replica.url.render_as_string(hide_password=False))],
+            "database_replica_check_interval_s": 0.2,
+        }
+    )
+    async with Database(settings) as db:
+        assert db.replicas is not None
+        node = db.replicas.nodes[0]
+        port = select(func.inet_server_port())
+        with read_your_writes_scope():
+            assert await db.run(port) == [(replica.port,)]
+        replica.pause()
+        try:
+            paused_at = time.monotonic()
+            while node.healthy:
+                assert time.monotonic() - paused_at < 10, "the stalled replica stayed in"
+                await asyncio.sleep(0.05)
+            taken_out = time.monotonic() - paused_at
+            assert node.reason is not None and "probe failed (TimeoutError" in node.reason
+            with read_your_writes_scope():
+                # New reads do not wait for the stalled server: the primary answers at once.
+                async with asyncio.timeout(5):
+                    assert await db.run(port) == [(primary.port,)]
+                    async with db.session(readonly=True) as session:
+                        assert await session.scalar(port) == primary.port
+        finally:
+            replica.resume()
+        while not node.healthy:
+            assert time.monotonic() - paused_at < 30, "the resumed replica never came back"
+            await asyncio.sleep(0.05)
+        print(f"\nstalled replica out of rotation after {taken_out * 1000:.0f} ms")
+        with read_your_writes_scope():
+            assert await db.run(port) == [(replica.port,)]
