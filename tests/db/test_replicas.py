@@ -281,6 +281,40 @@ async def test_a_lagging_replica_is_taken_out_and_put_back(cluster: Cluster, tab
         assert (await db.health_check()).checks["postgres:replica:replica1"].status == "pass"
 
 
+async def test_a_replica_cut_off_from_the_primary_is_taken_out(
+    cluster: Cluster, tables: None
+) -> None:
+    # proves: C6
+    # Its WAL receiver stopped, the replica has replayed all it received: no lag by its own
+    # replay timestamp. The primary's WAL position, which it lacks, says otherwise.
+    primary, replica = cluster.primary, cluster.replicas[0]
+    conninfo = await on_server("SHOW primary_conninfo", replica)
+    async with Database(replica_settings(cluster, database_replica_max_lag_s=0.5)) as db:
+        assert db.replicas is not None
+        node = db.replicas.nodes[0]
+        await on_server("ALTER SYSTEM SET primary_conninfo = ''", replica)
+        try:
+            await on_server("SELECT pg_reload_conf()", replica)
+            await until_sql(replica, "SELECT NOT EXISTS (SELECT FROM pg_stat_wal_receiver)")
+            await on_server("INSERT INTO replica_gadgets VALUES (gen_random_uuid(), 'x')", primary)
+            await until(lambda: not node.healthy, "the cut-off replica taken out")
+            assert "replay lag" in (node.reason or "")
+            with read_your_writes_scope():
+                assert await port_of(db) == primary.port
+        finally:
+            quoted = conninfo.replace("'", "''")
+            await on_server(f"ALTER SYSTEM SET primary_conninfo = '{quoted}'", replica)
+            await on_server("SELECT pg_reload_conf()", replica)
+        await until(lambda: node.healthy, "the reconnected replica back in rotation")
+
+
+async def until_sql(server: Server, sql: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not await on_server(sql, server):
+        assert time.monotonic() < deadline, f"never true on {server.name}: {sql}"
+        await asyncio.sleep(0.05)
+
+
 async def test_an_unreachable_replica_leaves_the_primary_serving(
     cluster: Cluster, tables: None
 ) -> None:

@@ -2,7 +2,8 @@
 
 With `DATABASE_REPLICA_URLS` set, `Database.connect()` opens a pool and a read lane per
 replica and probes each one every `DATABASE_REPLICA_CHECK_INTERVAL_S` seconds: reachable,
-still in recovery, and its replay no further behind than `DATABASE_REPLICA_MAX_LAG_S`. A
+still in recovery, and its replay no further behind than `DATABASE_REPLICA_MAX_LAG_S` (by
+its last replayed commit's age, and by how long ago the primary had WAL it lacks). A
 replica that fails the probe, lags, or loses a connection under a read is taken out of
 rotation at once and put back when a probe finds it healthy again.
 
@@ -33,6 +34,7 @@ import logging
 import re
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -75,8 +77,13 @@ SELECT pg_is_in_recovery(),
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
             ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-       END
+       END,
+       pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::int8
 """
+# Where the primary's WAL ends (what it can have sent): a replica that has not replayed a
+# position the primary had N seconds ago is N seconds behind, even when it has replayed all
+# it received (its WAL receiver cut off from the primary).
+_PRIMARY_LSN_SQL = "SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::int8"
 
 # Statements that change nothing on the server; anything else run on the primary is a write.
 _READ_HEADS = (
@@ -266,6 +273,9 @@ class ReplicaSet:
         self._turn = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self.closed = False
+        self._primary_probe: asyncpg.Connection | None = None
+        #: (monotonic time, primary WAL position) whenever the position moved, oldest first.
+        self._primary_lsns: deque[tuple[float, int]] = deque()
         self._primary = db.engine.sync_engine
         # Read-only sessions that find no replica run read-only on the primary.
         self._primary_readonly = self._primary.execution_options(postgresql_readonly=True)
@@ -330,6 +340,9 @@ class ReplicaSet:
                 node._probe.terminate()
                 node._probe = None
             await node.engine.dispose()
+        if self._primary_probe is not None:
+            self._primary_probe.terminate()
+            self._primary_probe = None
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -392,18 +405,51 @@ class ReplicaSet:
 
     async def probe(self) -> None:
         """Probe every replica once (at the same time) and update the rotation."""
+        await self._sample_primary()
         await asyncio.gather(*(self._probe(node) for node in self.nodes))
+
+    async def _connect_probe(self, engine: AsyncEngine) -> asyncpg.Connection:
+        from pgstack.db.lane import driver_options
+
+        options = driver_options(engine, self.db._connect_args())
+        options["server_settings"] = {"application_name": "pgstack-probe"}
+        return await asyncpg.connect(**options)
+
+    async def _sample_primary(self) -> None:
+        """Note where the primary's WAL ends now (nothing when the primary does not answer)."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                if self._primary_probe is None or self._primary_probe.is_closed():
+                    self._primary_probe = await self._connect_probe(self.db.engine)
+                lsn = await self._primary_probe.fetchval(_PRIMARY_LSN_SQL)
+        except Exception:
+            if self._primary_probe is not None:
+                self._primary_probe.terminate()
+                self._primary_probe = None
+            return
+        now, samples = time.monotonic(), self._primary_lsns
+        if not samples or samples[-1][1] != lsn:
+            samples.append((now, lsn))
+        # Older samples only matter up to the lag limit; the newest always stays.
+        keep = now - max(60.0, 3 * self.max_lag_s)
+        while len(samples) > 1 and samples[0][0] < keep:
+            samples.popleft()
+
+    def _lsn_lag(self, replayed: int | None) -> float:
+        """Seconds since the primary first had WAL that this replay position lacks."""
+        if replayed is None:
+            return 0.0
+        for at, lsn in self._primary_lsns:
+            if lsn > replayed:
+                return time.monotonic() - at
+        return 0.0
 
     async def _probe(self, node: ReplicaNode) -> None:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 if node._probe is None or node._probe.is_closed():
-                    from pgstack.db.lane import driver_options
-
-                    options = driver_options(node.engine, self.db._connect_args())
-                    options["server_settings"] = {"application_name": "pgstack-probe"}
-                    node._probe = await asyncpg.connect(**options)
-                in_recovery, lag = await node._probe.fetchrow(_PROBE_SQL)
+                    node._probe = await self._connect_probe(node.engine)
+                in_recovery, lag, replayed = await node._probe.fetchrow(_PROBE_SQL)
         except Exception as exc:
             if node._probe is not None:
                 node._probe.terminate()
@@ -413,6 +459,8 @@ class ReplicaSet:
             self.mark_down(node, f"probe failed ({_reason(exc)})")
             return
         node.checked_at = time.time()
+        if lag is not None:
+            lag = max(lag, self._lsn_lag(replayed))
         node.lag_s = lag
         if not in_recovery:
             self.mark_down(node, "not in recovery: promoted, or not a replica of the primary")
