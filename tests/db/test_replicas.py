@@ -394,3 +394,15 @@ async def test_a_killed_replica_leaves_reads_to_the_primary_until_it_returns(
         await until(lambda: node.healthy, "the restarted replica back in rotation")
         with read_your_writes_scope():
             assert await port_of(db) == replica.port
+
+
+async def test_a_readonly_session_without_replicas(pgstack_db: Database) -> None:
+    # proves: C6, C3
+    async with pgstack_db.session(readonly=True) as session:
+        assert await session.scalar(text("SHOW transaction_read_only")) == "on"
+        with pytest.raises(DBAPIError, match="read-only transaction"):
+            await session.execute(text("CREATE TABLE never_made (x int)"))
+    # The pooled connection it used carries nothing into the next session.
+    for _ in range(3):
+        async with pgstack_db.session() as session:
+            assert await session.scalar(text("SHOW transaction_read_only")) == "off"
