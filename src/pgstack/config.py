@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     database_sslcert: Path | None = None
     database_sslkey: Path | None = None
     database_replica_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: A replica whose replay is further behind than this (seconds) is taken out of rotation.
+    database_replica_max_lag_s: float = Field(default=5.0, ge=0)
+    #: How often each replica is probed (reachable, in recovery, replay lag), in seconds.
+    database_replica_check_interval_s: float = Field(default=1.0, gt=0)
+    #: After a write, the same request or task reads from the primary for this many seconds.
+    database_read_your_writes_s: float = Field(default=5.0, ge=0)
 
     database_connect_attempts: int = Field(default=5, ge=1)
     database_connect_backoff: float = Field(default=0.5, ge=0)
@@ -411,6 +417,8 @@ class Settings(BaseSettings):
         return {
             "database_url": render_url(url) if url is not None else "(embedded)",
             "replicas": [render_url(u) for u in self.replica_urls],
+            "replica_max_lag_s": self.database_replica_max_lag_s,
+            "read_your_writes_s": self.database_read_your_writes_s,
             "pool_size": self.database_pool_size,
             "max_overflow": self.database_max_overflow,
             "pool_timeout_s": self.database_pool_timeout,

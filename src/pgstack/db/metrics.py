@@ -74,6 +74,8 @@ class _PoolCollector(Collector):
             lane = database.read_pool_stats()
             if lane is not None:
                 pools.append((f"{database.name}-reads", lane))
+            if database.replicas is not None:
+                pools.extend(database.replicas.pool_stats().items())
             for label, stats in pools:
                 for name, family in families.items():
                     family.add_metric([label], float(stats[name]))
