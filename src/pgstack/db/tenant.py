@@ -1,0 +1,70 @@
+"""The tenant in the database: `pgstack.tenant_id`, set per transaction, read by RLS policies.
+
+Row-level security policies (`pgstack.tenancy.enable_tenant_rls`) compare each row's
+`tenant_id` with `NULLIF(current_setting('pgstack.tenant_id', true), '')::uuid`. pgstack puts
+the tenant of `tenant_context()` there with `set_config(..., true)`: local to the
+transaction, so nothing is left on a connection that goes back to a pool (pgstack's,
+SQLAlchemy's or PgBouncer's in transaction mode), and no tenant means no rows.
+
+- Sessions, transactions and `engine.begin()`/`engine.connect()`: every transaction that
+  begins with a tenant in context runs `set_config` first (`install`).
+- The read lane (single reads outside a transaction): the read carries the setting in the
+  same statement (`scoped_read`), so it costs no extra round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pgstack.orm.context import current_tenant
+
+SETTING = "pgstack.tenant_id"
+#: The tenant as policies read it: NULL when none is set in this transaction.
+CURRENT_TENANT_SQL = f"NULLIF(current_setting('{SETTING}', true), '')::uuid"
+_SET_SQL = f"SELECT set_config('{SETTING}', $1, true)"
+
+
+def tenant_value() -> str | None:
+    """The current tenant as the setting holds it (text), or None outside `tenant_context`."""
+    tenant = current_tenant()
+    return None if tenant is None else str(tenant)
+
+
+def install(engine: AsyncEngine) -> None:
+    """Set the tenant in context at the start of every transaction on `engine`'s connections."""
+    event.listen(engine.sync_engine, "begin", _on_begin)
+
+
+def _on_begin(conn: Any) -> None:
+    tenant = tenant_value()
+    if tenant is None:
+        return
+    # Through the DBAPI cursor, not `conn.execute` (the transaction is not begun yet at this
+    # point, so that would begin another): the driver opens the transaction, then sets it.
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(_SET_SQL, (tenant,))
+    finally:
+        cursor.close()
+
+
+def scoped_read(sql: str, args: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+    """A single read that sets the current tenant itself, for use outside a transaction.
+
+    The read becomes a subquery under a one-time filter that calls `set_config`: PostgreSQL
+    evaluates such a filter (it references no row) before the first row is read, so the
+    policies of the tables read see the tenant. Without a tenant, the read is unchanged.
+    """
+    tenant = tenant_value()
+    if tenant is None:
+        return sql, args
+    at = len(args) + 1
+    wrapped = (
+        f"SELECT * FROM ({sql}) AS pgstack_read "
+        f"WHERE (SELECT set_config('{SETTING}', ${at}::text, true)) IS NOT NULL"
+    )
+    return wrapped, (*args, tenant)
