@@ -27,6 +27,19 @@ SETTING = "pgstack.tenant_id"
 CURRENT_TENANT_SQL = f"NULLIF(current_setting('{SETTING}', true), '')::uuid"
 _SET_SQL = f"SELECT set_config('{SETTING}', $1, true)"
 
+# Every table with a tenant_id column: RLS enabled, forced, how many policies (tests, doctor).
+CATALOG_SQL = """
+SELECT c.relname AS table_name,
+       c.relrowsecurity AS enabled,
+       c.relforcerowsecurity AS forced,
+       (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()
+ORDER BY c.relname
+"""
+
 
 def tenant_value() -> str | None:
     """The current tenant as the setting holds it (text), or None outside `tenant_context`."""

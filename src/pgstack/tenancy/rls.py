@@ -37,19 +37,6 @@ _TENANT = f"(SELECT {CURRENT_TENANT_SQL})"
 NULLABLE_CHECK = f"tenant_id IS NOT DISTINCT FROM {_TENANT}"
 STRICT_CHECK = f"tenant_id = {_TENANT}"
 
-# Which tables have a tenant_id column and how each is protected (tests and `db doctor`).
-CATALOG_SQL = """
-SELECT c.relname AS table_name,
-       c.relrowsecurity AS enabled,
-       c.relforcerowsecurity AS forced,
-       (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()
-ORDER BY c.relname
-"""
-
 
 def _quoted(op: Any, table: str, schema: str | None) -> str:
     if not table or "\x00" in table:

@@ -146,9 +146,7 @@ async def _refresh(
     pause = _POLL_FIRST
     lock = (
         select(*ALL_COLUMNS)
-        .where(
-            TOKENS.c.provider == provider, TOKENS.c.account == account, tenant_condition(TOKENS)
-        )
+        .where(TOKENS.c.provider == provider, TOKENS.c.account == account, tenant_condition(TOKENS))
         .with_for_update(nowait=True)
     )
 
