@@ -19,6 +19,7 @@ from tenancy_rls_setup import ACME, GLOBEX, RlsApp, write_project
 
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
+from pgstack.db.doctor import diagnose
 from pgstack.db.tenant import CATALOG_SQL
 from pgstack.orm import all_tenants, tenant_context
 from pgstack.testing.assertions import assert_migrations_roundtrip
@@ -243,3 +244,22 @@ def test_the_helper_round_trips_in_an_application_migration(
     # proves: N3, G2
     project = write_project(tmp_path / "rlsapp")
     assert_migrations_roundtrip(pgstack_empty_url, project=project)
+
+
+async def test_the_doctor_names_a_tenant_table_that_rls_does_not_guard(rls_app: RlsApp) -> None:
+    # proves: N3, O1
+    db = Database(rls_app.settings())
+    async with db:
+        assert [f for f in await diagnose(db) if f.id.startswith("tenancy")] == []
+        owner = await asyncpg.connect(asyncpg_dsn(rls_app.owner))
+        try:
+            await owner.execute("ALTER TABLE meetings NO FORCE ROW LEVEL SECURITY")
+            await owner.execute("CREATE TABLE notes (id int PRIMARY KEY, tenant_id uuid)")
+        finally:
+            await owner.close()
+        found = {f.object: f for f in await diagnose(db) if f.id == "tenancy.rls-missing"}
+    assert set(found) == {"table meetings", "table notes"}
+    assert found["table meetings"].evidence.endswith("not forced")
+    assert found["table notes"].evidence.endswith("not enabled, forced, a policy")
+    assert found["table notes"].severity == "error"
+    assert "enable_tenant_rls(op, 'notes')" in found["table notes"].fix
