@@ -1,13 +1,14 @@
 """The production shape for row-level security tests: roles, the application, its tenants.
 
-`rls_app` is a small application on top of pgstack's migrations: one tenant-scoped table,
-`meetings`, protected by `enable_tenant_rls` in its own migration. Two tenants are in
-`tenants`. Tests connect as the application role (`RlsApp.app`), which owns nothing and
-has no BYPASSRLS, exactly as a deployed service does.
+`rls_app` is the application of docs/tenancy-rls.md on top of pgstack's migrations: one
+tenant-scoped table, `meetings`, protected by `enable_tenant_rls` in its own migration. Two
+tenants are in `tenants`. Tests connect as the application role (`RlsApp.app`), which owns
+nothing and has no BYPASSRLS, exactly as a deployed service does.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,51 +28,26 @@ GLOBEX = uuid.UUID("0190f3a0-0000-7000-8000-0000000000b2")
 
 _PYPROJECT = """\
 [project]
-name = "rlsapp"
+name = "myapp"
 version = "0.1.0"
 
 [tool.pgstack]
 migrations = "migrations"
-branch = "rlsapp"
+branch = "myapp"
 """
 
-_REVISION = '''"""meetings, one tenant's rows each
-
-Revision ID: rlsapp_0001
-Revises:
-"""
-
-import sqlalchemy as sa
-from alembic import op
-
-from pgstack.tenancy import disable_tenant_rls, enable_tenant_rls
-
-revision = "rlsapp_0001"
-down_revision = None
-branch_labels = ("rlsapp",)
-depends_on = ("pgstack_0005_tenant_rls",)
+DOC = Path(__file__).resolve().parents[2] / "docs" / "tenancy-rls.md"
+# The application's migration is the one docs/tenancy-rls.md shows.
+MIGRATION = "migrations/versions/myapp_0001_meetings.py"
 
 
-def upgrade() -> None:
-    op.create_table(
-        "meetings",
-        sa.Column("id", sa.Uuid(), primary_key=True),
-        sa.Column(
-            "tenant_id",
-            sa.Uuid(),
-            sa.ForeignKey("tenants.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
-        sa.Column("title", sa.Text(), nullable=False),
-    )
-    op.create_index("ix_meetings_tenant_id_id", "meetings", ["tenant_id", "id"])
-    enable_tenant_rls(op, "meetings")
+def doc_block(label: str) -> str:
+    """The body of the block of docs/tenancy-rls.md whose first line is `# label`."""
+    for body in re.findall(r"```\w+\n(.*?)```", DOC.read_text(), flags=re.S):
+        if body.startswith(f"# {label}\n"):
+            return str(body)
+    raise AssertionError(f"docs/tenancy-rls.md has no block labelled {label!r}")
 
-
-def downgrade() -> None:
-    disable_tenant_rls(op, "meetings")
-    op.drop_table("meetings")
-'''
 
 runner = CliRunner()
 
@@ -104,10 +80,9 @@ class RlsApp:
 
 def write_project(folder: Path) -> MigrationProject:
     """The application's folder: pyproject.toml and its one migration."""
-    versions = folder / "migrations" / "versions"
-    versions.mkdir(parents=True)
+    (folder / "migrations" / "versions").mkdir(parents=True)
     (folder / "pyproject.toml").write_text(_PYPROJECT)
-    (versions / "rlsapp_0001.py").write_text(_REVISION)
+    (folder / MIGRATION).write_text(doc_block(MIGRATION))
     return MigrationProject.from_pyproject(folder)
 
 
