@@ -362,8 +362,7 @@ async def tenant_tables_without_rls(ctx: _Context) -> None:
             f"has tenant_id, but row-level security is not {', '.join(missing)}",
             "One tenant's raw SQL, a bug or a forgotten filter can read or write another "
             "tenant's rows: only the application's own filters stand between them.",
-            f"In a migration: enable_tenant_rls(op, {row['table_name']!r}) "
-            "(from pgstack.tenancy).",
+            f"In a migration: enable_tenant_rls(op, {row['table_name']!r}) (from pgstack.tenancy).",
         )
 
 
