@@ -21,6 +21,7 @@ from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
 from pgstack.db.doctor import diagnose
 from pgstack.db.tenant import CATALOG_SQL
+from pgstack.errors import TenantScopeError
 from pgstack.orm import all_tenants, tenant_context
 from pgstack.testing.assertions import assert_migrations_roundtrip
 
@@ -263,3 +264,24 @@ async def test_the_doctor_names_a_tenant_table_that_rls_does_not_guard(rls_app: 
     assert found["table notes"].evidence.endswith("not enabled, forced, a policy")
     assert found["table notes"].severity == "error"
     assert "enable_tenant_rls(op, 'notes')" in found["table notes"].fix
+
+
+async def test_a_tenant_that_is_not_a_uuid_is_refused_before_any_statement(
+    rls_app: RlsApp,
+) -> None:
+    # proves: N2, N3
+    db = Database(rls_app.settings())
+    async with db:
+        for bad in ("acme' OR true --", "", 42):
+            with tenant_context(bad):
+                with pytest.raises(TenantScopeError, match="not a UUID") as info:
+                    await db.run(text("SELECT count(*) FROM meetings"))
+                assert info.value.status_code == 403
+                with pytest.raises(TenantScopeError, match="not a UUID"):
+                    async with db.transaction() as session:
+                        await session.execute(text("SELECT 1"))
+        # A UUID given as text is the same tenant.
+        with tenant_context(str(ACME).upper()):
+            assert await db.run(text("SELECT current_setting('pgstack.tenant_id')")) == [
+                (str(ACME),)
+            ]

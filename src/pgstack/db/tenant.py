@@ -14,12 +14,14 @@ SQLAlchemy's or PgBouncer's in transaction mode), and no tenant means no rows.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pgstack.errors import TenantScopeError
 from pgstack.orm.context import current_tenant
 
 SETTING = "pgstack.tenant_id"
@@ -42,9 +44,22 @@ ORDER BY c.relname
 
 
 def tenant_value() -> str | None:
-    """The current tenant as the setting holds it (text), or None outside `tenant_context`."""
+    """The current tenant as the setting holds it (text), or None outside `tenant_context`.
+
+    A tenant that is not a UUID (what `tenant_id` columns and policies hold) is a
+    TenantScopeError here, before any statement, rather than a database error later.
+    """
     tenant = current_tenant()
-    return None if tenant is None else str(tenant)
+    if tenant is None:
+        return None
+    if isinstance(tenant, uuid.UUID):
+        return str(tenant)
+    try:
+        return str(uuid.UUID(str(tenant)))
+    except ValueError:
+        raise TenantScopeError(
+            "The tenant in context is not a UUID: pass the tenant's id to tenant_context()."
+        ) from None
 
 
 def install(engine: AsyncEngine) -> None:
