@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgstack.errors import TenantScopeError
 from pgstack.orm.context import current_tenant
+
+if TYPE_CHECKING:
+    from pgstack.db.database import Database
 
 SETTING = "pgstack.tenant_id"
 #: The tenant as policies read it: NULL when none is set in this transaction.
@@ -41,6 +44,29 @@ JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.
 WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()
 ORDER BY c.relname
 """
+
+
+# Whether row-level security holds the current role, and whether pgstack's tenants exist.
+_SCOPE_SQL = text(
+    "SELECT NOT (r.rolsuper OR r.rolbypassrls) AND to_regclass('tenants') IS NOT NULL "
+    "FROM pg_roles r WHERE r.rolname = current_user"
+)
+
+
+async def maintenance_scopes(db: Database) -> list[uuid.UUID | None]:
+    """The tenants work over every row must visit in turn, RLS holding: None for "as it is".
+
+    Inside a tenant, or as a role that bypasses row-level security, one pass sees every row
+    it may: `[None]`. Otherwise (the application role, the owner: RLS is forced) the rows
+    of no tenant first, then each tenant of the `tenants` table.
+    """
+    if current_tenant() is not None:
+        return [None]
+    async with db.engine.connect() as conn:
+        if not (await conn.execute(_SCOPE_SQL)).scalar():
+            return [None]
+        ids = (await conn.execute(text("SELECT id FROM tenants ORDER BY id"))).scalars()
+        return [None, *ids]
 
 
 def tenant_value() -> str | None:

@@ -1,0 +1,49 @@
+"""Work over every row, as the application role under row-level security: key rotation."""
+
+from __future__ import annotations
+
+from tenancy_rls_setup import ACME, GLOBEX, RlsApp
+
+from pgstack.crypto import KeyRing, generate_key
+from pgstack.db.database import Database
+from pgstack.orm import tenant_context
+from pgstack.orm.rotation import encrypted_columns, key_usage
+from pgstack.tokens import OAuthToken, TokenVault
+
+
+async def test_key_rotation_reaches_every_tenants_tokens_under_rls(rls_app: RlsApp) -> None:
+    # proves: N3, T5
+    old, new = generate_key("k1"), generate_key("k2")
+    columns = encrypted_columns([OAuthToken.__table__])  # type: ignore[list-item]
+    db = Database(rls_app.settings())
+    async with db:
+        before = TokenVault(db, keys=KeyRing.parse(old))
+        for tenant in (ACME, GLOBEX):
+            with tenant_context(tenant):
+                await before.save("crm", "shared", f"at-{tenant}", f"rt-{tenant}")
+        await before.save("crm", "shared", "at-global", "rt-global")
+
+        # Without a tenant the application role sees one token, yet the counts and the
+        # rotation cover all three: each tenant is visited in turn.
+        usage = {(u.column, u.kid): u.values for u in await key_usage(db, columns)}
+        assert usage == {
+            ("oauth_tokens.access_token", "k1"): 3,
+            ("oauth_tokens.refresh_token", "k1"): 3,
+        }
+        rotated = TokenVault(db, keys=KeyRing.parse(f"{new},{old}"))
+        assert await rotated.rotate_keys() == 6
+        usage = {(u.column, u.kid): u.values for u in await key_usage(db, columns)}
+        assert usage == {
+            ("oauth_tokens.access_token", "k2"): 3,
+            ("oauth_tokens.refresh_token", "k2"): 3,
+        }
+
+        # The old key can go: every tenant's token still reads.
+        after = TokenVault(db, keys=KeyRing.parse(new))
+        for tenant in (ACME, GLOBEX):
+            with tenant_context(tenant):
+                assert (await after.get("crm", "shared")).refresh_token == f"rt-{tenant}"
+        assert (await after.get("crm", "shared")).access_token == "at-global"
+        # Inside a tenant, only that tenant's values are counted.
+        with tenant_context(ACME):
+            assert sum(u.values for u in await key_usage(db, columns)) == 2
