@@ -47,3 +47,33 @@ async def test_key_rotation_reaches_every_tenants_tokens_under_rls(rls_app: RlsA
         # Inside a tenant, only that tenant's values are counted.
         with tenant_context(ACME):
             assert sum(u.values for u in await key_usage(db, columns)) == 2
+
+
+async def test_refresh_due_outside_a_tenant_refreshes_every_tenants_tokens(
+    rls_app: RlsApp,
+) -> None:
+    # proves: N3, T3, T4
+    db = Database(rls_app.settings())
+    async with db:
+        vault = TokenVault(db, keys=KeyRing.parse(generate_key("k1")))
+        for tenant in (ACME, GLOBEX):
+            with tenant_context(tenant):
+                await vault.save("crm", "shared", f"at-{tenant}", f"rt-{tenant}", expires_in=60)
+        await vault.save("crm", "shared", "at-global", "rt-global", expires_in=60)
+        asked: list[str] = []
+
+        async def refresher(refresh_token: str) -> dict[str, object]:
+            asked.append(refresh_token)
+            return {"access_token": "new-" + refresh_token, "expires_in": 3600}
+
+        summary = await vault.refresh_due({"crm": refresher})
+        assert (summary.refreshed, summary.failed) == (3, 0)
+        assert sorted(asked) == sorted(["rt-global", f"rt-{ACME}", f"rt-{GLOBEX}"])
+        for tenant in (ACME, GLOBEX):
+            with tenant_context(tenant):
+                assert (await vault.get("crm", "shared")).access_token == f"new-rt-{tenant}"
+                history = await vault.history("crm", "shared")
+                assert [(h.tenant_id, h.success) for h in history] == [(tenant, True)]
+        # Inside a tenant, only that tenant's tokens are due (none now).
+        with tenant_context(ACME):
+            assert (await vault.refresh_due({"crm": refresher})).refreshed == 0

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgstack.errors import TenantScopeError
-from pgstack.orm.context import current_tenant
+from pgstack.orm.context import current_tenant, tenant_context
 
 if TYPE_CHECKING:
     from pgstack.db.database import Database
@@ -67,6 +68,11 @@ async def maintenance_scopes(db: Database) -> list[uuid.UUID | None]:
             return [None]
         ids = (await conn.execute(text("SELECT id FROM tenants ORDER BY id"))).scalars()
         return [None, *ids]
+
+
+def entered(scope: uuid.UUID | None) -> AbstractContextManager[Any]:
+    """`tenant_context(scope)`, or nothing for None: one of `maintenance_scopes`, entered."""
+    return nullcontext() if scope is None else tenant_context(scope)
 
 
 def tenant_value() -> str | None:

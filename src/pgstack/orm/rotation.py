@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +33,8 @@ from sqlalchemy import (
 from pgstack.crypto import KeyRing, get_key_ring, row_context
 from pgstack.db.database import Database
 from pgstack.db.session import translated_errors
-from pgstack.db.tenant import maintenance_scopes
+from pgstack.db.tenant import entered, maintenance_scopes
 from pgstack.errors import ConfigurationError, EncryptionError
-from pgstack.orm.context import tenant_context
 from pgstack.orm.types import EncryptedText
 
 ROW_BOUND = "encrypted_by_row"
@@ -118,7 +116,7 @@ async def key_usage(db: Database, columns: Sequence[EncryptedColumn]) -> list[Ke
     counts: dict[tuple[int, str], int] = {}
     with translated_errors():
         for scope in await maintenance_scopes(db):
-            with _scoped(scope):
+            with entered(scope):
                 async with db.engine.connect() as conn:
                     for at, enc in enumerate(columns):
                         if not _in_scope(enc, scope):
@@ -139,10 +137,6 @@ async def key_usage(db: Database, columns: Sequence[EncryptedColumn]) -> list[Ke
 def _in_scope(enc: EncryptedColumn, scope: Any) -> bool:
     # A tenant's pass covers the tenant-scoped tables only: the others were done without one.
     return scope is None or "tenant_id" in enc.table.c
-
-
-def _scoped(scope: Any) -> AbstractContextManager[Any]:
-    return nullcontext() if scope is None else tenant_context(scope)
 
 
 async def rotate_keys(
@@ -167,7 +161,7 @@ async def rotate_keys(
     loop = asyncio.get_running_loop()
     # Under row-level security, the rows of each tenant are reached inside that tenant.
     for scope in await maintenance_scopes(db):
-        with _scoped(scope):
+        with entered(scope):
             for enc in columns:
                 if not _in_scope(enc, scope):
                     continue

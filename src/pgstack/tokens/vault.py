@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from pgstack.crypto import KeyRing, get_key_ring, row_context
 from pgstack.db.database import Database
 from pgstack.db.session import translated_errors
-from pgstack.db.tenant import tenant_value
+from pgstack.db.tenant import entered, maintenance_scopes, tenant_value
 from pgstack.errors import EncryptionError, InvalidInputError, NotFoundError, TenantScopeError
 from pgstack.orm.context import current_tenant
 from pgstack.orm.mixins import new_uuid7
@@ -252,11 +252,19 @@ class TokenVault:
         """Refresh every token of the given providers that expires within `within`.
 
         Several workers may run this at once: each takes rows with `FOR UPDATE SKIP LOCKED`,
-        so they share the work and never refresh one token twice. Tokens in backoff, without
-        a refresh token, or of providers without a refresher are left alone.
+        so they share the work and never refresh one token twice. Inside `tenant_context`,
+        the tenant's tokens; outside, every tenant's in turn and those of no tenant. Tokens
+        in backoff, without a refresh token, or of providers without a refresher are left
+        alone.
         """
         horizon = self.buffer if within is None else within
-        return await refresh.refresh_due(self, refreshers, horizon)
+        refreshed = failed = 0
+        # Outside a tenant, under row-level security: each tenant's tokens inside that tenant.
+        for scope in await maintenance_scopes(self.db):
+            with entered(scope):
+                summary = await refresh.refresh_due(self, refreshers, horizon)
+            refreshed, failed = refreshed + summary.refreshed, failed + summary.failed
+        return RefreshSummary(refreshed=refreshed, failed=failed)
 
     async def rotate_keys(self, *, batch_size: int = 200) -> int:
         """Re-encrypt every token under the newest key, online; how many values changed.
