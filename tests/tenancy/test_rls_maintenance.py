@@ -1,11 +1,13 @@
-"""Work over every row, as the application role under row-level security: key rotation."""
+"""Work over every row and the vault's tenant, as the application role under row-level security."""
 
 from __future__ import annotations
 
+import pytest
 from tenancy_rls_setup import ACME, GLOBEX, RlsApp
 
 from pgstack.crypto import KeyRing, generate_key
 from pgstack.db.database import Database
+from pgstack.errors import NotFoundError, TenantScopeError
 from pgstack.orm import tenant_context
 from pgstack.orm.rotation import encrypted_columns, key_usage
 from pgstack.tokens import OAuthToken, TokenVault
@@ -77,3 +79,19 @@ async def test_refresh_due_outside_a_tenant_refreshes_every_tenants_tokens(
         # Inside a tenant, only that tenant's tokens are due (none now).
         with tenant_context(ACME):
             assert (await vault.refresh_due({"crm": refresher})).refreshed == 0
+
+
+async def test_a_tenant_given_as_text_is_the_same_tenant_in_the_vault(rls_app: RlsApp) -> None:
+    # proves: N2, T1
+    db = Database(rls_app.settings())
+    async with db:
+        vault = TokenVault(db, keys=KeyRing.parse(generate_key("k1")))
+        with tenant_context(str(ACME)):
+            saved = await vault.save("crm", "a", "at", "rt", tenant_id=ACME)
+        assert saved.tenant_id == ACME
+        with tenant_context(ACME):
+            assert (await vault.get("crm", "a")).id == saved.id
+            with pytest.raises(TenantScopeError, match="another tenant"):
+                await vault.save("crm", "a", "at", tenant_id=GLOBEX)
+        with tenant_context(str(GLOBEX)), pytest.raises(NotFoundError):
+            await vault.get("crm", "a")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Table
 
-from pgstack.orm.context import current_tenant
+from pgstack.db.tenant import tenant_value
 from pgstack.tokens.models import OAuthToken, TokenRefreshAudit
 
 Refresher = Callable[[str], Awaitable[Mapping[str, Any]]]
@@ -59,9 +59,9 @@ READ_TENANT_SQL = _READ + "tenant_id = $3::uuid"
 
 def tenant_condition(table: Table) -> Any:
     """`table.tenant_id` is the tenant in context, or NULL with none (as the policy has it)."""
-    tenant = current_tenant()
+    tenant = tenant_value()
     column = table.c.tenant_id
-    return column.is_(None) if tenant is None else column == tenant
+    return column.is_(None) if tenant is None else column == uuid.UUID(tenant)
 
 
 def info_values(row: Any) -> dict[str, Any]:

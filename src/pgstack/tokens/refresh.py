@@ -30,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pgstack.db.database import Database
 from pgstack.db.metrics import sqlstate_of
 from pgstack.db.session import translate_error, translated_errors
+from pgstack.db.tenant import tenant_value
 from pgstack.errors import TokenRefreshError
-from pgstack.orm.context import current_tenant
 from pgstack.tokens.records import (
     ALL_COLUMNS,
     AUDIT,
@@ -83,7 +83,7 @@ async def valid_token(
         raise _no_refresh_token(provider, account)
     flights = _flights.setdefault(vault.db, {})
     # The tenant too: two workspaces may hold tokens of the same provider and account.
-    key = (asyncio.get_running_loop(), current_tenant(), provider, account)
+    key = (asyncio.get_running_loop(), tenant_value(), provider, account)
     flight = flights.get(key)
     if flight is None:
         flight = _detach(_refresh(vault, provider, account, refresher, record["version"]))

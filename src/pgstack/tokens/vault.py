@@ -20,7 +20,6 @@ from pgstack.db.database import Database
 from pgstack.db.session import translated_errors
 from pgstack.db.tenant import entered, maintenance_scopes, tenant_value
 from pgstack.errors import EncryptionError, InvalidInputError, NotFoundError, TenantScopeError
-from pgstack.orm.context import current_tenant
 from pgstack.orm.mixins import new_uuid7
 from pgstack.orm.rotation import encrypted_columns, rotate_keys
 from pgstack.tokens import refresh
@@ -112,14 +111,14 @@ class TokenVault:
         """
         if not access_token:
             raise InvalidInputError("access_token is empty: pass the provider's access token.")
-        tenant = current_tenant()
+        tenant = tenant_value()
         if tenant is not None:
-            if tenant_id is not None and tenant_id != tenant:
+            if tenant_id is not None and str(tenant_id) != tenant:
                 raise TenantScopeError(
                     "Cannot save a token for another tenant than the one in context: "
                     "leave tenant_id out inside tenant_context()."
                 )
-            tenant_id = tenant
+            tenant_id = uuid.UUID(tenant)
         expiry = _expiry(self._now(), expires_in, expires_at)
         keys = self.keys
         values: dict[str, Any] = {
