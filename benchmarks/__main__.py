@@ -61,6 +61,9 @@ WORKLOADS = (
     Workload("w6", "W6 atomic counter INSERT ... ON CONFLICT ... RETURNING", "ops/s", True, 0.6),
     Workload("w7", "W7 keyset page of 50 (page_after)", "pages/s", True, 0.8),
     Workload("w8", "W8 get_valid_token hot path (vs raw PK read)", "ops/s", True, 0.5),
+    Workload(
+        "w9", "W9 tenant-scoped get under RLS (vs unprotected PK read)", "lookups/s", True, 0.6
+    ),
 )
 METHODS = {
     "w1": "w1_get",
@@ -71,6 +74,7 @@ METHODS = {
     "w6": "w6_counter",
     "w7": "w7_keyset",
     "w8": "w8_token",
+    "w9": "w9_tenant_read",
 }
 
 
@@ -167,13 +171,14 @@ async def keyset_points(url: URL, data: DataSet) -> None:
 async def prepare_token(url: URL, data: DataSet) -> None:
     """The vault's tables and one token valid for hours (so W8 measures the read path)."""
     from pgstack.crypto import configure_encryption, generate_key
+    from pgstack.tenancy.models import Tenant
     from pgstack.tokens import OAuthToken, TokenRefreshAudit, TokenVault
 
     configure_encryption(generate_key("bench"))
     db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
     await db.connect()
     try:
-        tables = [OAuthToken.__table__, TokenRefreshAudit.__table__]
+        tables = [Tenant.__table__, OAuthToken.__table__, TokenRefreshAudit.__table__]
         async with db.engine.begin() as conn:
             await conn.run_sync(lambda c: OAuthToken.metadata.drop_all(c, tables=tables))
             await conn.run_sync(lambda c: OAuthToken.metadata.create_all(c, tables=tables))
@@ -217,6 +222,10 @@ async def run(args: argparse.Namespace, url: URL) -> str:
     await keyset_points(url, data)
     if "w8" in args.workloads and tokens_available():
         await prepare_token(url, data)
+    if "w9" in args.workloads:
+        from benchmarks.tenant_rls import prepare_tenant_rls
+
+        await prepare_tenant_rls(url, rows, data)
     batches: dict[str, Callable[[], list[dict[str, Any]]]] = {
         "w3": lambda: data.new_rows(data.bulk_rows),
         "w5": data.upsert_batch,
@@ -319,7 +328,7 @@ def main() -> None:
     parser.add_argument("--dsn", help="use this PostgreSQL (its tables bench_* are replaced)")
     parser.add_argument("--quick", action="store_true", help="a short run (smaller data, 1 s)")
     parser.add_argument(
-        "--workloads", default="w1,w2,w3,w4,w5,w6,w7,w8", help="comma-separated, e.g. w1,w4"
+        "--workloads", default="w1,w2,w3,w4,w5,w6,w7,w8,w9", help="comma-separated, e.g. w1,w4"
     )
     parser.add_argument(
         "--contenders", default=",".join(names), help=f"comma-separated from: {', '.join(names)}"

@@ -23,11 +23,13 @@ from benchmarks.models import (
     INSERTS,
     ITEM_COLUMNS,
     ITEMS,
+    TENANT_ITEMS,
     UPSERTS,
     PgBulk,
     PgCounter,
     PgInsert,
     PgItem,
+    PgTenantItem,
     PgUpsert,
     PlainBulk,
     PlainCounter,
@@ -37,6 +39,7 @@ from benchmarks.models import (
 )
 from pgstack import Database, Repository, Settings
 from pgstack.db.admin import asyncpg_dsn
+from pgstack.orm import tenant_context
 
 POOL = 10
 PAGE, OFFSET = 50, 1_000
@@ -54,6 +57,12 @@ class DataSet:
     keyset_cursors: list[str] = field(default_factory=list)
     counter_keys: list[str] = field(default_factory=lambda: [f"k{i}" for i in range(100)])
     token_id: uuid.UUID | None = None
+    #: W9: (tenant, id) of rows in the tenant-scoped table, and the URL of a role under RLS.
+    tenant_rows: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)
+    rls_url: Any = None
+
+    def some_tenant_row(self) -> tuple[uuid.UUID, uuid.UUID]:
+        return random.choice(self.tenant_rows)  # noqa: S311
 
     def some_id(self) -> uuid.UUID:
         return random.choice(self.ids)  # noqa: S311
@@ -157,6 +166,15 @@ class RawAsyncpg:
         await self.pool.fetchrow("SELECT * FROM oauth_tokens WHERE id = $1", self.data.token_id)
         return 1
 
+    async def w9_tenant_read(self) -> int:
+        # The limit for W9: the same table read by primary key, unprotected (this role is the
+        # benchmark's own, which row-level security does not apply to).
+        _, id_ = self.data.some_tenant_row()
+        await self.pool.fetchrow(
+            f"SELECT id, tenant_id, name, qty FROM {TENANT_ITEMS} WHERE id = $1", id_
+        )
+        return 1
+
 
 TOKEN_PROVIDER, TOKEN_ACCOUNT = "bench", "account"
 
@@ -189,9 +207,16 @@ class Pgstack:
         )
         self.db = Database(settings)
         await self.db.connect()
+        if self.data.rls_url is not None:
+            # W9: the same settings, as a role row-level security applies to.
+            rls_url = self.data.rls_url.render_as_string(hide_password=False)
+            self.rls_db = Database(settings.with_url(rls_url))
+            await self.rls_db.connect()
 
     async def stop(self) -> None:
         await self.db.disconnect()
+        if self.data.rls_url is not None:
+            await self.rls_db.disconnect()
 
     async def w1_get(self) -> int:
         async with self.db.session() as s:
@@ -238,6 +263,14 @@ class Pgstack:
 
             self.vault = TokenVault(self.db)
         await self.vault.get_valid_token(TOKEN_PROVIDER, TOKEN_ACCOUNT, _never_refresh)
+        return 1
+
+    async def w9_tenant_read(self) -> int:
+        # As the application role, under row-level security, in the tenant's context.
+        tenant, id_ = self.data.some_tenant_row()
+        with tenant_context(tenant):
+            async with self.rls_db.session() as s:
+                await Repository(s, PgTenantItem).get(id_)
         return 1
 
 

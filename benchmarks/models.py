@@ -13,6 +13,7 @@ from pgstack.orm import (
     TYPE_ANNOTATION_MAP,
     ModelMixin,
     SoftDelete,
+    TenantScoped,
     Timestamped,
     UUIDPrimaryKey,
     Versioned,
@@ -26,6 +27,8 @@ ITEMS, INSERTS, BULK, UPSERTS, COUNTERS = (
     "bench_upserts",
     "bench_counters",
 )
+# W9: a tenant-scoped table under row-level security.
+TENANT_ITEMS = "bench_tenant_items"
 
 
 class PgBase(ModelMixin, DeclarativeBase):
@@ -61,6 +64,12 @@ class PgCounter(PgBase):
     __tablename__ = COUNTERS
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)
+
+
+class PgTenantItem(UUIDPrimaryKey, TenantScoped, PgBase):
+    __tablename__ = TENANT_ITEMS
+    name: Mapped[str] = mapped_column(String(100))
+    qty: Mapped[int]
 
 
 class PlainBase(DeclarativeBase):

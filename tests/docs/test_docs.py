@@ -75,6 +75,7 @@ SKIPPED = {
 
 # What a page's python blocks must print, beyond running without an error.
 PRINTS = {
+    "docs/tenancy-rls.md": ["in the transaction: True", "after it, on the same pool: (no tenant)"],
     "README.md": ["PostgreSQL", "[(1,)]", "'checked_out': 0"],
     "docs/repository.md": [
         "Cannot filter Project by 'id; DROP TABLE projects'",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -12,6 +14,7 @@ import pytest
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from sqlalchemy import MetaData, Text
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pgstack.config import Settings
@@ -21,6 +24,7 @@ from pgstack.orm import NAMING_CONVENTION, TenantScoped, UUIDPrimaryKey
 from pgstack.orm.mixins import Audited
 from pgstack.repository import Repository
 from pgstack.tenancy import Tenancy, Tenant
+from pgstack.testing.templates import _admin, run_async
 from pgstack.web import create_app
 from pgstack.web.deps import SessionDep
 from pgstack.web.identity import identity_router
@@ -30,6 +34,10 @@ from pgstack.web.tenancy import (
     require_tenant_role,
     tenancy_router,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tenancy_rls_setup import ACME, GLOBEX, RlsApp, cli, raw, write_project
 
 STRONG = "violet Harbour 42 lanterns drift"
 PROBLEM = "application/problem+json"
@@ -176,3 +184,54 @@ async def login(client: httpx.AsyncClient, email: str) -> str:
     response = await client.post("/auth/login", json={"email": email, "password": STRONG})
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
+
+
+# -- the production shape: `db init` roles, migrations run by the owner (row-level security) --
+
+
+@pytest.fixture
+def rls_app(
+    pgstack_server_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RlsApp]:
+    """A new database made by `db init`, migrated by the owner, with tenants ACME and GLOBEX."""
+    tag = uuid.uuid4().hex[:10]
+    database = f"pgstack_rls_{tag}"
+    folder = tmp_path / "rlsapp"
+    app = RlsApp(
+        admin=pgstack_server_url,
+        owner=pgstack_server_url.set(
+            username=f"pgstack_owner_{tag}", password=f"o-{tag}", database=database
+        ),
+        app=pgstack_server_url.set(
+            username=f"pgstack_app_{tag}", password=f"a-{tag}", database=database
+        ),
+        project=write_project(folder),
+    )
+    monkeypatch.chdir(tmp_path)  # no stray .env or pyproject.toml
+    env: dict[str, str | None] = {
+        "DATABASE_URL": raw(app.app),
+        "DATABASE_MIGRATION_URL": raw(app.owner),
+        "PGSTACK_ENV": "development",
+    }
+    try:
+        made = cli("db", "init", "--admin-url", raw(app.admin), env=env)
+        assert made.exit_code == 0, made.output
+        migrated = cli("db", "upgrade", "--project", str(folder), env=env)
+        assert migrated.exit_code == 0, migrated.output
+        run_async(
+            lambda: _admin(
+                app.owner,
+                "INSERT INTO tenants (id, external_id, name) VALUES "
+                f"('{ACME}', 'acme', 'acme'), ('{GLOBEX}', 'globex', 'globex')",
+            )
+        )
+        yield app
+    finally:
+        run_async(
+            lambda: _admin(
+                pgstack_server_url,
+                f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                f'DROP ROLE IF EXISTS "{app.app.username}"',
+                f'DROP ROLE IF EXISTS "{app.owner.username}"',
+            )
+        )

@@ -39,16 +39,23 @@ async def test_save_upserts_one_row_and_keeps_the_refresh_token_when_none_given(
 ) -> None:
     # proves: T1
     tenant = uuid.uuid4()
-    first = await vault.save("google", "a@x.io", "at-1", "rt-1", expires_in=60, tenant_id=tenant)
-    expires = datetime.now(UTC) + timedelta(hours=2)
-    second = await vault.save("google", "a@x.io", "at-2", expires_at=expires, scopes=["mail"])
-    assert second.id == first.id and second.version == 2
-    assert second.tenant_id == tenant == first.tenant_id
-    assert (second.access_token, second.refresh_token) == ("at-2", "rt-1")
-    assert second.scopes == ("mail",)
-    assert second.expires_at == expires
     conn = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
     try:
+        await conn.execute(
+            "INSERT INTO tenants (id, external_id, name) VALUES ($1, 'acme', 'acme')", tenant
+        )
+        first = await vault.save(
+            "google", "a@x.io", "at-1", "rt-1", expires_in=60, tenant_id=tenant
+        )
+        expires = datetime.now(UTC) + timedelta(hours=2)
+        second = await vault.save(
+            "google", "a@x.io", "at-2", expires_at=expires, scopes=["mail"], tenant_id=tenant
+        )
+        assert second.id == first.id and second.version == 2
+        assert second.tenant_id == tenant == first.tenant_id
+        assert (second.access_token, second.refresh_token) == ("at-2", "rt-1")
+        assert second.scopes == ("mail",)
+        assert second.expires_at == expires
         assert await conn.fetchval("SELECT count(*) FROM oauth_tokens") == 1
     finally:
         await conn.close()
@@ -197,7 +204,7 @@ def test_tokens_migration_round_trips_and_matches_the_models(
     assert_migrations_roundtrip(pgstack_empty_url, project=project)
     snapshot = schema_snapshot(pgstack_empty_url)
     assert "relation public.oauth_tokens (r)" in snapshot
-    assert any("uq_oauth_tokens_provider_account" in line for line in snapshot)
+    assert any("uq_oauth_tokens_tenant_id_provider_account" in line for line in snapshot)
     assert any("ix_oauth_tokens_expires_at" in line for line in snapshot)
     problems = [
         p

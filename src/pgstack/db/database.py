@@ -19,7 +19,7 @@ from sqlalchemy.util import await_
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from pgstack.config import Settings, render_url
-from pgstack.db import metrics
+from pgstack.db import metrics, tenant
 from pgstack.db.metrics import sqlstate_of
 from pgstack.db.replicas import is_plain_read
 from pgstack.db.session import Session, translated_errors
@@ -287,7 +287,10 @@ class Database:
             if rows is not None:
                 return rows
         lane = self._lane
-        planned = lane.plan(statement) if lane is not None and not lane.echo else None
+        # The caller's statement may write: with a tenant, it runs in a transaction that
+        # sets it (see pgstack.db.tenant), not on the lane.
+        fits = lane is not None and not lane.echo and tenant.tenant_value() is None
+        planned = lane.plan(statement) if lane is not None and fits else None
         if lane is not None and planned is not None:
             return await lane.run(*planned, params)
         async with self.engine.connect() as conn:
@@ -363,6 +366,7 @@ class Database:
             event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
             event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
         metrics.instrument(engine.sync_engine)
+        tenant.install(engine)
         metrics.POOL_COLLECTOR.track(self)
         return engine
 

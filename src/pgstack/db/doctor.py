@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pgstack.db.database import Database
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.tenant import CATALOG_SQL
 
 Severity = Literal["info", "warn", "error"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warn", "error")
@@ -337,6 +338,31 @@ async def foreign_keys_without_index(ctx: _Context) -> None:
             "Deleting or updating a parent row scans the whole child table under lock, and "
             "joins on the key cannot use an index.",
             f"CREATE INDEX CONCURRENTLY ON {_ident(row['schema'], row['tbl'])} ({row['cols']});",
+        )
+
+
+async def tenant_tables_without_rls(ctx: _Context) -> None:
+    """A table with a `tenant_id` column whose rows row-level security does not guard."""
+    for row in await ctx.rows(CATALOG_SQL):
+        missing = [
+            what
+            for what, ok in (
+                ("enabled", row["enabled"]),
+                ("forced", row["forced"]),
+                ("a policy", row["policies"] > 0),
+            )
+            if not ok
+        ]
+        if not missing:
+            continue
+        ctx.add(
+            "tenancy.rls-missing",
+            "error",
+            f"table {row['table_name']}",
+            f"has tenant_id, but row-level security is not {', '.join(missing)}",
+            "One tenant's raw SQL, a bug or a forgotten filter can read or write another "
+            "tenant's rows: only the application's own filters stand between them.",
+            f"In a migration: enable_tenant_rls(op, {row['table_name']!r}) (from pgstack.tenancy).",
         )
 
 
@@ -667,6 +693,7 @@ CHECKS: tuple[Check, ...] = (
     unused_indexes,
     duplicate_indexes,
     foreign_keys_without_index,
+    tenant_tables_without_rls,
     tables_without_primary_key,
     bloat,
     never_vacuumed,

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pgstack.db.tenant import scoped_read
 from pgstack.errors import DatabaseUnavailableError, PoolExhaustedError
 
 logger = logging.getLogger("pgstack.db")
@@ -397,9 +398,11 @@ class ReadLane:
         another; without, a lost connection is a DatabaseUnavailableError. A statement the
         server refuses raises the error SQLAlchemy would (IntegrityError, ...). With `reset` (a
         statement pgstack did not write, which may SET, LISTEN, lock or BEGIN), the
-        connection is reset as asyncpg's pool does before anyone uses it again.
+        connection is reset as asyncpg's pool does before anyone uses it again. With a tenant
+        in context, the statement sets it for its own policies (`pgstack.db.tenant`).
         """
         pool = self.pool
+        sql, args = scoped_read(sql, args)
         for attempt in (1, 2):
             connection = await pool.acquire(self._timeout)
             reusable = False

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from pgstack.crypto import KeyRing, get_key_ring, row_context
 from pgstack.db.database import Database
 from pgstack.db.session import translated_errors
+from pgstack.db.tenant import entered, maintenance_scopes
 from pgstack.errors import ConfigurationError, EncryptionError
 from pgstack.orm.types import EncryptedText
 
@@ -112,21 +113,30 @@ def encrypted_columns(sources: Iterable[MetaData | Table]) -> list[EncryptedColu
 
 async def key_usage(db: Database, columns: Sequence[EncryptedColumn]) -> list[KeyUsage]:
     """How many values of each column each key encrypts (NULLs not counted)."""
-    usage: list[KeyUsage] = []
+    counts: dict[tuple[int, str], int] = {}
     with translated_errors():
-        async with db.engine.connect() as conn:
-            for enc in columns:
-                kid = _kid(enc.column)
-                stmt = (
-                    select(kid, func.count())
-                    .select_from(enc.table)
-                    .where(enc.column.is_not(None))
-                    .group_by(kid)
-                    .order_by(kid)
-                )
-                for row in (await conn.execute(stmt)).all():
-                    usage.append(KeyUsage(enc.name, str(row[0]), int(row[1])))
-    return usage
+        for scope in await maintenance_scopes(db):
+            with entered(scope):
+                async with db.engine.connect() as conn:
+                    for at, enc in enumerate(columns):
+                        if not _in_scope(enc, scope):
+                            continue
+                        kid = _kid(enc.column)
+                        stmt = (
+                            select(kid, func.count())
+                            .select_from(enc.table)
+                            .where(enc.column.is_not(None))
+                            .group_by(kid)
+                        )
+                        for row in (await conn.execute(stmt)).all():
+                            key = (at, str(row[0]))
+                            counts[key] = counts.get(key, 0) + int(row[1])
+    return [KeyUsage(columns[at].name, kid, n) for (at, kid), n in sorted(counts.items())]
+
+
+def _in_scope(enc: EncryptedColumn, scope: Any) -> bool:
+    # A tenant's pass covers the tenant-scoped tables only: the others were done without one.
+    return scope is None or "tenant_id" in enc.table.c
 
 
 async def rotate_keys(
@@ -149,16 +159,21 @@ async def rotate_keys(
     ring = keys if keys is not None else get_key_ring()
     report = RotationReport(primary_kid=ring.primary_kid)
     loop = asyncio.get_running_loop()
-    for enc in columns:
-        failed: set[tuple[Any, ...]] = set()
-        changed, left = await _pass(db, enc, ring, batch_size, failed, report, progress)
-        # Values left over were in rows others held while the pass ran: more passes, for
-        # `lock_wait` seconds at most.
-        deadline = loop.time() + lock_wait
-        while left and loop.time() < deadline:
-            if not changed:
-                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
-            changed, left = await _pass(db, enc, ring, batch_size, failed, report, progress)
+    # Under row-level security, the rows of each tenant are reached inside that tenant.
+    for scope in await maintenance_scopes(db):
+        with entered(scope):
+            for enc in columns:
+                if not _in_scope(enc, scope):
+                    continue
+                failed: set[tuple[Any, ...]] = set()
+                changed, left = await _pass(db, enc, ring, batch_size, failed, report, progress)
+                # Values left over were in rows others held while the pass ran: more passes,
+                # for `lock_wait` seconds at most.
+                deadline = loop.time() + lock_wait
+                while left and loop.time() < deadline:
+                    if not changed:
+                        await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                    changed, left = await _pass(db, enc, ring, batch_size, failed, report, progress)
     report.remaining = [
         u for u in await key_usage(db, columns) if u.kid != report.primary_kid and u.values
     ]

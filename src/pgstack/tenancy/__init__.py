@@ -1,4 +1,4 @@
-"""Tenants, their members and roles, and the tenant a request or job acts for.
+"""Tenants, their members and roles, the tenant a request or job acts for, row-level security.
 
 tenancy = Tenancy(db)
 acme = await tenancy.tenants.create("T0123", "Acme", owner_id=ada.id)
@@ -27,6 +27,7 @@ from pgstack.tenancy.models import (
     TenantRole,
     TenantStatus,
 )
+from pgstack.tenancy.rls import disable_tenant_rls, enable_tenant_rls
 from pgstack.tenancy.tenants import TenantRepository, Tenants
 
 #: `with tenant(tenant_id):` scopes a job's work to one tenant; the same as `tenant_context`.
@@ -63,6 +64,8 @@ __all__ = [
     "all_tenants",
     "check_role",
     "current_tenant",
+    "disable_tenant_rls",
+    "enable_tenant_rls",
     "require_tenant",
     "tenant",
     "tenant_context",

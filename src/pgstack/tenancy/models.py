@@ -15,7 +15,15 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pgstack.db.tenant import DIRECTORY_MARK
 from pgstack.orm import JSONB, Base, Email, Timestamped, UTCDateTime, UUIDPrimaryKey
+
+#: The comment on tables a tenant is resolved from: they are read before any tenant is set,
+#: so row-level security on `tenant_id` would hide every row. The verbs filter them by the
+#: caller instead, and `db doctor` and the RLS catalog check leave them out (by this mark).
+DIRECTORY_COMMENT = (
+    f"{DIRECTORY_MARK} read before a tenant is known; the verbs filter rows by the caller"
+)
 
 
 class TenantStatus(enum.StrEnum):
@@ -102,6 +110,7 @@ class TenantMembership(UUIDPrimaryKey, Timestamped, Base):
             unique=True,
             postgresql_where=text("accepted_at IS NULL"),
         ),
+        {"comment": DIRECTORY_COMMENT},
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
@@ -129,6 +138,7 @@ class TenantApiKey(Base):
     """Binds an API key to one tenant: the key then acts for that tenant only."""
 
     __tablename__ = "tenant_api_keys"
+    __table_args__ = ({"comment": DIRECTORY_COMMENT},)
 
     api_key_id: Mapped[uuid.UUID] = mapped_column(
         Uuid(as_uuid=True), ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
@@ -145,6 +155,7 @@ class ExternalIdentity(UUIDPrimaryKey, Timestamped, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "provider", "provider_user_id"),
         UniqueConstraint("tenant_id", "provider", "user_id"),
+        {"comment": DIRECTORY_COMMENT},
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from pgstack.orm import Base, Timestamped, UUIDPrimaryKey, Versioned
 from pgstack.orm.rotation import ROW_BOUND
+from pgstack.tenancy import models as _tenants  # noqa: F401 - the table tenant_id refers to
 
 # Encrypted by the vault with (provider, account) in the associated data; see the vault.
 _ROW_BOUND_SECRET = {"secret": True, ROW_BOUND: ("provider", "account")}
@@ -41,14 +42,20 @@ class OAuthToken(UUIDPrimaryKey, Timestamped, Versioned, Base):
 
     __tablename__ = "oauth_tokens"
     __table_args__ = (
-        UniqueConstraint("provider", "account"),
+        # One token per provider and account in each tenant, and once without a tenant.
+        UniqueConstraint("tenant_id", "provider", "account", postgresql_nulls_not_distinct=True),
         # "Needing refresh" scans by expiry.
         Index("ix_oauth_tokens_expires_at", "expires_at"),
     )
 
     provider: Mapped[str] = mapped_column(Text)
     account: Mapped[str] = mapped_column(Text)
-    tenant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid(as_uuid=True), index=True)
+    # The workspace the connection belongs to; NULL for a token of no tenant. Row-level
+    # security shows a tenant's rows only to that tenant, and those without one only when
+    # no tenant is set (see pgstack_0005_tenant_rls).
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
     access_token: Mapped[str] = mapped_column(Text, info=_ROW_BOUND_SECRET)
     refresh_token: Mapped[str | None] = mapped_column(Text, info=_ROW_BOUND_SECRET)
     token_type: Mapped[str] = mapped_column(Text, server_default="Bearer")
@@ -65,13 +72,22 @@ class TokenRefreshAudit(Base):
 
     __tablename__ = "token_refresh_audit"
     __table_args__ = (
-        Index("ix_token_refresh_audit_provider_account", "provider", "account", "refreshed_at"),
+        Index(
+            "ix_token_refresh_audit_tenant_id_provider_account",
+            "tenant_id",
+            "provider",
+            "account",
+            "refreshed_at",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
     # History outlives a deleted token: it is looked up by provider and account.
     token_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid(as_uuid=True), ForeignKey("oauth_tokens.id", ondelete="SET NULL"), index=True
+    )
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE")
     )
     provider: Mapped[str] = mapped_column(Text)
     account: Mapped[str] = mapped_column(Text)

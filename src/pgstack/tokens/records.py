@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Table
 
+from pgstack.db.tenant import tenant_value
 from pgstack.tokens.models import OAuthToken, TokenRefreshAudit
 
 Refresher = Callable[[str], Awaitable[Mapping[str, Any]]]
@@ -45,12 +46,22 @@ INFO_COLUMNS = (
 SECRET_COLUMNS = ("access_token", "refresh_token")
 INFO = [TOKENS.c[name] for name in INFO_COLUMNS]
 ALL_COLUMNS = [*INFO, TOKENS.c.access_token, TOKENS.c.refresh_token]
-# The hot path: one read through the unique (provider, account) index on the read lane's own
-# connections, outside any transaction (no BEGIN, nothing to roll back).
-READ_SQL = (
+# The hot path: one read through the unique (tenant_id, provider, account) index on the read
+# lane's own connections, outside any transaction (no BEGIN, nothing to roll back). Row-level
+# security limits it to the tenant in context; the tenant condition here lets it use the index.
+_READ = (
     f"SELECT {', '.join((*INFO_COLUMNS, *SECRET_COLUMNS))} FROM oauth_tokens "
-    "WHERE provider = $1 AND account = $2"
+    "WHERE provider = $1 AND account = $2 AND "
 )
+READ_SQL = _READ + "tenant_id IS NULL"
+READ_TENANT_SQL = _READ + "tenant_id = $3::uuid"
+
+
+def tenant_condition(table: Table) -> Any:
+    """`table.tenant_id` is the tenant in context, or NULL with none (as the policy has it)."""
+    tenant = tenant_value()
+    column = table.c.tenant_id
+    return column.is_(None) if tenant is None else column == uuid.UUID(tenant)
 
 
 def info_values(row: Any) -> dict[str, Any]:
@@ -120,6 +131,7 @@ class RefreshAttempt:
 
     id: int
     token_id: uuid.UUID | None
+    tenant_id: uuid.UUID | None
     provider: str
     account: str
     refreshed_at: datetime

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pgstack.db.database import Database
 from pgstack.db.metrics import sqlstate_of
 from pgstack.db.session import translate_error, translated_errors
+from pgstack.db.tenant import tenant_value
 from pgstack.errors import TokenRefreshError
 from pgstack.tokens.records import (
     ALL_COLUMNS,
@@ -38,6 +39,7 @@ from pgstack.tokens.records import (
     ProviderToken,
     Refresher,
     RefreshSummary,
+    tenant_condition,
 )
 from pgstack.tokens.shapes import describe_failure, parse_answer, redact, rotated_refresh_token
 
@@ -54,8 +56,9 @@ _POLL_FIRST, _POLL_MAX = 0.02, 0.5
 # Pauses before each further attempt to store an answer whose first write failed.
 _STORE_RETRIES = (0.2, 1.0, 3.0)
 
-# Refreshes under way in this process: by database, event loop, provider and account.
-_flights: WeakKeyDictionary[Database, dict[tuple[Any, str, str], asyncio.Task[ProviderToken]]]
+# Refreshes under way in this process: by database, event loop, tenant, provider, account.
+_Flights = dict[tuple[Any, Any, str, str], asyncio.Task[ProviderToken]]
+_flights: WeakKeyDictionary[Database, _Flights]
 _flights = WeakKeyDictionary()
 # Work that must finish although its caller went away, referenced until it has.
 _detached: set[asyncio.Task[Any]] = set()
@@ -79,7 +82,8 @@ async def valid_token(
             return vault._token(record)
         raise _no_refresh_token(provider, account)
     flights = _flights.setdefault(vault.db, {})
-    key = (asyncio.get_running_loop(), provider, account)
+    # The tenant too: two workspaces may hold tokens of the same provider and account.
+    key = (asyncio.get_running_loop(), tenant_value(), provider, account)
     flight = flights.get(key)
     if flight is None:
         flight = _detach(_refresh(vault, provider, account, refresher, record["version"]))
@@ -142,7 +146,7 @@ async def _refresh(
     pause = _POLL_FIRST
     lock = (
         select(*ALL_COLUMNS)
-        .where(TOKENS.c.provider == provider, TOKENS.c.account == account)
+        .where(TOKENS.c.provider == provider, TOKENS.c.account == account, tenant_condition(TOKENS))
         .with_for_update(nowait=True)
     )
 
@@ -355,6 +359,7 @@ async def _store(vault: TokenVault, conn: AsyncConnection, answer: _Answer) -> P
     await conn.execute(
         insert(AUDIT).values(
             token_id=old.id,
+            tenant_id=old.tenant_id,
             provider=old.provider,
             account=old.account,
             refreshed_at=answer.asked_at,

@@ -18,7 +18,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from pgstack.crypto import KeyRing, get_key_ring, row_context
 from pgstack.db.database import Database
 from pgstack.db.session import translated_errors
-from pgstack.errors import EncryptionError, InvalidInputError, NotFoundError
+from pgstack.db.tenant import entered, maintenance_scopes, tenant_value
+from pgstack.errors import EncryptionError, InvalidInputError, NotFoundError, TenantScopeError
 from pgstack.orm.mixins import new_uuid7
 from pgstack.orm.rotation import encrypted_columns, rotate_keys
 from pgstack.tokens import refresh
@@ -28,6 +29,7 @@ from pgstack.tokens.records import (
     DEFAULT_BUFFER,
     INFO,
     READ_SQL,
+    READ_TENANT_SQL,
     TOKENS,
     ProviderToken,
     RefreshAttempt,
@@ -35,6 +37,7 @@ from pgstack.tokens.records import (
     RefreshSummary,
     TokenInfo,
     info_values,
+    tenant_condition,
 )
 from pgstack.tokens.shapes import parse_scopes
 
@@ -103,10 +106,19 @@ class TokenVault:
         """Store (insert or replace) the tokens of one provider and account in one upsert.
 
         A `refresh_token` of None keeps the one already stored. Saving clears any refresh
-        failures and backoff: it is what a new authorization does.
+        failures and backoff: it is what a new authorization does. The token belongs to the
+        tenant in context (`tenant_context`), or to `tenant_id` when no tenant is set.
         """
         if not access_token:
             raise InvalidInputError("access_token is empty: pass the provider's access token.")
+        tenant = tenant_value()
+        if tenant is not None:
+            if tenant_id is not None and str(tenant_id) != tenant:
+                raise TenantScopeError(
+                    "Cannot save a token for another tenant than the one in context: "
+                    "leave tenant_id out inside tenant_context()."
+                )
+            tenant_id = uuid.UUID(tenant)
         expiry = _expiry(self._now(), expires_in, expires_at)
         keys = self.keys
         values: dict[str, Any] = {
@@ -125,14 +137,13 @@ class TokenVault:
         }
         stmt = pg_insert(TOKENS).values(values)
         upsert = stmt.on_conflict_do_update(
-            index_elements=[TOKENS.c.provider, TOKENS.c.account],
+            index_elements=[TOKENS.c.tenant_id, TOKENS.c.provider, TOKENS.c.account],
             set_={
                 "access_token": stmt.excluded.access_token,
                 "refresh_token": func.coalesce(stmt.excluded.refresh_token, TOKENS.c.refresh_token),
                 "token_type": stmt.excluded.token_type,
                 "scopes": stmt.excluded.scopes,
                 "expires_at": stmt.excluded.expires_at,
-                "tenant_id": func.coalesce(stmt.excluded.tenant_id, TOKENS.c.tenant_id),
                 "refresh_failures": 0,
                 "last_error": None,
                 "next_refresh_not_before": None,
@@ -174,7 +185,9 @@ class TokenVault:
 
         Its refresh history stays (looked up by provider and account).
         """
-        stmt = delete(TOKENS).where(TOKENS.c.provider == provider, TOKENS.c.account == account)
+        stmt = delete(TOKENS).where(
+            TOKENS.c.provider == provider, TOKENS.c.account == account, tenant_condition(TOKENS)
+        )
         with translated_errors():
             async with self.db.engine.begin() as conn:
                 result = await conn.execute(stmt.returning(TOKENS.c.id))
@@ -208,7 +221,9 @@ class TokenVault:
         """Refresh attempts for one provider and account, newest first."""
         stmt = (
             select(AUDIT)
-            .where(AUDIT.c.provider == provider, AUDIT.c.account == account)
+            .where(
+                AUDIT.c.provider == provider, AUDIT.c.account == account, tenant_condition(AUDIT)
+            )
             .order_by(AUDIT.c.refreshed_at.desc(), AUDIT.c.id.desc())
             .limit(limit)
         )
@@ -236,11 +251,19 @@ class TokenVault:
         """Refresh every token of the given providers that expires within `within`.
 
         Several workers may run this at once: each takes rows with `FOR UPDATE SKIP LOCKED`,
-        so they share the work and never refresh one token twice. Tokens in backoff, without
-        a refresh token, or of providers without a refresher are left alone.
+        so they share the work and never refresh one token twice. Inside `tenant_context`,
+        the tenant's tokens; outside, every tenant's in turn and those of no tenant. Tokens
+        in backoff, without a refresh token, or of providers without a refresher are left
+        alone.
         """
         horizon = self.buffer if within is None else within
-        return await refresh.refresh_due(self, refreshers, horizon)
+        refreshed = failed = 0
+        # Outside a tenant, under row-level security: each tenant's tokens inside that tenant.
+        for scope in await maintenance_scopes(self.db):
+            with entered(scope):
+                summary = await refresh.refresh_due(self, refreshers, horizon)
+            refreshed, failed = refreshed + summary.refreshed, failed + summary.failed
+        return RefreshSummary(refreshed=refreshed, failed=failed)
 
     async def rotate_keys(self, *, batch_size: int = 200) -> int:
         """Re-encrypt every token under the newest key, online; how many values changed.
@@ -271,10 +294,14 @@ class TokenVault:
             lane = self.db.read_lane
             if lane is not None:
                 # The hot path: one read on the read lane, no transaction.
-                records = await lane.fetch(READ_SQL, (provider, account))
+                tenant = tenant_value()
+                if tenant is None:
+                    records = await lane.fetch(READ_SQL, (provider, account))
+                else:
+                    records = await lane.fetch(READ_TENANT_SQL, (provider, account, tenant))
                 return records[0] if records else None
             stmt = select(*ALL_COLUMNS).where(
-                TOKENS.c.provider == provider, TOKENS.c.account == account
+                TOKENS.c.provider == provider, TOKENS.c.account == account, tenant_condition(TOKENS)
             )
             async with self.db.engine.connect() as conn:
                 row = (await conn.execute(stmt)).first()

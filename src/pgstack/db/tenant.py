@@ -1,0 +1,135 @@
+"""The tenant in the database: `pgstack.tenant_id`, set per transaction, read by RLS policies.
+
+Row-level security policies (`pgstack.tenancy.enable_tenant_rls`) compare each row's
+`tenant_id` with `NULLIF(current_setting('pgstack.tenant_id', true), '')::uuid`. pgstack puts
+the tenant of `tenant_context()` there with `set_config(..., true)`: local to the
+transaction, so nothing is left on a connection that goes back to a pool (pgstack's,
+SQLAlchemy's or PgBouncer's in transaction mode), and no tenant means no rows.
+
+- Sessions, transactions and `engine.begin()`/`engine.connect()`: every transaction that
+  begins with a tenant in context runs `set_config` first (`install`).
+- The read lane (single reads outside a transaction): the read carries the setting in the
+  same statement (`scoped_read`), so it costs no extra round trip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pgstack.errors import TenantScopeError
+from pgstack.orm.context import current_tenant, tenant_context
+
+if TYPE_CHECKING:
+    from pgstack.db.database import Database
+
+SETTING = "pgstack.tenant_id"
+#: The tenant as policies read it: NULL when none is set in this transaction.
+CURRENT_TENANT_SQL = f"NULLIF(current_setting('{SETTING}', true), '')::uuid"
+_SET_SQL = f"SELECT set_config('{SETTING}', $1, true)"
+
+# Every table with a tenant_id column: RLS enabled, forced, how many policies (tests, doctor).
+#: The start of a table comment saying the table is a tenant directory, on purpose without
+#: row-level security (pgstack.tenancy's memberships: a tenant is resolved from them).
+DIRECTORY_MARK = "pgstack tenant directory:"
+
+CATALOG_SQL = f"""
+SELECT c.relname AS table_name,
+       c.relrowsecurity AS enabled,
+       c.relforcerowsecurity AS forced,
+       (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()
+  AND coalesce(obj_description(c.oid, 'pg_class'), '') NOT LIKE '{DIRECTORY_MARK}%'
+ORDER BY c.relname
+"""
+
+
+# Whether row-level security holds the current role, and whether pgstack's tenants exist.
+_SCOPE_SQL = text(
+    "SELECT NOT (r.rolsuper OR r.rolbypassrls) AND to_regclass('tenants') IS NOT NULL "
+    "FROM pg_roles r WHERE r.rolname = current_user"
+)
+
+
+async def maintenance_scopes(db: Database) -> list[uuid.UUID | None]:
+    """The tenants work over every row must visit in turn, RLS holding: None for "as it is".
+
+    Inside a tenant, or as a role that bypasses row-level security, one pass sees every row
+    it may: `[None]`. Otherwise (the application role, the owner: RLS is forced) the rows
+    of no tenant first, then each tenant of the `tenants` table.
+    """
+    if current_tenant() is not None:
+        return [None]
+    async with db.engine.connect() as conn:
+        if not (await conn.execute(_SCOPE_SQL)).scalar():
+            return [None]
+        ids = (await conn.execute(text("SELECT id FROM tenants ORDER BY id"))).scalars()
+        return [None, *ids]
+
+
+def entered(scope: uuid.UUID | None) -> AbstractContextManager[Any]:
+    """`tenant_context(scope)`, or nothing for None: one of `maintenance_scopes`, entered."""
+    return nullcontext() if scope is None else tenant_context(scope)
+
+
+def tenant_value() -> str | None:
+    """The current tenant as the setting holds it (text), or None outside `tenant_context`.
+
+    A tenant that is not a UUID (what `tenant_id` columns and policies hold) is a
+    TenantScopeError here, before any statement, rather than a database error later.
+    """
+    tenant = current_tenant()
+    if tenant is None:
+        return None
+    if isinstance(tenant, uuid.UUID):
+        return str(tenant)
+    try:
+        return str(uuid.UUID(str(tenant)))
+    except ValueError:
+        raise TenantScopeError(
+            "The tenant in context is not a UUID: pass the tenant's id to tenant_context()."
+        ) from None
+
+
+def install(engine: AsyncEngine) -> None:
+    """Set the tenant in context at the start of every transaction on `engine`'s connections."""
+    event.listen(engine.sync_engine, "begin", _on_begin)
+
+
+def _on_begin(conn: Any) -> None:
+    tenant = tenant_value()
+    if tenant is None:
+        return
+    # Through the DBAPI cursor, not `conn.execute` (the transaction is not begun yet at this
+    # point, so that would begin another): the driver opens the transaction, then sets it.
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(_SET_SQL, (tenant,))
+    finally:
+        cursor.close()
+
+
+def scoped_read(sql: str, args: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+    """A single read that sets the current tenant itself, for use outside a transaction.
+
+    The read becomes a subquery under a one-time filter that calls `set_config`: PostgreSQL
+    evaluates such a filter (it references no row) before the first row is read, so the
+    policies of the tables read see the tenant. Without a tenant, the read is unchanged.
+    """
+    tenant = tenant_value()
+    if tenant is None:
+        return sql, args
+    at = len(args) + 1
+    wrapped = (
+        f"SELECT * FROM ({sql}) AS pgstack_read "
+        f"WHERE (SELECT set_config('{SETTING}', ${at}::text, true)) IS NOT NULL"
+    )
+    return wrapped, (*args, tenant)
