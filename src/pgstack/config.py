@@ -226,6 +226,28 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PGSTACK_API_KEY_PEPPERS", "api_key_peppers"),
     )
 
+    #: Requests an API key may make, per its tier (JSON: tier -> limits such as
+    #: "6000/minute" or "10/second; 5000/hour"; "" for none). Sessions count as "session",
+    #: an unknown tier as "standard". Checked at start by pgstack.web.ratelimit.
+    rate_limit_tiers: dict[str, str] = Field(
+        default_factory=lambda: {
+            "standard": "6000/minute",
+            "session": "6000/minute",
+            "premium": "60000/minute",
+            "unlimited": "",
+        },
+        validation_alias=AliasChoices("PGSTACK_RATE_LIMIT_TIERS", "rate_limit_tiers"),
+    )
+    #: Requests a tenant may make, per its plan tier (same form; an unknown plan is "default").
+    rate_limit_plans: dict[str, str] = Field(
+        default_factory=lambda: {
+            "default": "60000/minute",
+            "free": "6000/minute",
+            "enterprise": "",
+        },
+        validation_alias=AliasChoices("PGSTACK_RATE_LIMIT_PLANS", "rate_limit_plans"),
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)

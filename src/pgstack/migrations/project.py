@@ -31,6 +31,7 @@ PGSTACK_MODEL_MODULES = (
     "pgstack.migrations.models",
     "pgstack.identity.models",
     "pgstack.tokens.models",
+    "pgstack.tenancy.ratelimit",
 )
 
 
