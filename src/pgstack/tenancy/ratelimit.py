@@ -134,8 +134,8 @@ def _parse_one(part: str | RateLimit) -> RateLimit:
         unit = _UNITS.get(match[3].lower())
         if unit is None:
             raise InvalidRateLimitError(
-                f"Unknown time unit {match[3]!r:.20} in the rate limit {part!r:.60}: use second, minute, "
-                "hour or day."
+                f"Unknown time unit {match[3]!r:.20} in the rate limit {part!r:.60}: use "
+                "second, minute, hour or day."
             )
         limit = RateLimit(int(match[1]), int(match[2] or 1) * unit)
     if not 1 <= limit.quota <= MAX_QUOTA:

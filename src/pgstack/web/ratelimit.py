@@ -140,9 +140,11 @@ def rate_limit(
 
     from pgstack.web.identity import PrincipalDep
 
-    async def by_caller(request: Request, response: Response, principal: PrincipalDep) -> None:
+    async def by_caller(request: Request, response: Response, principal: Principal) -> None:
         await check(request, f"{_caller(principal)}:{resource}", limits, resource, response)
 
+    # Resolved here, not by name: the two modules import each other.
+    by_caller.__annotations__["principal"] = PrincipalDep
     return by_caller
 
 
