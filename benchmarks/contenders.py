@@ -157,8 +157,19 @@ class RawAsyncpg:
         await self.pool.fetchrow("SELECT * FROM oauth_tokens WHERE id = $1", self.data.token_id)
         return 1
 
+    async def w9_ratelimit(self) -> int:
+        # The very statement RateLimiter.hit sends, on a plain asyncpg pool.
+        from pgstack.tenancy.ratelimit import HIT_SQL
+
+        key = random.choice(self.data.counter_keys)  # noqa: S311
+        rows = await self.pool.fetch(HIT_SQL, key, [60], [1_000_000_000], 1, "2000ms")
+        assert rows[0]["allowed"]
+        return 1
+
 
 TOKEN_PROVIDER, TOKEN_ACCOUNT = "bench", "account"
+# W9: 100 keys, a quota that is never reached (every check writes its count).
+RATE_LIMIT = "1000000000/minute"
 
 
 async def _never_refresh(token: Any) -> Any:
@@ -238,6 +249,16 @@ class Pgstack:
 
             self.vault = TokenVault(self.db)
         await self.vault.get_valid_token(TOKEN_PROVIDER, TOKEN_ACCOUNT, _never_refresh)
+        return 1
+
+    async def w9_ratelimit(self) -> int:
+        if not hasattr(self, "limiter"):
+            from pgstack.tenancy import RateLimiter
+
+            self.limiter = RateLimiter(self.db)
+        key = random.choice(self.data.counter_keys)  # noqa: S311
+        result = await self.limiter.hit(key, RATE_LIMIT)
+        assert result.allowed
         return 1
 
 
