@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import timedelta
 
 import asyncpg
@@ -269,3 +270,31 @@ async def test_a_refused_hit_becomes_a_429_error_with_headers(limiter: RateLimit
     assert error.headers["RateLimit-Policy"] == '"search";q=1;w=60'
     assert error.headers["RateLimit"] == f'"search";r=0;t={wait}'
     assert error.violated_policies == ["search"]
+
+
+async def test_an_application_role_with_data_rights_only_can_count_and_clean_up(
+    pgstack_migrated_settings: Settings,
+) -> None:
+    # proves: N4, O6
+    # The rights `pgstack db init`'s default privileges give the application role: data only.
+    role = f"pgstack_rl_app_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_settings.url))  # type: ignore[arg-type]
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" NOLOGIN NOSUPERUSER NOBYPASSRLS')
+        await admin.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON pgstack_rate_limits TO "{role}"'
+        )
+        await admin.execute(f'SET ROLE "{role}"')
+        rows = await admin.fetch(HIT_SQL, "key:role", [60, 3600], [5, 50], 2, "2s")
+        assert [(r["seconds"], r["hits"], r["allowed"]) for r in rows] == [
+            (60, 2, True),
+            (3600, 2, True),
+        ]
+        await admin.execute("DELETE FROM pgstack_rate_limits WHERE key = 'key:role'")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await admin.execute("TRUNCATE pgstack_rate_limits")
+    finally:
+        await admin.execute("RESET ROLE")
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
