@@ -78,10 +78,15 @@ def _parse_table(table: Mapping[str, str], variable: str) -> dict[str, Limits]:
     return parsed
 
 
+_warned: set[tuple[str, str]] = set()
+
+
 def _lookup(table: Mapping[str, Limits], name: str, fallback: str, what: str) -> Limits:
     limits = table.get(name)
     if limits is None:
-        logger.warning("unknown %s %r: the limits of %r apply", what, name[:40], fallback)
+        if (what, name) not in _warned and len(_warned) < 1000:  # once per name, bounded
+            _warned.add((what, name))
+            logger.warning("unknown %s %r: the limits of %r apply", what, name[:40], fallback)
         limits = table.get(fallback, ())
     return limits
 
