@@ -1,4 +1,4 @@
-"""`uv run python -m benchmarks`: W1-W8 for pgstack and its peers, as a markdown table.
+"""`uv run python -m benchmarks`: W1-W13 for pgstack and its peers, as a markdown table.
 
 Each workload runs every contender once to warm up, then in interleaved rounds (contender A,
 B, C, D, then again), so drift on a shared machine hits everyone alike. The table gives the
@@ -62,7 +62,10 @@ WORKLOADS = (
     Workload("w7", "W7 keyset page of 50 (page_after)", "pages/s", True, 0.8),
     Workload("w8", "W8 get_valid_token hot path (vs raw PK read)", "ops/s", True, 0.5),
     Workload(
-        "w9", "W9 tenant-scoped get under RLS (vs unprotected PK read)", "lookups/s", True, 0.6
+        "w12", "W12 tenant-scoped get under RLS (vs unprotected PK read)", "lookups/s", True, 0.6
+    ),
+    Workload(
+        "w13", "W13 rate-limit check RateLimiter.hit, 100 keys (same statement)", "ops/s", True, 0.8
     ),
 )
 METHODS = {
@@ -74,7 +77,8 @@ METHODS = {
     "w6": "w6_counter",
     "w7": "w7_keyset",
     "w8": "w8_token",
-    "w9": "w9_tenant_read",
+    "w12": "w12_tenant_read",
+    "w13": "w13_ratelimit",
 }
 
 
@@ -193,6 +197,21 @@ async def prepare_token(url: URL, data: DataSet) -> None:
         await db.disconnect()
 
 
+async def prepare_ratelimit(url: URL) -> None:
+    """The rate-limit table, empty (W13 counts into it)."""
+    from pgstack.tenancy.ratelimit import RateLimitWindow
+
+    db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
+    await db.connect()
+    try:
+        table = RateLimitWindow.__table__
+        async with db.engine.begin() as conn:
+            await conn.run_sync(lambda c: table.drop(c, checkfirst=True))
+            await conn.run_sync(lambda c: table.create(c))
+    finally:
+        await db.disconnect()
+
+
 async def reset_bulk(url: URL) -> None:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -222,10 +241,12 @@ async def run(args: argparse.Namespace, url: URL) -> str:
     await keyset_points(url, data)
     if "w8" in args.workloads and tokens_available():
         await prepare_token(url, data)
-    if "w9" in args.workloads:
+    if "w12" in args.workloads:
         from benchmarks.tenant_rls import prepare_tenant_rls
 
         await prepare_tenant_rls(url, rows, data)
+    if "w13" in args.workloads:
+        await prepare_ratelimit(url)
     batches: dict[str, Callable[[], list[dict[str, Any]]]] = {
         "w3": lambda: data.new_rows(data.bulk_rows),
         "w5": data.upsert_batch,
@@ -328,7 +349,7 @@ def main() -> None:
     parser.add_argument("--dsn", help="use this PostgreSQL (its tables bench_* are replaced)")
     parser.add_argument("--quick", action="store_true", help="a short run (smaller data, 1 s)")
     parser.add_argument(
-        "--workloads", default="w1,w2,w3,w4,w5,w6,w7,w8,w9", help="comma-separated, e.g. w1,w4"
+        "--workloads", default="w1,w2,w3,w4,w5,w6,w7,w8,w12,w13", help="comma-separated, e.g. w1,w4"
     )
     parser.add_argument(
         "--contenders", default=",".join(names), help=f"comma-separated from: {', '.join(names)}"

@@ -57,7 +57,7 @@ class DataSet:
     keyset_cursors: list[str] = field(default_factory=list)
     counter_keys: list[str] = field(default_factory=lambda: [f"k{i}" for i in range(100)])
     token_id: uuid.UUID | None = None
-    #: W9: (tenant, id) of rows in the tenant-scoped table, and the URL of a role under RLS.
+    #: W12: (tenant, id) of rows in the tenant-scoped table, and the URL of a role under RLS.
     tenant_rows: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)
     rls_url: Any = None
 
@@ -166,17 +166,27 @@ class RawAsyncpg:
         await self.pool.fetchrow("SELECT * FROM oauth_tokens WHERE id = $1", self.data.token_id)
         return 1
 
-    async def w9_tenant_read(self) -> int:
-        # The limit for W9: the same table read by primary key, unprotected (this role is the
+    async def w12_tenant_read(self) -> int:
+        # The limit for W12: the same table read by primary key, unprotected (this role is the
         # benchmark's own, which row-level security does not apply to).
         _, id_ = self.data.some_tenant_row()
         await self.pool.fetchrow(
             f"SELECT id, tenant_id, name, qty FROM {TENANT_ITEMS} WHERE id = $1", id_
         )
+
+    async def w13_ratelimit(self) -> int:
+        # The very statement RateLimiter.hit sends, on a plain asyncpg pool.
+        from pgstack.tenancy.ratelimit import HIT_SQL
+
+        key = random.choice(self.data.counter_keys)  # noqa: S311
+        rows = await self.pool.fetch(HIT_SQL, key, [60], [1_000_000_000], 1, "2000ms")
+        assert rows[0]["allowed"]
         return 1
 
 
 TOKEN_PROVIDER, TOKEN_ACCOUNT = "bench", "account"
+# W13: 100 keys, a quota that is never reached (every check writes its count).
+RATE_LIMIT = "1000000000/minute"
 
 
 async def _never_refresh(token: Any) -> Any:
@@ -208,7 +218,7 @@ class Pgstack:
         self.db = Database(settings)
         await self.db.connect()
         if self.data.rls_url is not None:
-            # W9: the same settings, as a role row-level security applies to.
+            # W12: the same settings, as a role row-level security applies to.
             rls_url = self.data.rls_url.render_as_string(hide_password=False)
             self.rls_db = Database(settings.with_url(rls_url))
             await self.rls_db.connect()
@@ -265,12 +275,21 @@ class Pgstack:
         await self.vault.get_valid_token(TOKEN_PROVIDER, TOKEN_ACCOUNT, _never_refresh)
         return 1
 
-    async def w9_tenant_read(self) -> int:
+    async def w12_tenant_read(self) -> int:
         # As the application role, under row-level security, in the tenant's context.
         tenant, id_ = self.data.some_tenant_row()
         with tenant_context(tenant):
             async with self.rls_db.session() as s:
                 await Repository(s, PgTenantItem).get(id_)
+
+    async def w13_ratelimit(self) -> int:
+        if not hasattr(self, "limiter"):
+            from pgstack.tenancy import RateLimiter
+
+            self.limiter = RateLimiter(self.db)
+        key = random.choice(self.data.counter_keys)  # noqa: S311
+        result = await self.limiter.hit(key, RATE_LIMIT)
+        assert result.allowed
         return 1
 
 

@@ -27,7 +27,7 @@ ITEMS, INSERTS, BULK, UPSERTS, COUNTERS = (
     "bench_upserts",
     "bench_counters",
 )
-# W9: a tenant-scoped table under row-level security.
+# W12: a tenant-scoped table under row-level security.
 TENANT_ITEMS = "bench_tenant_items"
 
 

@@ -1,7 +1,7 @@
-"""W9's data: a tenant-scoped table under row-level security and a role that RLS applies to.
+"""W12's data: a tenant-scoped table under row-level security and a role that RLS applies to.
 
 The benchmark's own connection is usually a superuser's, which row-level security never
-applies to; pgstack's W9 contender connects as `pgstack_bench_rls` instead, a plain role
+applies to; pgstack's W12 contender connects as `pgstack_bench_rls` instead, a plain role
 like the application role `pgstack db init` makes.
 """
 
@@ -31,7 +31,7 @@ def _protect(conn: Connection) -> None:
 
 
 async def prepare_tenant_rls(url: URL, rows: int, data: DataSet) -> None:
-    """Protect the tenant table, fill it for two tenants, and give W9 a role under RLS."""
+    """Protect the tenant table, fill it for two tenants, and give W12 a role under RLS."""
     db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
     await db.connect()
     try:

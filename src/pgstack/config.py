@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import typing
 from pathlib import Path
@@ -232,6 +233,28 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PGSTACK_API_KEY_PEPPERS", "api_key_peppers"),
     )
 
+    #: Requests an API key may make, per its tier (JSON: tier -> limits such as
+    #: "6000/minute" or "10/second; 5000/hour"; "" for none). Sessions count as "session",
+    #: an unknown tier as "standard". Checked at start by pgstack.web.ratelimit.
+    rate_limit_tiers: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: {
+            "standard": "6000/minute",
+            "session": "6000/minute",
+            "premium": "60000/minute",
+            "unlimited": "",
+        },
+        validation_alias=AliasChoices("PGSTACK_RATE_LIMIT_TIERS", "rate_limit_tiers"),
+    )
+    #: Requests a tenant may make, per its plan tier (same form; an unknown plan is "default").
+    rate_limit_plans: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: {
+            "default": "60000/minute",
+            "free": "6000/minute",
+            "enterprise": "",
+        },
+        validation_alias=AliasChoices("PGSTACK_RATE_LIMIT_PLANS", "rate_limit_plans"),
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -300,6 +323,19 @@ class Settings(BaseSettings):
                     "each comma-separated pepper needs at least 32 characters "
                     "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
                 )
+        return value
+
+    @field_validator("rate_limit_tiers", "rate_limit_plans", mode="before")
+    @classmethod
+    def _decode_limit_table(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    'must be a JSON object of tier names and limits, such as {"standard": '
+                    '"6000/minute", "premium": "10/second; 50000/hour"}'
+                ) from None
         return value
 
     @field_validator("database_replica_urls", mode="before")

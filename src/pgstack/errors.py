@@ -147,3 +147,27 @@ class TokenRefreshError(PgStackError):
 
     status_code = 502
     title = "Token refresh failed"
+
+
+class RateLimitedError(PgStackError):
+    """A rate limit refused the request; it may be sent again after `retry_after` seconds.
+
+    `headers` go out with the 429 (`Retry-After` always), `violated_policies` names the
+    limits that refused it in the problem-details body.
+    """
+
+    status_code = 429
+    title = "Too many requests"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        headers: dict[str, str] | None = None,
+        violated_policies: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+        self.headers = {"Retry-After": str(self.retry_after), **(headers or {})}
+        self.violated_policies = violated_policies or []

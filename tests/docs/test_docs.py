@@ -76,6 +76,7 @@ SKIPPED = {
 # What a page's python blocks must print, beyond running without an error.
 PRINTS = {
     "docs/tenancy-rls.md": ["in the transaction: True", "after it, on the same pool: (no tenant)"],
+    "docs/ratelimits.md": ["True 1 2 0", "True 0 2 0", "False 0 2 "],
     "README.md": ["PostgreSQL", "[(1,)]", "'checked_out': 0"],
     "docs/repository.md": [
         "Cannot filter Project by 'id; DROP TABLE projects'",

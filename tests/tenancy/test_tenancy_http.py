@@ -8,10 +8,15 @@ import uuid
 import httpx
 import pytest
 
+from pgstack.config import Settings
+from pgstack.db.database import Database
 from pgstack.identity import Identity
 from pgstack.tenancy import Tenancy
+from pgstack.web import create_app
+from pgstack.web.identity import identity_router
+from pgstack.web.tenancy import tenancy_router
 
-from .conftest import World, bearer, login, make_user, problem
+from .conftest import NotesBase, World, bearer, login, make_user, notes_router, problem
 
 
 async def _key(identity: Identity, user_id: uuid.UUID) -> tuple[str, uuid.UUID]:
@@ -393,3 +398,44 @@ async def test_login_by_username_and_profile_fields(
         ),
         422,
     )
+
+
+async def test_a_tenant_over_its_plan_limit_gets_429_and_others_do_not(
+    pgstack_migrated_settings: Settings,
+    pgstack_migrated_db: Database,
+    identity: Identity,
+    tenancy: Tenancy,
+    world: World,
+) -> None:
+    # proves: N4, N2 — the plan's limit is counted per tenant by the tenant dependency itself
+    settings = pgstack_migrated_settings.model_copy(
+        update={"rate_limit_plans": {"default": "", "free": "3/minute"}}
+    )
+    await tenancy.tenants.change_plan(world.a.id, "free")
+    await tenancy.tenants.change_plan(world.b.id, "team")  # not in the table: "default"
+    async with pgstack_migrated_db.engine.begin() as conn:
+        await conn.run_sync(NotesBase.metadata.create_all)
+    app = create_app(
+        settings,
+        monitor_interval=None,
+        routers=[identity_router(), tenancy_router(), notes_router()],
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            a_key = (await _key(identity, world.member.id))[0]
+            b_key = (await _key(identity, world.b_owner.id))[0]
+            answers = await asyncio.gather(
+                *(client.get("/notes", headers=bearer(a_key, world.a.id)) for _ in range(8))
+            )
+            statuses = sorted(r.status_code for r in answers)
+            assert statuses == [200] * 3 + [429] * 5, statuses
+            refused = next(r for r in answers if r.status_code == 429)
+            body = problem(refused, 429)
+            assert "plan-free" in str(body), body
+            assert 0 < int(refused.headers["Retry-After"]) <= 60
+            assert "RateLimit" in refused.headers
+            # Tenant B, on a plan without a limit, is not counted against A's quota.
+            for _ in range(5):
+                ok = await client.get("/notes", headers=bearer(b_key, world.b.id))
+                assert ok.status_code == 200, ok.text

@@ -375,6 +375,7 @@ def db_init(
 from pgstack.cli import migrate as _migrate  # noqa: E402, F401
 from pgstack.cli import ops as _ops  # noqa: E402, F401
 from pgstack.cli.keys import keys_app  # noqa: E402
+from pgstack.cli.ratelimit import ratelimit_app  # noqa: E402
 from pgstack.cli.tenants import tenants_app  # noqa: E402
 from pgstack.cli.tokens import tokens_app  # noqa: E402
 from pgstack.cli.users import api_keys_app, users_app  # noqa: E402
@@ -384,6 +385,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(users_app, name="users")
 app.add_typer(api_keys_app, name="api-keys")
+app.add_typer(ratelimit_app, name="ratelimit")
 
 
 def main() -> None:

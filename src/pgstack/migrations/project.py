@@ -32,6 +32,7 @@ PGSTACK_MODEL_MODULES = (
     "pgstack.identity.models",
     "pgstack.tokens.models",
     "pgstack.tenancy.models",
+    "pgstack.tenancy.ratelimit",
 )
 
 

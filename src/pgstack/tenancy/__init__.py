@@ -1,4 +1,4 @@
-"""Tenants, their members and roles, the tenant a request or job acts for, row-level security.
+"""Tenants, members and roles, the tenant of a request or job, row-level security, rate limits.
 
 tenancy = Tenancy(db)
 acme = await tenancy.tenants.create("T0123", "Acme", owner_id=ada.id)
@@ -27,6 +27,15 @@ from pgstack.tenancy.models import (
     TenantRole,
     TenantStatus,
 )
+from pgstack.tenancy.ratelimit import (
+    InvalidRateLimitError,
+    RateLimit,
+    RateLimiter,
+    RateLimitResult,
+    WindowUsage,
+    parse_limits,
+    rate_limit_headers,
+)
 from pgstack.tenancy.rls import disable_tenant_rls, enable_tenant_rls
 from pgstack.tenancy.tenants import TenantRepository, Tenants
 
@@ -50,9 +59,13 @@ __all__ = [
     "TRANSITIONS",
     "USABLE",
     "ExternalIdentity",
+    "InvalidRateLimitError",
     "IssuedInvitation",
     "Member",
     "Memberships",
+    "RateLimit",
+    "RateLimitResult",
+    "RateLimiter",
     "Tenancy",
     "Tenant",
     "TenantApiKey",
@@ -61,11 +74,14 @@ __all__ = [
     "TenantRole",
     "TenantStatus",
     "Tenants",
+    "WindowUsage",
     "all_tenants",
     "check_role",
     "current_tenant",
     "disable_tenant_rls",
     "enable_tenant_rls",
+    "parse_limits",
+    "rate_limit_headers",
     "require_tenant",
     "tenant",
     "tenant_context",

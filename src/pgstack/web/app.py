@@ -24,6 +24,7 @@ from pgstack.migrations.health import install as install_migrations_check
 from pgstack.migrations.project import MigrationProject
 from pgstack.web import problems
 from pgstack.web.deps import get_database
+from pgstack.web.ratelimit import RateLimitPolicies
 
 
 def _health_response(report: HealthReport) -> JSONResponse:
@@ -176,6 +177,7 @@ def create_app(
     `routers` are included after the health routes (pgstack's module routers, or yours).
     """
     db = database if database is not None else Database(settings)
+    RateLimitPolicies.from_settings(db.settings)  # a malformed tier limit fails here, at start
     project = migrations
     if project is None and migrate:
         project = MigrationProject.discover()

@@ -44,6 +44,7 @@ from pgstack.identity import (
 )
 from pgstack.identity.text import has_control_characters
 from pgstack.web.deps import Offset, get_database
+from pgstack.web.ratelimit import enforce_caller_limit
 
 logger = logging.getLogger("pgstack.web")
 
@@ -86,10 +87,15 @@ class Principal:
 
 
 async def current_principal(
+    request: Request,
     identity: IdentityDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller, from `Authorization: Bearer`; 401 when missing or not valid."""
+    """The caller, from `Authorization: Bearer`; 401 when missing or not valid.
+
+    Each call counts against the caller's rate-limit tier (429 when over; see
+    `pgstack.web.ratelimit`).
+    """
     if credentials is None or not credentials.credentials:
         raise AuthenticationError(
             "Authentication required: send `Authorization: Bearer <session token or API key>`."
@@ -97,8 +103,11 @@ async def current_principal(
     token = credentials.credentials
     if looks_like_api_key(token):
         verified = await identity.api_keys.verify(token)
-        return Principal(verified.user, api_key=verified.api_key)
-    return Principal(await identity.auth.user_for_session(token), session_token=token)
+        principal = Principal(verified.user, api_key=verified.api_key)
+    else:
+        principal = Principal(await identity.auth.user_for_session(token), session_token=token)
+    await enforce_caller_limit(request, principal)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from pgstack.db.metrics import sqlstate_of
-from pgstack.errors import PgStackError
+from pgstack.errors import PgStackError, RateLimitedError
 
 logger = logging.getLogger("pgstack.web")
 MEDIA_TYPE = "application/problem+json"
@@ -32,6 +32,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
+        "violated-policies": {"type": "array", "items": {"type": "string"}},
         "errors": {
             "type": "array",
             "items": {
@@ -43,6 +44,21 @@ PROBLEM_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+    },
+}
+#: The headers of a 429 (see pgstack.web.ratelimit).
+RATE_LIMIT_HEADERS: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before sending the request again.",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "RateLimit-Policy": {
+        "description": 'The limit that refused: `"name";q=<quota>;w=<window seconds>`.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'What is left of it: `"name";r=<remaining>;t=<seconds to reset>`.',
+        "schema": {"type": "string"},
     },
 }
 PROBLEM_CONTENT: dict[str, Any] = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -100,6 +116,11 @@ async def _pgstack_error(request: Request, exc: Exception) -> JSONResponse:
         return _server_error(request, exc.status_code)
     # RFC 9110: a 401 must say which authentication scheme to use.
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    extra: dict[str, Any] = {}
+    if isinstance(exc, RateLimitedError):
+        # Retry-After (delta seconds) and RateLimit-*; the limits that refused, by name.
+        headers = exc.headers
+        extra["violated-policies"] = exc.violated_policies
     return problem_response(
         exc.status_code,
         exc.message,
@@ -107,6 +128,7 @@ async def _pgstack_error(request: Request, exc: Exception) -> JSONResponse:
         type_=f"urn:pgstack:error:{_slug(type(exc).__name__)}",
         instance=request.url.path,
         headers=headers,
+        **extra,
     )
 
 
@@ -271,6 +293,8 @@ def document_problems(schema: dict[str, Any], skip: Collection[str] = ()) -> Non
                 content = entry.get("content") or {}
                 if status == 422:
                     content.pop("application/json", None)  # FastAPI's HTTPValidationError
+                if status == 429:
+                    entry.setdefault("headers", {}).update(RATE_LIMIT_HEADERS)
                 entry["content"] = {**content, **PROBLEM_CONTENT}
     components = schema["components"]["schemas"]
     for name in ("HTTPValidationError", "ValidationError"):  # in that order: one uses the other

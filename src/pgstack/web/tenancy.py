@@ -30,6 +30,7 @@ from pgstack.orm.context import acting_as, tenant_context
 from pgstack.tenancy import Tenancy, Tenant, TenantMembership, TenantRole, TenantStatus
 from pgstack.web.deps import Offset, get_database
 from pgstack.web.identity import Principal, PrincipalDep, require_roles
+from pgstack.web.ratelimit import enforce_tenant_limit
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Built-in roles, weakest first: a guard for one of them also admits the stronger ones.
@@ -98,10 +99,9 @@ async def _access(
         api_key_id=principal.api_key.id if principal.api_key is not None else None,
     )
     access = TenantAccess(member.tenant, member.role, principal)
-    # ---- per-tenant rate limit (N4) -------------------------------------------------------
-    # The tenant and its plan tier (access.tenant.plan) are known and verified from here on:
-    # the per-tenant rate-limit check is called at this point, before any route body runs.
-    # -----------------------------------------------------------------------------------------
+    # The tenant and its plan are verified from here on: count the request against the
+    # plan's limits before any route body runs (429 when over).
+    await enforce_tenant_limit(request, access.tenant.id, access.tenant.plan)
     return access
 
 
