@@ -21,6 +21,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from pgstack.config import Settings, render_url
 from pgstack.db import metrics
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.pooler import (
+    pooled_connect_args,
+    set_in_each_transaction,
+    transaction_pooled,
+    transaction_settings,
+)
 from pgstack.db.session import Session, translated_errors
 from pgstack.errors import ConfigurationError, DatabaseUnavailableError, TransactionRetryError
 
@@ -120,12 +126,16 @@ class Database:
         except Exception as exc:
             await engine.dispose()
             raise self._unavailable(exc, s.database_connect_attempts) from None
-        if s.read_pool_size:
+        # Behind a transaction pooler, the lane's statements run outside any transaction, where
+        # settings set per transaction (a statement timeout) would not apply: reads take the
+        # session path then.
+        if s.read_pool_size and not transaction_settings(s, self._server_settings()):
             from pgstack.db.lane import ReadLane
 
             self._lane = ReadLane.open(
                 engine, self._connect_args(), s.read_pool_size, s.database_pool_timeout
             )
+            self._lane.resets = self._lane_resets
         self._engine = engine
         self._sessionmaker = async_sessionmaker(
             engine, class_=Session, expire_on_commit=False, autoflush=True
@@ -269,11 +279,18 @@ class Database:
             result = await conn.execute(statement, params)
             rows = [tuple(row) for row in result] if result.returns_rows else []
             await conn.commit()
-            # As on the lane: settings, locks and listeners the statement left go now.
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            await driver.reset()
+            if self._lane_resets:
+                # As on the lane: settings, locks and listeners the statement left go now.
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                await driver.reset()
             return rows
+
+    @property
+    def _lane_resets(self) -> bool:
+        # Behind a transaction pooler the next statement may run on another server connection:
+        # a reset would only clear settings the pooler tracks (application_name).
+        return not transaction_pooled(self.settings)
 
     # -- observation -------------------------------------------------------------------------
 
@@ -307,18 +324,22 @@ class Database:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _connect_args(self) -> dict[str, Any]:
-        """What every new connection is opened with (engine and read lane alike)."""
+    def _server_settings(self) -> dict[str, str]:
         s = self.settings
         server_settings = {"application_name": "pgstack"}
         if s.database_statement_timeout_ms is not None:
             server_settings["statement_timeout"] = str(s.database_statement_timeout_ms)
+        return server_settings
+
+    def _connect_args(self) -> dict[str, Any]:
+        """What every new connection is opened with (engine and read lane alike)."""
+        s = self.settings
         connect_args: dict[str, Any] = {
-            "server_settings": server_settings,
+            "server_settings": self._server_settings(),
             "timeout": s.database_connect_timeout,
             "ssl": s.ssl_option,
         }
-        return connect_args
+        return pooled_connect_args(s, connect_args)
 
     def _create_engine(self, url: URL) -> AsyncEngine:
         s = self.settings
@@ -341,6 +362,9 @@ class Database:
         if s.database_pool_pre_ping:
             event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
             event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
+        set_in_each_transaction(
+            engine.sync_engine, transaction_settings(s, self._server_settings())
+        )
         metrics.instrument(engine.sync_engine)
         metrics.POOL_COLLECTOR.track(self)
         return engine

@@ -298,6 +298,8 @@ class ReadLane:
         self._engine = engine.sync_engine
         self._timeout = timeout
         self._plans: dict[Any, _Plan] = {}
+        #: Reset the connection after a caller's statement (`run`); off behind a pooler.
+        self.resets = True
 
     @classmethod
     def open(
@@ -311,12 +313,12 @@ class ReadLane:
         """A lane to the engine's database; no connection opens until the first statement."""
         dialect: Any = engine.sync_engine.dialect
         _, options = dialect.create_connect_args(engine.sync_engine.url)
+        options.update(connect_args)
         for name in _ADAPTER_OPTIONS:
             options.pop(name, None)
         cache_size = options.pop("prepared_statement_cache_size", None)
         if cache_size is not None:
-            options["statement_cache_size"] = cache_size
-        options.update(connect_args)
+            options.setdefault("statement_cache_size", cache_size)
 
         async def connect() -> asyncpg.Connection:
             connection = await asyncpg.connect(**options)
@@ -369,7 +371,7 @@ class ReadLane:
             values, extracted_parameters=cache_key.bindparams, escape_names=False
         )
         args = driver_arguments(plan.params, params)
-        records = await self.fetch(plan.sql, args, retry=False, reset=True)
+        records = await self.fetch(plan.sql, args, retry=False, reset=self.resets)
         results = plan.results
         if not any(results):
             return [tuple(record) for record in records]

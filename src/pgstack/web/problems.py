@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.session import translate_error
 from pgstack.errors import PgStackError
 
 logger = logging.getLogger("pgstack.web")
@@ -208,6 +209,10 @@ def _where(request: Request) -> str:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    translated = translate_error(exc)
+    if isinstance(translated, PgStackError):
+        # A server away (restarting, 57P03), a cancelled statement: what the caller can act on.
+        return await _pgstack_error(request, translated)
     code = data_error_code(exc)
     if code is not None:
         # The driver's text quotes the refused value (which may be a secret): log the code.
@@ -229,7 +234,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may hold data from the request or the database: log it, never send it.
-    if data_error_code(exc) is not None:
+    if data_error_code(exc) is not None or isinstance(translate_error(exc), PgStackError):
         return await _database_error(request, exc)
     logger.exception("unhandled error on %s", _where(request))
     return _server_error(request, 500)
