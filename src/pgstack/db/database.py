@@ -360,6 +360,7 @@ class Database:
             connect_args=connect_args,
         )
         if s.database_pool_pre_ping:
+            event.listen(engine.sync_engine.pool, "connect", _note_checkin)
             event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
             event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
         set_in_each_transaction(
@@ -429,6 +430,10 @@ _CHECKED_IN = "pgstack_checked_in"
 
 
 def _note_checkin(dbapi_connection: Any, record: Any) -> None:
+    # Also on connect: a connection opened a moment ago is not pinged either. Behind PgBouncer
+    # a ping on the new connection can fail while the server is away (the pooler answers,
+    # the server does not); the pool would then give up with "This connection is closed"
+    # instead of the statement failing with an error that says the server is unavailable.
     if record is not None:
         record.info[_CHECKED_IN] = time.monotonic()
 
@@ -439,7 +444,7 @@ def _ping_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     One simple-protocol `SELECT 1`: a single round trip that needs no prepared statement,
     so it also works behind PgBouncer in transaction pooling mode. DisconnectionError makes
     the pool discard the connection and check out (or open) another. A connection given
-    back less than half a second ago is not pinged.
+    back or opened less than half a second ago is not pinged.
     """
     checked_in = record.info.pop(_CHECKED_IN, None)
     if checked_in is not None and time.monotonic() - checked_in < _PING_SKIP_WINDOW_S:
