@@ -339,6 +339,10 @@ class Database:
             "timeout": s.database_connect_timeout,
             "ssl": s.ssl_option,
         }
+        if s.database_statement_timeout_ms is not None:
+            # The server cancels a slow statement itself; this bounds the wait when the server
+            # does not answer at all (stalled host, network partition).
+            connect_args["command_timeout"] = s.database_statement_timeout_ms / 1000 + 1.0
         return pooled_connect_args(s, connect_args)
 
     def _create_engine(self, url: URL) -> AsyncEngine:
@@ -366,6 +370,7 @@ class Database:
         set_in_each_transaction(
             engine.sync_engine, transaction_settings(s, self._server_settings())
         )
+        event.listen(engine.sync_engine, "handle_error", _invalidate_on_timeout)
         metrics.instrument(engine.sync_engine)
         metrics.POOL_COLLECTOR.track(self)
         return engine
@@ -454,6 +459,12 @@ def _ping_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         await_(driver.execute("SELECT 1"))
     except Exception as exc:
         raise sa_exc.DisconnectionError(f"the pooled connection is gone ({exc})") from exc
+
+
+def _invalidate_on_timeout(context: Any) -> None:
+    """A statement the server never answered leaves its connection mid-protocol: discard it."""
+    if isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
 
 
 def connect_hint(exc: BaseException) -> str:
