@@ -173,10 +173,19 @@ class PgBouncer:
     Authentication is `trust` with `auth_user`: any role the server knows logs in as itself.
     """
 
-    def __init__(self, base: Path, target_port: int, *, user: str | None, **options: Any) -> None:
+    def __init__(
+        self,
+        base: Path,
+        target_port: int,
+        *,
+        user: str | None,
+        target_host: str = "127.0.0.1",
+        **options: Any,
+    ) -> None:
         self.dir = base / "pgbouncer"
         self.port = free_port()
         self.target_port = target_port
+        self.target_host = target_host
         self.user = user
         self.options = {
             "pool_mode": "transaction",
@@ -215,7 +224,11 @@ class PgBouncer:
             "ignore_startup_parameters": "extra_float_digits",
             **self.options,
         }
-        lines = ["[databases]", f"* = host=127.0.0.1 port={self.target_port}", "[pgbouncer]"]
+        lines = [
+            "[databases]",
+            f"* = host={self.target_host} port={self.target_port}",
+            "[pgbouncer]",
+        ]
         lines += [f"{key} = {value}" for key, value in settings.items()]
         (self.dir / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
         command = [binary, str(self.dir / "pgbouncer.ini")]
