@@ -113,8 +113,12 @@ class Primary:
             timeout=70,
         )
 
-    def restart(self, mode: StopMode = "fast") -> None:
-        self.stop(mode)
+    def restart(self, mode: StopMode | Literal["kill"] = "fast") -> None:
+        """Stop (`kill`: SIGKILL, a crash) and start again."""
+        if mode == "kill":
+            self.kill()
+        else:
+            self.stop(mode)
         self.start()
 
     @property
@@ -128,8 +132,12 @@ class Primary:
 
     def kill(self) -> None:
         """SIGKILL the postmaster and its backends: a crash, recovered from on the next start."""
-        if self.pid is not None:
-            _signal_tree(self.pid, signal.SIGKILL)
+        pid = self.pid
+        if pid is None:
+            return
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        _signal_tree(pid, signal.SIGKILL)
+        psutil.wait_procs(family, timeout=10)
 
     def pause(self) -> None:
         """Freeze every process of the server: connections stay open, nothing answers."""
