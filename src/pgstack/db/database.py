@@ -263,7 +263,8 @@ class Database:
         the values in `params`: its compiled form is then reused. A connection lost while it
         runs is a DatabaseUnavailableError (it is not run again: it may have taken effect).
         Session state it leaves (SET, advisory locks, LISTEN, an open transaction) is reset
-        before the connection serves anyone else.
+        before the connection serves anyone else; behind a transaction pooler
+        (DATABASE_POOLER) it cannot be, so leave none there.
         """
         with translated_errors():
             return await self._run(statement, params)
