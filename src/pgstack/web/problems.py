@@ -234,7 +234,11 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may hold data from the request or the database: log it, never send it.
-    if data_error_code(exc) is not None or isinstance(translate_error(exc), PgStackError):
+    # asyncpg's own errors (raised outside SQLAlchemy) carry a SQLSTATE too: a server that is
+    # starting up (57P03) is a 503 there as well.
+    if data_error_code(exc) is not None or (
+        sqlstate_of(exc) is not None and isinstance(translate_error(exc), PgStackError)
+    ):
         return await _database_error(request, exc)
     logger.exception("unhandled error on %s", _where(request))
     return _server_error(request, 500)
