@@ -1,7 +1,7 @@
 """Fault fixtures: a primary of the test's own (and a PgBouncer before it), and a small app.
 
-Every test here is marked `faults` (slow: servers are created, restarted, killed, paused);
-run them with `pytest -m faults tests/faults`.
+Every test module here is marked `faults` (slow: servers are created, restarted, killed,
+paused); run them with `pytest -m faults tests/faults`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,6 @@ from pgstack.web.deps import SessionDep, TransactionDep
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fault_harness import PgBouncer, Primary
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.faults)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from fault_harness import PgBouncer, Primary
 
 from pgstack.db.admin import asyncpg_dsn
 
+pytestmark = pytest.mark.faults
+
 
 async def test_primary_and_pgbouncer_answer_and_pause(
     primary: Primary, pgbouncer: PgBouncer

@@ -7,9 +7,12 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from conftest import create_rows_table, served, settings
 from fault_harness import Primary
 from sqlalchemy.engine import URL
+
+pytestmark = pytest.mark.faults
 
 POOL_TIMEOUT = 1.0
 

@@ -15,6 +15,8 @@ from conftest import create_rows_table, served, settings, stored_ids
 from fault_harness import Primary
 from sqlalchemy.engine import URL
 
+pytestmark = pytest.mark.faults
+
 WRITERS = 6
 RECOVERY_DEADLINE_S = 20.0
 HEALTHY_TAIL_S = 1.0

@@ -11,6 +11,8 @@ from conftest import create_rows_table, served, settings
 from fault_harness import Primary
 from sqlalchemy.engine import URL
 
+pytestmark = pytest.mark.faults
+
 
 async def test_a_statement_over_the_timeout_is_cancelled_and_its_connection_reused(
     primary: Primary, route: tuple[str, URL, dict[str, Any]], caplog: pytest.LogCaptureFixture
