@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import httpx
 import pytest
-from conftest import create_rows_table, served, settings, stored_ids
+from fault_app import create_rows_table, served, settings, stored_ids
 from fault_harness import Primary
 from sqlalchemy.engine import URL
 

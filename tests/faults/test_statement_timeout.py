@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import create_rows_table, served, settings
+from fault_app import create_rows_table, served, settings
 from fault_harness import Primary
 from sqlalchemy.engine import URL
 
