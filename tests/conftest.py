@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,13 @@ pytest_plugins = ["pgstack.testing.plugin"]
 
 SAMPLE = Path(__file__).resolve().parent / "fixtures" / "sampleapp"
 CreateTables = Callable[[MetaData], Awaitable[None]]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip what cannot work through a transaction pooler, when the run goes through one."""
+    marker = item.get_closest_marker("not_through_pooler")
+    if marker is not None and os.environ.get("PGSTACK_TEST_POOLER_URL"):
+        pytest.skip(f"not through PgBouncer in transaction mode: {marker.args[0]}")
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         PermissionDeniedError,
         PgStackError,
         PoolExhaustedError,
+        StatementTimeoutError,
         TransactionRetryError,
     )
     from pgstack.repository import CursorPage, Page, QuerySpec, Repository, Sort, parse_query
@@ -47,6 +48,7 @@ _HOMES = {
         "PermissionDeniedError",
         "PgStackError",
         "PoolExhaustedError",
+        "StatementTimeoutError",
         "TransactionRetryError",
     ),
     "pgstack.repository": ("CursorPage", "Page", "QuerySpec", "Repository", "Sort", "parse_query"),
@@ -88,6 +90,7 @@ __all__ = [
     "Session",
     "Settings",
     "Sort",
+    "StatementTimeoutError",
     "TransactionRetryError",
     "__version__",
     "errors",

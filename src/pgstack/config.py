@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 from pgstack.errors import ConfigurationError
 
 Environment = Literal["development", "test", "production"]
+Pooler = Literal["none", "pgbouncer-transaction"]
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 _POSTGRES_SCHEMES = {
@@ -172,6 +173,10 @@ class Settings(BaseSettings):
     database_connect_backoff: float = Field(default=0.5, ge=0)
     database_connect_backoff_max: float = Field(default=8.0, ge=0)
     database_connect_timeout: float = Field(default=10.0, gt=0)
+    #: What sits between pgstack and PostgreSQL: `none`, or `pgbouncer-transaction` (PgBouncer
+    #: in transaction pooling mode: no named prepared statements reused, no session state;
+    #: see `pgstack.db.pooler`).
+    database_pooler: Pooler = "none"
 
     environment: Environment = Field(
         default="development", validation_alias=AliasChoices("PGSTACK_ENV", "environment")

@@ -38,6 +38,13 @@ class PoolExhaustedError(PgStackError):
     title = "Connection pool exhausted"
 
 
+class StatementTimeoutError(PgStackError):
+    """The server cancelled a statement (statement timeout, or a cancel request)."""
+
+    status_code = 503
+    title = "Statement cancelled"
+
+
 class TransactionRetryError(PgStackError):
     """A transaction kept failing with a retryable error until the retries ran out."""
 

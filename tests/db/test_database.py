@@ -25,6 +25,7 @@ from pgstack.errors import (
     ConcurrentSessionUseError,
     DatabaseUnavailableError,
     PoolExhaustedError,
+    StatementTimeoutError,
 )
 from pgstack.testing.plugin import asyncpg_dsn
 
@@ -221,7 +222,7 @@ async def test_statement_timeout_and_application_name(pgstack_settings: Settings
             "pgstack"
         )
         assert await session.scalar(text("SHOW statement_timeout")) == "100ms"
-        with pytest.raises(sa_exc.DBAPIError) as info:
+        with pytest.raises(StatementTimeoutError, match="statement timeout") as info:
             await session.execute(text("SELECT pg_sleep(1)"))
         assert sqlstate_of(info.value) == "57014"  # query_canceled by statement_timeout
 
@@ -274,6 +275,7 @@ async def test_disconnect_does_not_hang_on_a_stuck_session(
         await session.__aexit__(None, None, None)
 
 
+@pytest.mark.not_through_pooler("PgBouncer keeps its server connections open: that is its job")
 async def test_disconnect_closes_server_connections(
     pgstack_settings: Settings, pgstack_database_url: URL
 ) -> None:
@@ -381,6 +383,9 @@ async def one_connection_db(pgstack_settings: Settings) -> AsyncIterator[Databas
     await db.disconnect()
 
 
+@pytest.mark.not_through_pooler(
+    "it ends its own backend by pid, which a transaction pooler reassigns"
+)
 async def test_pre_ping_replaces_a_connection_that_died_while_idle(
     pgstack_db: Database, one_connection_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,6 +398,9 @@ async def test_pre_ping_replaces_a_connection_that_died_while_idle(
         assert await session.scalar(text("SELECT 1")) == 1
 
 
+@pytest.mark.not_through_pooler(
+    "it ends its own backend by pid, which a transaction pooler reassigns"
+)
 async def test_a_connection_given_back_a_moment_ago_is_not_pinged(
     pgstack_db: Database, one_connection_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

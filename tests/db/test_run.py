@@ -130,6 +130,9 @@ async def test_python_side_column_defaults_apply(db: Database) -> None:
         metadata.remove(stamped)
 
 
+@pytest.mark.not_through_pooler(
+    "session state is not kept behind a transaction pooler, and is not reset there"
+)
 async def test_session_state_a_statement_leaves_does_not_reach_the_next_one(db: Database) -> None:
     # proves: C2, R6
     # Settings, advisory locks and open transactions are reset before the connection

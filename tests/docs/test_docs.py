@@ -50,6 +50,10 @@ SKIPPED = {
     "PGSTACK_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres uv run pytest": (
         "the test suite itself, which is running this test"
     ),
+    "PGSTACK_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres "
+    "PGSTACK_TEST_POOLER_URL=postgresql://127.0.0.1:6432 uv run pytest": (
+        "the test suite itself, through a PgBouncer that .ci/run starts"
+    ),
     "bash .ci/run": "CI: lint, types and the whole suite, this test included",
     "uv run ruff check && uv run ruff format --check && uv run mypy src": (
         "lint and types: .ci/run runs them beside the suite"

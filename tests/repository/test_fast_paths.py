@@ -261,6 +261,9 @@ async def fragile_db(pgstack_settings: Settings) -> AsyncIterator[Database]:
     await db.disconnect()
 
 
+@pytest.mark.not_through_pooler(
+    "it ends its own backend by pid, which a transaction pooler reassigns"
+)
 async def test_a_dropped_connection_is_retried(
     pgstack_db: Database, fragile_db: Database, path: list[bool]
 ) -> None:

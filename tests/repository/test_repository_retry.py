@@ -69,6 +69,9 @@ async def kill_backend(admin: Database, session: Session) -> None:
         assert killed
 
 
+@pytest.mark.not_through_pooler(
+    "it ends its own backend by pid, which a transaction pooler reassigns"
+)
 async def test_a_read_after_a_dropped_connection_is_retried_once(
     pgstack_db: Database, fragile_db: Database
 ) -> None:
@@ -102,6 +105,9 @@ async def test_a_read_inside_a_transaction_is_not_retried(
         assert await repo.count() == 1  # "two" was never committed
 
 
+@pytest.mark.not_through_pooler(
+    "it ends its own backend by pid, which a transaction pooler reassigns"
+)
 async def test_a_write_on_a_dropped_connection_is_one_clear_error(
     pgstack_db: Database, fragile_db: Database
 ) -> None:

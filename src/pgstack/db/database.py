@@ -21,6 +21,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from pgstack.config import Settings, render_url
 from pgstack.db import metrics, tenant
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.pooler import (
+    pooled_connect_args,
+    set_in_each_transaction,
+    transaction_pooled,
+    transaction_settings,
+)
 from pgstack.db.replicas import is_plain_read
 from pgstack.db.session import Session, translated_errors
 from pgstack.errors import ConfigurationError, DatabaseUnavailableError, TransactionRetryError
@@ -123,12 +129,7 @@ class Database:
         except Exception as exc:
             await engine.dispose()
             raise self._unavailable(exc, s.database_connect_attempts) from None
-        if s.read_pool_size:
-            from pgstack.db.lane import ReadLane
-
-            self._lane = ReadLane.open(
-                engine, self._connect_args(), s.read_pool_size, s.database_pool_timeout
-            )
+        self._lane = self._open_lane(engine)
         self._engine = engine
         self._sessionmaker = async_sessionmaker(
             engine, class_=Session, expire_on_commit=False, autoflush=True
@@ -273,7 +274,8 @@ class Database:
         the values in `params`: its compiled form is then reused. A connection lost while it
         runs is a DatabaseUnavailableError (it is not run again: it may have taken effect).
         Session state it leaves (SET, advisory locks, LISTEN, an open transaction) is reset
-        before the connection serves anyone else.
+        before the connection serves anyone else; behind a transaction pooler
+        (DATABASE_POOLER) it cannot be, so leave none there.
         """
         with translated_errors():
             return await self._run(statement, params)
@@ -297,11 +299,18 @@ class Database:
             result = await conn.execute(statement, params)
             rows = [tuple(row) for row in result] if result.returns_rows else []
             await conn.commit()
-            # As on the lane: settings, locks and listeners the statement left go now.
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            await driver.reset()
+            if self._lane_resets:
+                # As on the lane: settings, locks and listeners the statement left go now.
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                await driver.reset()
             return rows
+
+    @property
+    def _lane_resets(self) -> bool:
+        # Behind a transaction pooler the next statement may run on another server connection:
+        # a reset would only clear settings the pooler tracks (application_name).
+        return not transaction_pooled(self.settings)
 
     # -- observation -------------------------------------------------------------------------
 
@@ -331,18 +340,44 @@ class Database:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _connect_args(self) -> dict[str, Any]:
-        """What every new connection is opened with (engine and read lane alike)."""
+    def _server_settings(self) -> dict[str, str]:
         s = self.settings
         server_settings = {"application_name": "pgstack"}
         if s.database_statement_timeout_ms is not None:
             server_settings["statement_timeout"] = str(s.database_statement_timeout_ms)
+        return server_settings
+
+    def _connect_args(self) -> dict[str, Any]:
+        """What every new connection is opened with (engine and read lane alike)."""
+        s = self.settings
         connect_args: dict[str, Any] = {
-            "server_settings": server_settings,
+            "server_settings": self._server_settings(),
             "timeout": s.database_connect_timeout,
             "ssl": s.ssl_option,
         }
-        return connect_args
+        if s.database_statement_timeout_ms is not None:
+            # The server cancels a slow statement itself; this bounds the wait when the server
+            # does not answer at all (stalled host, network partition).
+            connect_args["command_timeout"] = s.database_statement_timeout_ms / 1000 + 1.0
+        return pooled_connect_args(s, connect_args)
+
+    def _open_lane(self, engine: AsyncEngine) -> ReadLane | None:
+        """The read lane to `engine`'s server, or None when there is none to have.
+
+        Behind a transaction pooler, the lane's statements run outside any transaction, where
+        settings set per transaction (a statement timeout) would not apply: reads take the
+        session path then.
+        """
+        s = self.settings
+        if not s.read_pool_size or transaction_settings(s, self._server_settings()):
+            return None
+        from pgstack.db.lane import ReadLane
+
+        lane = ReadLane.open(
+            engine, self._connect_args(), s.read_pool_size, s.database_pool_timeout
+        )
+        lane.resets = self._lane_resets
+        return lane
 
     def _create_engine(self, url: URL) -> AsyncEngine:
         s = self.settings
@@ -363,8 +398,13 @@ class Database:
             connect_args=connect_args,
         )
         if s.database_pool_pre_ping:
+            event.listen(engine.sync_engine.pool, "connect", _note_checkin)
             event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
             event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
+        set_in_each_transaction(
+            engine.sync_engine, transaction_settings(s, self._server_settings())
+        )
+        event.listen(engine.sync_engine, "handle_error", _invalidate_on_timeout)
         metrics.instrument(engine.sync_engine)
         tenant.install(engine)
         metrics.POOL_COLLECTOR.track(self)
@@ -444,6 +484,10 @@ _CHECKED_IN = "pgstack_checked_in"
 
 
 def _note_checkin(dbapi_connection: Any, record: Any) -> None:
+    # Also on connect: a connection opened a moment ago is not pinged either. Behind PgBouncer
+    # a ping on the new connection can fail while the server is away (the pooler answers,
+    # the server does not); the pool would then give up with "This connection is closed"
+    # instead of the statement failing with an error that says the server is unavailable.
     if record is not None:
         record.info[_CHECKED_IN] = time.monotonic()
 
@@ -454,7 +498,7 @@ def _ping_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     One simple-protocol `SELECT 1`: a single round trip that needs no prepared statement,
     so it also works behind PgBouncer in transaction pooling mode. DisconnectionError makes
     the pool discard the connection and check out (or open) another. A connection given
-    back less than half a second ago is not pinged.
+    back or opened less than half a second ago is not pinged.
     """
     checked_in = record.info.pop(_CHECKED_IN, None)
     if checked_in is not None and time.monotonic() - checked_in < _PING_SKIP_WINDOW_S:
@@ -464,6 +508,12 @@ def _ping_on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         await_(driver.execute("SELECT 1"))
     except Exception as exc:
         raise sa_exc.DisconnectionError(f"the pooled connection is gone ({exc})") from exc
+
+
+def _invalidate_on_timeout(context: Any) -> None:
+    """A statement the server never answered leaves its connection mid-protocol: discard it."""
+    if isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
 
 
 def connect_hint(exc: BaseException) -> str:

@@ -128,12 +128,14 @@ def driver_options(engine: AsyncEngine, connect_args: dict[str, Any]) -> dict[st
     """`asyncpg.connect()`'s arguments for the engine's database, with `connect_args`."""
     dialect: Any = engine.sync_engine.dialect
     _, options = dialect.create_connect_args(engine.sync_engine.url)
+    # connect_args first: the pooler's (prepared_statement_cache_size=0) is SQLAlchemy's
+    # adapter option, which asyncpg knows as statement_cache_size.
+    options.update(connect_args)
     for name in _ADAPTER_OPTIONS:
         options.pop(name, None)
     cache_size = options.pop("prepared_statement_cache_size", None)
     if cache_size is not None:
-        options["statement_cache_size"] = cache_size
-    options.update(connect_args)
+        options.setdefault("statement_cache_size", cache_size)
     return dict(options)
 
 
@@ -312,6 +314,8 @@ class ReadLane:
         self._engine = engine.sync_engine
         self._timeout = timeout
         self._plans: dict[Any, _Plan] = {}
+        #: Reset the connection after a caller's statement (`run`); off behind a pooler.
+        self.resets = True
 
     @classmethod
     def open(
@@ -377,7 +381,7 @@ class ReadLane:
             values, extracted_parameters=cache_key.bindparams, escape_names=False
         )
         args = driver_arguments(plan.params, params)
-        records = await self.fetch(plan.sql, args, retry=False, reset=True)
+        records = await self.fetch(plan.sql, args, retry=False, reset=self.resets)
         results = plan.results
         if not any(results):
             return [tuple(record) for record in records]

@@ -292,19 +292,13 @@ class ReplicaSet:
     @classmethod
     async def open(cls, db: Database) -> ReplicaSet:
         """Open every replica's pool and lane, probe them once, and keep probing."""
-        from pgstack.db.lane import ReadLane
-
         s = db.settings
         nodes = []
         # Labels in metrics and readiness: `replica1`, ...; another Database's are prefixed.
         prefix = "" if db.name == "primary" else f"{db.name}-"
         for number, url in enumerate(s.replica_urls, start=1):
             engine = db._create_engine(url)
-            lane = None
-            if s.read_pool_size:
-                lane = ReadLane.open(
-                    engine, db._connect_args(), s.read_pool_size, s.database_pool_timeout
-                )
+            lane = db._open_lane(engine)
             nodes.append(
                 ReplicaNode(f"{prefix}replica{number}", url, engine, lane, s.database_max_overflow)
             )

@@ -12,12 +12,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import exc as orm_exc
 
+from pgstack.db.metrics import sqlstate_of
 from pgstack.errors import (
     ConcurrentSessionUseError,
     ConflictError,
     DatabaseUnavailableError,
     PgStackError,
     PoolExhaustedError,
+    StatementTimeoutError,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +32,19 @@ _CONCURRENT_USE = (
     "request or task at a time: open a session per task (`async with db.session()`), or "
     "await its operations one after another instead of gathering them."
 )
+
+
+# SQLSTATEs that mean "the server is not there right now": a connection exception (class 08),
+# the server shutting down or starting up (57P01-57P03, e.g. 57P03 "the database system is
+# starting up" during a restart's recovery), too many connections. Another try later may work.
+_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+_QUERY_CANCELED = "57014"
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (SQLAlchemy's or asyncpg's) says the server cannot serve right now."""
+    code = sqlstate_of(exc)
+    return code is not None and (code in _UNAVAILABLE_SQLSTATES or code.startswith("08"))
 
 
 def translate_error(exc: BaseException) -> BaseException:
@@ -48,6 +63,19 @@ def translate_error(exc: BaseException) -> BaseException:
     if isinstance(exc, OSError | ConnectionError):
         return DatabaseUnavailableError(
             f"Cannot reach PostgreSQL ({exc}). Check that the server is running."
+        )
+    if isinstance(exc, PgStackError):
+        return exc
+    if is_unavailable(exc):
+        return DatabaseUnavailableError(
+            f"PostgreSQL cannot serve right now (SQLSTATE {sqlstate_of(exc)}: it is starting, "
+            "stopping or out of connections). The work was not committed; retry it shortly."
+        )
+    if sqlstate_of(exc) == _QUERY_CANCELED:
+        return StatementTimeoutError(
+            "The statement was cancelled by the server: it ran longer than the statement "
+            "timeout (DATABASE_STATEMENT_TIMEOUT_MS), or was cancelled on request. Nothing "
+            "was committed; make the query cheaper, or raise the timeout."
         )
     # pgstack errors raised inside SQLAlchemy (column types, defaults) come out wrapped.
     if isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, PgStackError):

@@ -12,6 +12,7 @@ from sqlalchemy.pool import NullPool
 from pgstack.config import Settings
 from pgstack.db.database import _FATAL_CONNECT_SQLSTATES, connect_hint
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.pooler import pooled_connect_args
 from pgstack.errors import DatabaseUnavailableError, MigrationError, PgStackError
 
 APPLICATION_NAME = "pgstack-migrate"
@@ -32,7 +33,11 @@ def migration_engine(settings: Settings, url: URL) -> AsyncEngine:
         "timeout": settings.database_connect_timeout,
         "ssl": settings.ssl_option,
     }
-    return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+    # Behind a transaction pooler lock_timeout cannot be a startup parameter: the migration
+    # sets it with SET LOCAL in its transaction instead (see _env).
+    return create_async_engine(
+        url, poolclass=NullPool, connect_args=pooled_connect_args(settings, connect_args)
+    )
 
 
 def where(url: URL) -> str:

@@ -1,4 +1,8 @@
-"""What `env.py` runs: one connection, a session-level advisory lock, a short DDL lock timeout.
+"""What `env.py` runs: one connection, an advisory lock, a short DDL lock timeout.
+
+The lock is session-level, each revision in a transaction of its own; behind a transaction
+pooler (DATABASE_POOLER=pgbouncer-transaction) the whole run is one transaction under a
+transaction-level lock instead.
 
 Alembic's command API is synchronous and calls `env.py`, which here drives an async engine
 with `asyncio.run`. That cannot happen on a thread whose event loop is running, so
@@ -26,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgstack.config import Settings
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.pooler import transaction_pooled
 from pgstack.errors import MigrationError
 from pgstack.migrations._engine import migration_engine
 from pgstack.migrations.compare import COMPARE_OPTIONS
@@ -79,9 +84,10 @@ def run() -> None:
 async def _migrate_async(settings: Settings) -> None:
     assert settings.url is not None
     engine = migration_engine(settings, settings.url)
+    run = _migrate_in_one_transaction if transaction_pooled(settings) else _migrate
     try:
         async with engine.connect() as conn:
-            await conn.run_sync(_migrate, settings)
+            await conn.run_sync(run, settings)
     finally:
         await engine.dispose()
 
@@ -98,6 +104,25 @@ def _in_transaction(conn: Connection, settings: Settings) -> None:
         return
     with conn.begin():
         _migrate(conn, settings, own=False)
+
+
+def _migrate_in_one_transaction(conn: Connection, settings: Settings) -> None:
+    """Behind a transaction pooler: the whole run in one transaction, under a transaction lock.
+
+    A session-level lock would be taken on one server connection and released on another (or
+    never); PostgreSQL's transactional DDL lets every revision share one transaction instead.
+    """
+    locked = bool(context.config.attributes.get("pgstack.lock"))
+    conn.begin()
+    try:
+        if locked:
+            acquire_lock(conn, settings.migration_lock_wait_s, transaction_scoped=True)
+        _migrate(conn, settings, own=False)
+    except BaseException:
+        if conn.in_transaction():
+            conn.rollback()
+        raise
+    conn.commit()
 
 
 def _migrate(conn: Connection, settings: Settings, own: bool = True) -> None:
@@ -224,16 +249,21 @@ def release(conn: Connection, locked: bool, *, quiet: bool = False) -> None:
             raise
 
 
-def acquire_lock(conn: Connection, wait_s: float) -> None:
-    """Take the migration lock, waiting at most `wait_s` seconds for its holder to finish."""
+def acquire_lock(conn: Connection, wait_s: float, *, transaction_scoped: bool = False) -> None:
+    """Take the migration lock, waiting at most `wait_s` seconds for its holder to finish.
+
+    `transaction_scoped`: held until the open transaction ends (behind a transaction pooler),
+    instead of until it is released or the connection closes.
+    """
     # A blocking pg_advisory_lock, bounded by lock_timeout, rather than polling: waiters
     # show in pg_locks and pg_stat_activity, so a DBA sees who waits for whom.
-    if conn.in_transaction():
+    if conn.in_transaction() and not transaction_scoped:
         conn.commit()
     # SET LOCAL: the wait applies to this statement's transaction only.
     conn.execute(text(f"SET LOCAL lock_timeout = {max(1, int(wait_s * 1000))}"))
+    take = "pg_advisory_xact_lock" if transaction_scoped else "pg_advisory_lock"
     try:
-        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+        conn.execute(text(f"SELECT {take}(:key)"), {"key": LOCK_KEY})
     except sa_exc.DBAPIError as exc:
         if sqlstate_of(exc) != _LOCK_NOT_AVAILABLE:
             raise
@@ -244,7 +274,8 @@ def acquire_lock(conn: Connection, wait_s: float) -> None:
             f"than {wait_s:g} s (PGSTACK_MIGRATION_LOCK_WAIT_S): it is probably migrating. "
             "Wait for it to finish and run again, or raise the wait."
         ) from None
-    conn.commit()  # the lock is session-level: it outlives this transaction
+    if not transaction_scoped:
+        conn.commit()  # the lock is session-level: it outlives this transaction
 
 
 def lock_holder(conn: Connection) -> str:

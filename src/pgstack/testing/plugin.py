@@ -29,6 +29,7 @@ from pgstack.testing.templates import TemplateDatabases
 _TEMPLATES = pytest.StashKey[TemplateDatabases]()
 
 ENV_URL = "PGSTACK_TEST_DATABASE_URL"
+POOLER_ENV_URL = "PGSTACK_TEST_POOLER_URL"
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +54,34 @@ def pgstack_database_url(pgstack_templates: TemplateDatabases) -> Iterator[URL]:
     yield from pgstack_templates.dropped_after(pgstack_templates.empty())
 
 
+def through_pooler(url: URL) -> URL:
+    """`url` by way of the PgBouncer named by PGSTACK_TEST_POOLER_URL, if any.
+
+    Only URLs of the test server (PGSTACK_TEST_DATABASE_URL) are redirected: the pooler
+    forwards every database name to it. Databases are still created and dropped on the
+    server directly.
+    """
+    pooler, server = os.environ.get(POOLER_ENV_URL), os.environ.get(ENV_URL)
+    if not pooler or not server:
+        return url
+    direct = to_asyncpg_url(server, ENV_URL)
+    if (url.host, url.port) != (direct.host, direct.port):
+        return url
+    via = to_asyncpg_url(pooler, POOLER_ENV_URL)
+    return url.set(host=via.host, port=via.port)
+
+
 def settings_for(url: URL) -> Settings:
     """Settings for a test database: a small pool, quick retries, no `.env`.
 
     Migrations run on the test database too: a DATABASE_MIGRATION_URL in the environment
-    does not apply.
+    does not apply. With PGSTACK_TEST_POOLER_URL set, the test server's databases are reached
+    through that PgBouncer (transaction pooling mode).
     """
+    pooled = through_pooler(url)
     return Settings(
-        database_url=url.render_as_string(hide_password=False),
+        database_url=pooled.render_as_string(hide_password=False),
+        database_pooler="pgbouncer-transaction" if pooled is not url else "none",
         database_migration_url=None,
         database_pool_size=5,
         database_max_overflow=2,

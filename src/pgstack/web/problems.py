@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.session import translate_error
 from pgstack.errors import PgStackError, RateLimitedError
 
 logger = logging.getLogger("pgstack.web")
@@ -230,6 +231,10 @@ def _where(request: Request) -> str:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    translated = translate_error(exc)
+    if isinstance(translated, PgStackError):
+        # A server away (restarting, 57P03), a cancelled statement: what the caller can act on.
+        return await _pgstack_error(request, translated)
     code = data_error_code(exc)
     if code is not None:
         # The driver's text quotes the refused value (which may be a secret): log the code.
@@ -251,7 +256,11 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may hold data from the request or the database: log it, never send it.
-    if data_error_code(exc) is not None:
+    # asyncpg's own errors (raised outside SQLAlchemy) carry a SQLSTATE too: a server that is
+    # starting up (57P03) is a 503 there as well.
+    if data_error_code(exc) is not None or (
+        sqlstate_of(exc) is not None and isinstance(translate_error(exc), PgStackError)
+    ):
         return await _database_error(request, exc)
     logger.exception("unhandled error on %s", _where(request))
     return _server_error(request, 500)
