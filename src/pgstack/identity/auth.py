@@ -8,11 +8,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 
 from pgstack.db.session import Session
 from pgstack.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
-from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, utcnow
+from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, read_one, utcnow
 from pgstack.identity.lockout import Outcome
 from pgstack.identity.models import LoginSession, TokenPurpose, User, UserToken
 from pgstack.identity.passwords import require_strong_password
@@ -32,6 +32,20 @@ _INVALID_LINK = (
 _BAD_CREDENTIAL = (
     "The password is wrong, or the account is temporarily locked after repeated failures; "
     "check it and try again later."
+)
+
+
+# Every authenticated request runs this: built once, the token's digest bound per call.
+_SESSION_USER = (
+    select(User)
+    .join(LoginSession, LoginSession.user_id == User.id)
+    .where(
+        LoginSession.token_hash == bindparam("token_hash"),
+        LoginSession.revoked_at.is_(None),
+        LoginSession.expires_at > func.now(),
+        User.deleted_at.is_(None),
+        User.is_active.is_(True),
+    )
 )
 
 
@@ -122,24 +136,12 @@ class Authenticator(ServiceBase):
 
     async def user_for_session(self, token: str) -> User:
         """The user a live session token belongs to, or AuthenticationError."""
-        async with self.db.transaction(readonly=True) as session:
-            user = (
-                await session.execute(
-                    select(User)
-                    .join(LoginSession, LoginSession.user_id == User.id)
-                    .where(
-                        LoginSession.token_hash == digest(token),
-                        LoginSession.revoked_at.is_(None),
-                        LoginSession.expires_at > func.now(),
-                        User.deleted_at.is_(None),
-                        User.is_active.is_(True),
-                    )
-                )
-            ).scalar_one_or_none()
-        if user is None:
+        row = await read_one(self.db, _SESSION_USER, {"token_hash": digest(token)}, User)
+        if row is None:
             raise AuthenticationError(
                 "The session is not valid (signed out, expired or unknown); sign in again."
             )
+        user: User = row[0]
         return user
 
     async def logout(self, token: str) -> None:

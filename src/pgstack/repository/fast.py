@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Column
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -92,13 +93,11 @@ def _compile(
     With SQLAlchemy's `cache_key`, the plan serves every statement of the same shape: each
     call's values come from its own cache key (`statement_plan`).
     """
-    mapper = info.mapper
-    if not _plain_mapper(mapper):
+    if not _plain_mapper(info.mapper):
         return False
     compiled = compile_for_driver(statement, dialect, cache_key)
     if compiled is None:
         return False
-    columns = []
     entries = compiled._result_columns
     if extra:
         if len(entries) <= extra:
@@ -107,8 +106,18 @@ def _compile(
         extras = tuple(result_processor(e[3], dialect) for e in trailing)
     else:
         extras = ()
+    return _entity_plan(info, compiled, entries, dialect, extras)
+
+
+def _entity_plan(
+    info: Any, compiled: Any, entries: Any, dialect: Dialect, extras: tuple[Any, ...] = ()
+) -> ReadPlan | bool:
+    """The plan reading one model's object from `entries`, its slice of the result columns."""
+    mapper = info.mapper
+    columns = []
     for entry in entries:
-        column = entry[2][0] if entry[2] else None
+        # The column itself, or (when its name repeats in a join) a label and then it.
+        column = next((o for o in entry[2] if isinstance(o, Column)), None)
         try:
             prop = mapper.get_property_by_column(column)
         except Exception:
@@ -152,6 +161,88 @@ def statement_plan(
         extracted_parameters=cache_key.bindparams, escape_names=False
     )
     return plan, params
+
+
+def entities_plan(
+    infos: tuple[Any, ...], statement: Any, dialect: Dialect, values: Mapping[str, Any] | None
+) -> tuple[tuple[ReadPlan, ...], Any] | None:
+    """For `select(ModelA, ModelB, ...)`: a plan per model, and this call's parameters.
+
+    None if not eligible. The statement's own values come from its cache key, and
+    `bindparam()`s without one from `values`; the models' columns must be the statement's
+    columns, one model after the other.
+    """
+    cache_key = statement._generate_cache_key()
+    if cache_key is None:
+        return None
+    cache = infos[0].statements.setdefault(("fast-entities", dialect.name), {})
+
+    def make() -> tuple[ReadPlan, ...] | bool:
+        if not all(_plain_mapper(info.mapper) for info in infos):
+            return False
+        compiled = compile_for_driver(statement, dialect, cache_key)
+        if compiled is None:
+            return False
+        entries, start = compiled._result_columns, 0
+        plans: list[ReadPlan] = []
+        for info in infos:
+            end = start + len(info.mapper.column_attrs)
+            plan = _entity_plan(info, compiled, entries[start:end], dialect)
+            if not isinstance(plan, ReadPlan):
+                return False
+            plans.append(plan)
+            start = end
+        return tuple(plans) if start == len(entries) else False
+
+    plans = cached(cache, cache_key.key, make)
+    if not plans:
+        return None
+    params = plans[0].compiled.construct_params(
+        values, extracted_parameters=cache_key.bindparams, escape_names=False
+    )
+    return plans, params
+
+
+async def fetch_one(
+    session: Session, infos: tuple[Any, ...], plans: tuple[ReadPlan, ...], params: Any
+) -> tuple[bool, tuple[Any, ...] | None]:
+    """Run a read expected to match at most one row: (done, one object per model, or None).
+
+    done False (more than one row, an object already loaded): use the ordinary path, which
+    reports it in its own terms.
+    """
+    result: tuple[bool, tuple[Any, ...] | None] = await session._pgstack_run_exclusive(
+        _fetch_one, session, infos, plans, params
+    )
+    return result
+
+
+async def _fetch_one(
+    session: Session, infos: tuple[Any, ...], plans: tuple[ReadPlan, ...], params: Any
+) -> tuple[bool, tuple[Any, ...] | None]:
+    lane = session._pgstack_lane
+    if lane is None or lane.echo or len(session.sync_session.identity_map):
+        return False, None
+    first = plans[0]
+    try:
+        records = await lane.fetch(first.sql, driver_arguments(first.params, params))
+    except (PgStackError, DBAPIError):
+        raise
+    except Exception:
+        return False, None
+    if len(records) > 1:
+        return False, None
+    if not records:
+        return True, None
+    record, start, row = records[0], 0, []
+    for info, plan in zip(infos, plans, strict=True):
+        end = start + len(plan.keys)
+        done, made = _objects(session, info, plan, [tuple(record[start:end])])
+        if not done:
+            return False, None
+        row.extend(made)
+        start = end
+    return True, tuple(row)
 
 
 def session_is_fresh(session: AsyncSession) -> bool:

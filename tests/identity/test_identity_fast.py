@@ -1,0 +1,176 @@
+"""The identity checks every request makes (session token, API key) on the read lane.
+
+Every test runs twice: once as is (the check is one statement on the read lane, and the test
+checks the lane served it), once with the fast path switched off (the same statement in a
+read-only transaction). Same users, same keys, same refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import inspect, text
+
+from pgstack.db.database import Database
+from pgstack.errors import AuthenticationError
+from pgstack.identity import Identity, User
+from pgstack.repository import fast
+from pgstack.testing import record_statements
+
+from .conftest import STRONG, bearer, problem
+
+
+@pytest.fixture(params=["fast", "ordinary"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """Which path the checks take; yields the fast path's outcomes (True: it served)."""
+    served: list[bool] = []
+    if request.param == "ordinary":
+        monkeypatch.setattr(fast, "session_is_fresh", lambda session: False)
+        yield served
+        assert served == []
+        return
+    original = fast.fetch_one
+
+    async def spy(*args: Any) -> tuple[bool, Any]:
+        done, row = await original(*args)
+        served.append(done)
+        return done, row
+
+    monkeypatch.setattr(fast, "fetch_one", spy)
+    yield served
+    assert served and all(served), "the fast path did not serve the checks"
+
+
+def _columns(obj: Any) -> dict[str, Any]:
+    return {a.key: getattr(obj, a.key) for a in inspect(type(obj)).column_attrs}
+
+
+async def _sql(db: Database, statement: str) -> None:
+    async with db.transaction() as session:
+        await session.execute(text(statement))
+
+
+async def test_a_session_token_gives_its_user_as_stored(
+    identity: Identity, pgstack_migrated_db: Database, alice: User, path: list[bool]
+) -> None:
+    # proves: I3
+    login = await identity.auth.login("alice@example.com", STRONG)
+    with record_statements(pgstack_migrated_db) as log:
+        user = await identity.auth.user_for_session(login.token)
+    async with pgstack_migrated_db.session() as session:
+        stored = await session.get(User, alice.id)
+        assert _columns(user) == _columns(stored)
+    assert isinstance(user, User) and user.created_at.tzinfo is not None
+    state = inspect(user)
+    assert state.detached and not state.modified  # as a closed transaction leaves it
+    assert login.token not in " ".join(log)  # only its digest travels, as a parameter
+    if path:
+        # One statement, no BEGIN READ ONLY / COMMIT around it.
+        assert len(log) == 1 and log[0].lstrip().upper().startswith("SELECT"), log
+
+
+async def test_ended_expired_and_unknown_sessions_are_refused(
+    identity: Identity, pgstack_migrated_db: Database, alice: User, path: list[bool]
+) -> None:
+    # proves: I3
+    for token in ("pgss_unknown", "", "x" * 10_000, "pgss_' OR 1=1 --"):
+        with pytest.raises(AuthenticationError, match="sign in again"):
+            await identity.auth.user_for_session(token)
+    ended = await identity.auth.login("alice@example.com", STRONG)
+    await identity.auth.logout(ended.token)
+    with pytest.raises(AuthenticationError, match="sign in again"):
+        await identity.auth.user_for_session(ended.token)
+    live = await identity.auth.login("alice@example.com", STRONG)
+    assert (await identity.auth.user_for_session(live.token)).id == alice.id
+    await identity.users.set_active(alice.id, False)
+    with pytest.raises(AuthenticationError):
+        await identity.auth.user_for_session(live.token)
+    await identity.users.set_active(alice.id, True)
+    with pytest.raises(AuthenticationError):  # deactivating ended the session for good
+        await identity.auth.user_for_session(live.token)
+    live = await identity.auth.login("alice@example.com", STRONG)
+    assert (await identity.auth.user_for_session(live.token)).id == alice.id
+    await _sql(pgstack_migrated_db, "UPDATE login_sessions SET expires_at = now() - interval '1s'")
+    with pytest.raises(AuthenticationError):
+        await identity.auth.user_for_session(live.token)
+
+
+async def test_an_api_key_gives_its_row_and_user_as_stored(
+    identity: Identity, pgstack_migrated_db: Database, alice: User, path: list[bool]
+) -> None:
+    # proves: I5
+    issued = await identity.api_keys.create(alice.id, "ci", scopes=["reports:read"])
+    await identity.api_keys.verify(issued.key)  # the first use writes last_used_at
+    with record_statements(pgstack_migrated_db) as log:
+        verified = await identity.api_keys.verify(issued.key)
+    async with pgstack_migrated_db.session() as session:
+        key_row = await session.get(type(issued.api_key), issued.api_key.id)
+        user_row = await session.get(User, alice.id)
+        assert _columns(verified.api_key) == _columns(key_row)
+        assert _columns(verified.user) == _columns(user_row)
+    assert verified.api_key.scopes == ["reports:read"] and verified.user.email == alice.email
+    verified.require_scopes("reports:read")
+    assert inspect(verified.api_key).detached and inspect(verified.user).detached
+    assert issued.key not in " ".join(log)
+    if path:
+        # Used within the touch interval: one statement and no write.
+        assert len(log) == 1 and log[0].lstrip().upper().startswith("SELECT"), log
+
+
+async def test_refused_keys_stay_refused(
+    identity: Identity, pgstack_migrated_db: Database, alice: User, path: list[bool]
+) -> None:
+    # proves: I5
+    revoked = await identity.api_keys.create(alice.id, "revoked")
+    live = await identity.api_keys.create(alice.id, "live")
+    assert (await identity.api_keys.verify(revoked.key)).api_key.id == revoked.api_key.id
+    await identity.api_keys.revoke(revoked.api_key.id)
+    with pytest.raises(AuthenticationError, match="not valid"):
+        await identity.api_keys.verify(revoked.key)
+    # The right prefix with another secret: found by prefix, refused by the hash.
+    forged = live.key[: len("pgs_") + 9] + revoked.key[len("pgs_") + 9 :]
+    with pytest.raises(AuthenticationError):
+        await identity.api_keys.verify(forged)
+    await identity.users.set_active(alice.id, False)
+    with pytest.raises(AuthenticationError, match="not valid"):
+        await identity.api_keys.verify(live.key)
+    await identity.users.set_active(alice.id, True)
+    assert (await identity.api_keys.verify(live.key)).user.id == alice.id
+    await identity.users.delete(alice.id)
+    with pytest.raises(AuthenticationError, match="not valid"):
+        await identity.api_keys.verify(live.key)
+
+
+async def test_many_requests_check_at_once(
+    identity: Identity, alice: User, path: list[bool]
+) -> None:
+    # proves: I3, I5, D2
+    login = await identity.auth.login("alice@example.com", STRONG)
+    issued = await identity.api_keys.create(alice.id, "busy")
+    await identity.api_keys.verify(issued.key)
+    users = await asyncio.gather(*(identity.auth.user_for_session(login.token) for _ in range(30)))
+    keys = await asyncio.gather(*(identity.api_keys.verify(issued.key) for _ in range(30)))
+    assert {u.id for u in users} == {alice.id} and len({id(u) for u in users}) == 30
+    assert {k.api_key.id for k in keys} == {issued.api_key.id}
+    assert {k.user.id for k in keys} == {alice.id}
+
+
+async def test_over_http_both_credentials_work_and_bad_ones_are_401(
+    client: httpx.AsyncClient, identity: Identity, alice: User, path: list[bool]
+) -> None:
+    # proves: W2, I3, I5
+    login = await identity.auth.login("alice@example.com", STRONG)
+    issued = await identity.api_keys.create(alice.id, "http", scopes=["reports:read"])
+    for token in (login.token, issued.key):
+        me = await client.get("/auth/me", headers=bearer(token))
+        assert me.status_code == 200 and me.json()["email"] == "alice@example.com", me.text
+        reports = await client.get("/reports", headers=bearer(token))
+        assert reports.json() == {"email": "alice@example.com"}
+    problem(await client.get("/auth/me", headers=bearer("pgss_" + "a" * 43)), 401)
+    problem(await client.get("/auth/me", headers=bearer(issued.key[:-1] + "0")), 401)
+    await identity.api_keys.revoke(issued.api_key.id)
+    problem(await client.get("/auth/me", headers=bearer(issued.key)), 401)
