@@ -35,8 +35,8 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         return
     original = fast.fetch_one
 
-    async def spy(*args: Any) -> tuple[bool, Any]:
-        done, row = await original(*args)
+    async def spy(*args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        done, row = await original(*args, **kwargs)
         served.append(done)
         return done, row
 
@@ -174,3 +174,57 @@ async def test_over_http_both_credentials_work_and_bad_ones_are_401(
     problem(await client.get("/auth/me", headers=bearer(issued.key[:-1] + "0")), 401)
     await identity.api_keys.revoke(issued.api_key.id)
     problem(await client.get("/auth/me", headers=bearer(issued.key)), 401)
+
+
+async def test_login_is_three_statements_and_counts_like_before(
+    identity: Identity, pgstack_migrated_db: Database, alice: User, path: list[bool]
+) -> None:
+    # proves: I1, I3
+    await _sql(pgstack_migrated_db, "UPDATE users SET failed_login_count = 2")
+    with record_statements(pgstack_migrated_db) as log:
+        login = await identity.auth.login("ALICE@example.com", STRONG)
+    assert login.user.id == alice.id and login.token.startswith("pgss_")
+    assert inspect(login.user).detached and login.user.login_count == 1
+    assert login.user.failed_login_count == 0 and login.user.last_login_at is not None
+    assert (await identity.auth.user_for_session(login.token)).id == alice.id
+    assert login.token not in " ".join(log)
+    async with pgstack_migrated_db.session() as session:
+        stored = await session.get(User, alice.id)
+        assert stored is not None and _columns(stored) == _columns(login.user)
+        count = await session.scalar(text("SELECT count(*) FROM login_sessions"))
+        assert count == 1
+    words = [s.lstrip().split()[0].upper() for s in log]
+    if path:
+        # Each statement is atomic by itself: no BEGIN/COMMIT around any of them.
+        assert words == ["UPDATE", "UPDATE", "INSERT"], log
+    else:
+        assert words.count("UPDATE") == 2 and words.count("INSERT") == 1, log
+
+
+async def test_concurrent_wrong_guesses_lock_the_account(
+    pgstack_migrated_db: Database, path: list[bool]
+) -> None:
+    # proves: I2
+    from pgstack.identity import IdentityConfig
+
+    guarded = Identity(pgstack_migrated_db, IdentityConfig(max_failed_logins=5))
+    victim = await guarded.users.create("victim@example.com", STRONG)
+    checked: list[str] = []
+    original = guarded.hasher.verify_and_update
+
+    def counting(password: str, stored: str | None) -> tuple[bool, str | None]:
+        if stored is not None and stored == victim.password_hash:
+            checked.append(password)
+        return original(password, stored)
+
+    guarded.hasher.verify_and_update = counting  # type: ignore[method-assign]
+    guesses = [guarded.auth.login("victim@example.com", f"wrong guess {n}") for n in range(12)]
+    results = await asyncio.gather(*guesses, return_exceptions=True)
+    assert all(isinstance(r, AuthenticationError) for r in results)
+    assert len(checked) == 5  # the lockout admitted five guesses, however many came at once
+    with pytest.raises(AuthenticationError):
+        await guarded.auth.login("victim@example.com", STRONG)  # locked: even the right one
+    await _sql(pgstack_migrated_db, "UPDATE users SET locked_until = now() - interval '1s'")
+    assert (await guarded.auth.login("victim@example.com", STRONG)).user.id == victim.id
+    with pytest.raises(AuthenticationError):
+        await guarded.auth.login("nobody@example.com", STRONG)

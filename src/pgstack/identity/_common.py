@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from pgstack.db.database import Database
 from pgstack.identity.config import IdentityConfig
 from pgstack.identity.lockout import Lockout
 from pgstack.identity.passwords import PasswordHasher
-from pgstack.repository import fast
-from pgstack.repository.core import model_info
 
 # One message for every way a login can fail (unknown e-mail, wrong password, locked,
 # external account), so the answer never tells an attacker which accounts exist.
@@ -40,28 +36,6 @@ def digest(secret: str) -> str:
 def same_digest(secret: str, stored: str) -> bool:
     """Whether a secret matches a stored digest, in time independent of where they differ."""
     return hmac.compare_digest(digest(secret), stored)
-
-
-async def read_one(
-    db: Database, statement: Any, values: Mapping[str, Any], *models: type[Any]
-) -> Any | None:
-    """The one row of `select(*models)...` (one object per model), or None if none matches.
-
-    The identity checks every request makes (a session token, an API key) read one row: on
-    the read lane that is one round trip (no BEGIN READ ONLY and COMMIT around it), with the
-    objects made as the ORM makes them. Where the lane cannot serve it (off, SQL echo on),
-    the same statement runs in a read-only transaction; either way the answer is the same.
-    """
-    async with db.session() as session:
-        if fast.session_is_fresh(session) and session.bind is not None:
-            infos = tuple(model_info(model) for model in models)
-            planned = fast.entities_plan(infos, statement, session.bind.dialect, values)
-            if planned is not None:
-                done, row = await fast.fetch_one(session, infos, *planned)
-                if done:
-                    return row
-    async with db.transaction(readonly=True) as session:
-        return (await session.execute(statement, values)).one_or_none()
 
 
 class ServiceBase:

@@ -26,7 +26,8 @@ from pgstack.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from pgstack.identity._common import ServiceBase, digest, read_one, same_digest, utcnow
+from pgstack.identity._common import ServiceBase, digest, same_digest, utcnow
+from pgstack.identity._rows import read_one
 from pgstack.identity.models import ApiKey, User
 from pgstack.identity.text import check_text
 from pgstack.identity.users import UserRepository

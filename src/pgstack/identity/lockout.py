@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, or_, update
 
 from pgstack.db.database import Database
+from pgstack.identity._rows import write_one
 from pgstack.identity.config import IdentityConfig
 from pgstack.identity.models import User
 from pgstack.identity.passwords import PasswordHasher
@@ -54,25 +55,28 @@ class Lockout:
         """
         expired = User.locked_until <= func.now()
         count = case((expired, 1), else_=User.failed_login_count + 1)
-        async with self.db.transaction() as session:
-            result = await session.execute(
-                update(User)
-                .where(
-                    who,
-                    User.deleted_at.is_(None),
-                    or_(User.locked_until.is_(None), expired),
-                )
-                .values(
-                    failed_login_count=count,
-                    locked_until=case(
-                        (count >= self.config.max_failed_logins, func.now() + self.config.lockout),
-                        else_=None,
-                    ),
-                )
-                .returning(User)
-                .execution_options(synchronize_session=False, populate_existing=True)
+        # One statement by itself (no BEGIN/COMMIT around it): see `write_one`.
+        row = await write_one(
+            self.db,
+            update(User)
+            .where(
+                who,
+                User.deleted_at.is_(None),
+                or_(User.locked_until.is_(None), expired),
             )
-            user = result.scalar_one_or_none()
+            .values(
+                failed_login_count=count,
+                locked_until=case(
+                    (count >= self.config.max_failed_logins, func.now() + self.config.lockout),
+                    else_=None,
+                ),
+            )
+            .returning(User)
+            .execution_options(synchronize_session=False, populate_existing=True),
+            {},
+            User,
+        )
+        user: User | None = row[0] if row is not None else None
         if user is None:
             return Attempt(None)
         number = user.failed_login_count
@@ -95,15 +99,17 @@ class Lockout:
         not_locked = or_(User.locked_until.is_(None), User.locked_until <= func.now())
         if attempt.number >= self.config.max_failed_logins:
             not_locked = or_(not_locked, User.failed_login_count == attempt.number)
-        async with self.db.transaction() as session:
-            result = await session.execute(
-                update(User)
-                .where(User.id == attempt.user.id, not_locked)
-                .values(failed_login_count=0, locked_until=None, **values)
-                .returning(User)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-            user = result.scalar_one_or_none()
+        row = await write_one(
+            self.db,
+            update(User)
+            .where(User.id == attempt.user.id, not_locked)
+            .values(failed_login_count=0, locked_until=None, **values)
+            .returning(User)
+            .execution_options(synchronize_session=False, populate_existing=True),
+            {},
+            User,
+        )
+        user: User | None = row[0] if row is not None else None
         if user is None:
             logger.info(
                 "user %s: a right secret was refused, the account is locked", attempt.user.id

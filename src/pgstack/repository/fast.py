@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Column
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.base import instance_state
 
@@ -204,41 +204,57 @@ def entities_plan(
 
 
 async def fetch_one(
-    session: Session, infos: tuple[Any, ...], plans: tuple[ReadPlan, ...], params: Any
+    session: Session,
+    infos: tuple[Any, ...],
+    plans: tuple[ReadPlan, ...],
+    params: Any,
+    *,
+    write: bool = False,
 ) -> tuple[bool, tuple[Any, ...] | None]:
-    """Run a read expected to match at most one row: (done, one object per model, or None).
+    """Run a statement matching at most one row: (done, one object per model, or None).
 
-    done False (more than one row, an object already loaded): use the ordinary path, which
-    reports it in its own terms.
+    done False (a read matching more than one row, an object already loaded, a value the
+    driver cannot encode): nothing was written; use the ordinary path, which reports it in
+    its own terms. With `write` (a single `INSERT/UPDATE ... RETURNING`, committed by
+    itself) the statement is never sent twice: a lost connection is an error.
     """
     result: tuple[bool, tuple[Any, ...] | None] = await session._pgstack_run_exclusive(
-        _fetch_one, session, infos, plans, params
+        _fetch_one, session, infos, plans, params, write
     )
     return result
 
 
 async def _fetch_one(
-    session: Session, infos: tuple[Any, ...], plans: tuple[ReadPlan, ...], params: Any
+    session: Session, infos: tuple[Any, ...], plans: tuple[ReadPlan, ...], params: Any, write: bool
 ) -> tuple[bool, tuple[Any, ...] | None]:
     lane = session._pgstack_lane
     if lane is None or lane.echo or len(session.sync_session.identity_map):
         return False, None
+    if len({info.mapper for info in infos}) != len(infos):
+        return False, None  # the same model twice: its objects could share an identity
     first = plans[0]
     try:
-        records = await lane.fetch(first.sql, driver_arguments(first.params, params))
+        records = await lane.fetch(
+            first.sql, driver_arguments(first.params, params), retry=not write
+        )
     except (PgStackError, DBAPIError):
         raise
     except Exception:
         return False, None
     if len(records) > 1:
+        if write:
+            raise MultipleResultsFound(
+                "The statement changed more than one row where one was expected."
+            )
         return False, None
     if not records:
         return True, None
     record, start, row = records[0], 0, []
     for info, plan in zip(infos, plans, strict=True):
         end = start + len(plan.keys)
+        # The identity map was empty and each model differs: every object is new here.
         done, made = _objects(session, info, plan, [tuple(record[start:end])])
-        if not done:
+        if not done:  # pragma: no cover - excluded above
             return False, None
         row.extend(made)
         start = end
