@@ -29,7 +29,11 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     """Which path the checks take; yields the fast path's outcomes (True: it served)."""
     served: list[bool] = []
     if request.param == "ordinary":
-        monkeypatch.setattr(fast, "session_is_fresh", lambda session: False)
+
+        async def declined(*args: Any, **kwargs: Any) -> tuple[bool, Any]:
+            return False, None  # sends nothing: the ordinary path runs the statement
+
+        monkeypatch.setattr(fast, "fetch_one", declined)
         yield served
         assert served == []
         return

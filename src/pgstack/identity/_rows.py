@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pgstack.db.database import Database
+from pgstack.db.session import translated_errors
 from pgstack.repository import fast
 from pgstack.repository.core import model_info
 
@@ -44,13 +45,14 @@ async def _one_row(
     *,
     write: bool,
 ) -> Any | None:
-    async with db.session() as session:
-        if fast.session_is_fresh(session) and session.bind is not None:
-            infos = tuple(model_info(model) for model in models)
-            planned = fast.entities_plan(infos, statement, session.bind.dialect, values)
-            if planned is not None:
-                done, row = await fast.fetch_one(session, infos, *planned, write=write)
-                if done:
-                    return row
+    lane = db.read_lane
+    if lane is not None:
+        infos = tuple(model_info(model) for model in models)
+        planned = fast.entities_plan(infos, statement, db.engine.sync_engine.dialect, values)
+        if planned is not None:
+            with translated_errors():
+                done, row = await fast.fetch_one(lane, infos, *planned, write=write)
+            if done:
+                return row
     async with db.transaction(readonly=not write) as session:
         return (await session.execute(statement, values)).one_or_none()

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.base import instance_state
 
 from pgstack.db.lane import (
+    ReadLane,
     cached,
     compile_for_driver,
     driver_arguments,
@@ -204,34 +205,25 @@ def entities_plan(
 
 
 async def fetch_one(
-    session: Session,
+    lane: ReadLane,
     infos: tuple[Any, ...],
     plans: tuple[ReadPlan, ...],
     params: Any,
     *,
     write: bool = False,
 ) -> tuple[bool, tuple[Any, ...] | None]:
-    """Run a statement matching at most one row: (done, one object per model, or None).
+    """Run a statement matching at most one row: (done, one detached object per model, or None).
 
-    done False (a read matching more than one row, an object already loaded, a value the
-    driver cannot encode): nothing was written; use the ordinary path, which reports it in
-    its own terms. With `write` (a single `INSERT/UPDATE ... RETURNING`, committed by
-    itself) the statement is never sent twice: a lost connection is an error.
+    For reads and writes whose objects leave with no session (as from a transaction that
+    closed): no session is opened, the objects are made as `_objects` makes them, with the
+    `load` event, and detached. done False (a read matching more than one row, the same
+    model twice, a value the driver cannot encode): nothing was sent or written; use the
+    ordinary path, which reports it in its own terms. With `write` (a single
+    `INSERT/UPDATE ... RETURNING`, committed by itself) the statement is never sent twice: a
+    lost connection is an error.
     """
-    result: tuple[bool, tuple[Any, ...] | None] = await session._pgstack_run_exclusive(
-        _fetch_one, session, infos, plans, params, write
-    )
-    return result
-
-
-async def _fetch_one(
-    session: Session, infos: tuple[Any, ...], plans: tuple[ReadPlan, ...], params: Any, write: bool
-) -> tuple[bool, tuple[Any, ...] | None]:
-    lane = session._pgstack_lane
-    if lane is None or lane.echo or len(session.sync_session.identity_map):
+    if lane.echo or len({info.mapper for info in infos}) != len(infos):
         return False, None
-    if len({info.mapper for info in infos}) != len(infos):
-        return False, None  # the same model twice: its objects could share an identity
     first = plans[0]
     try:
         records = await lane.fetch(
@@ -252,13 +244,27 @@ async def _fetch_one(
     record, start, row = records[0], 0, []
     for info, plan in zip(infos, plans, strict=True):
         end = start + len(plan.keys)
-        # The identity map was empty and each model differs: every object is new here.
-        done, made = _objects(session, info, plan, [tuple(record[start:end])])
-        if not done:  # pragma: no cover - excluded above
-            return False, None
-        row.extend(made)
+        row.append(_detached(info, plan, record[start:end]))
         start = end
     return True, tuple(row)
+
+
+def _detached(info: Any, plan: ReadPlan, record: Any) -> Any:
+    """One object from its columns of a record: loaded, unchanged, in no session."""
+    mapper = info.mapper
+    instance = mapper.class_manager.new_instance()
+    state = instance_state(instance)
+    values = state.dict
+    values.update(zip(plan.keys, record, strict=True))
+    for index, key, processor in plan.converted:
+        value = record[index]
+        if value is not None:
+            values[key] = processor(value)
+    state.key = (mapper._identity_class, (values[info.pk_key],), None)
+    load = mapper.class_manager.dispatch.load
+    if load:
+        load(state, None)
+    return instance
 
 
 def session_is_fresh(session: AsyncSession) -> bool:
