@@ -46,6 +46,22 @@ class Lockout:
         self.db = db
         self.config = config
         self.hasher = hasher
+        # The admitting UPDATE but for whom it counts: built once (it runs on every login).
+        expired = User.locked_until <= func.now()
+        count = case((expired, 1), else_=User.failed_login_count + 1)
+        self._admit = (
+            update(User)
+            .where(User.deleted_at.is_(None), or_(User.locked_until.is_(None), expired))
+            .values(
+                failed_login_count=count,
+                locked_until=case(
+                    (count >= config.max_failed_logins, func.now() + config.lockout),
+                    else_=None,
+                ),
+            )
+            .returning(User)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
 
     async def admit(self, who: ColumnElement[bool]) -> Attempt:
         """Count one attempt for the live, unlocked user `who` matches; Attempt(None) if none.
@@ -53,29 +69,8 @@ class Lockout:
         An unknown address and a locked account cost the same single UPDATE (matching no
         row), so neither the answer nor its timing tells them from a wrong password.
         """
-        expired = User.locked_until <= func.now()
-        count = case((expired, 1), else_=User.failed_login_count + 1)
         # One statement by itself (no BEGIN/COMMIT around it): see `write_one`.
-        row = await write_one(
-            self.db,
-            update(User)
-            .where(
-                who,
-                User.deleted_at.is_(None),
-                or_(User.locked_until.is_(None), expired),
-            )
-            .values(
-                failed_login_count=count,
-                locked_until=case(
-                    (count >= self.config.max_failed_logins, func.now() + self.config.lockout),
-                    else_=None,
-                ),
-            )
-            .returning(User)
-            .execution_options(synchronize_session=False, populate_existing=True),
-            {},
-            User,
-        )
+        row = await write_one(self.db, self._admit.where(who), {}, User)
         user: User | None = row[0] if row is not None else None
         if user is None:
             return Attempt(None)
