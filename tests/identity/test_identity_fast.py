@@ -152,7 +152,7 @@ async def test_refused_keys_stay_refused(
 async def test_many_requests_check_at_once(
     identity: Identity, alice: User, path: list[bool]
 ) -> None:
-    # proves: I3, I5, D2
+    # proves: I3, I5
     login = await identity.auth.login("alice@example.com", STRONG)
     issued = await identity.api_keys.create(alice.id, "busy")
     await identity.api_keys.verify(issued.key)
@@ -208,7 +208,7 @@ async def test_login_is_three_statements_and_counts_like_before(
 async def test_concurrent_wrong_guesses_lock_the_account(
     pgstack_migrated_db: Database, path: list[bool]
 ) -> None:
-    # proves: I2
+    # proves: I7
     from pgstack.identity import IdentityConfig
 
     guarded = Identity(pgstack_migrated_db, IdentityConfig(max_failed_logins=5))
