@@ -1,4 +1,4 @@
-"""`uv run python -m benchmarks`: W1-W8 for pgstack and its peers, as a markdown table.
+"""`uv run python -m benchmarks`: W1-W11 for pgstack and its peers, as a markdown table.
 
 Each workload runs every contender once to warm up, then in interleaved rounds (contender A,
 B, C, D, then again), so drift on a shared machine hits everyone alike. The table gives the
@@ -53,10 +53,10 @@ class Workload:
 
 
 WORKLOADS = (
-    Workload("w1", "W1 get by primary key, one session per lookup", "lookups/s", True, 0.6),
+    Workload("w1", "W1 get by primary key, one session per lookup", "lookups/s", True, 0.9),
     Workload("w2", "W2 insert one row, own transaction", "rows/s", True, 0.5),
-    Workload("w3", "W3 insert {bulk:,} rows in one call (vs COPY)", "rows/s", False, 0.8),
-    Workload("w4", "W4 page of 50 at offset 1,000 + total count", "pages/s", True, 0.9),
+    Workload("w3", "W3 insert {bulk:,} rows in one call (vs COPY)", "rows/s", False, 0.9),
+    Workload("w4", "W4 page of 50 at offset 1,000 + total count", "pages/s", True, 0.95),
     Workload("w5", "W5 upsert {upsert:,} rows, half new", "rows/s", False, 0.9),
     Workload("w6", "W6 atomic counter INSERT ... ON CONFLICT ... RETURNING", "ops/s", True, 0.6),
     Workload("w7", "W7 keyset page of 50 (page_after)", "pages/s", True, 0.8),
