@@ -175,7 +175,8 @@ async def test_over_http_both_credentials_work_and_bad_ones_are_401(
         reports = await client.get("/reports", headers=bearer(token))
         assert reports.json() == {"email": "alice@example.com"}
     problem(await client.get("/auth/me", headers=bearer("pgss_" + "a" * 43)), 401)
-    problem(await client.get("/auth/me", headers=bearer(issued.key[:-1] + "0")), 401)
+    mistyped = issued.key[:-1] + ("1" if issued.key.endswith("0") else "0")
+    problem(await client.get("/auth/me", headers=bearer(mistyped)), 401)
     await identity.api_keys.revoke(issued.api_key.id)
     problem(await client.get("/auth/me", headers=bearer(issued.key)), 401)
 
