@@ -48,7 +48,7 @@ def _dicts(n: int) -> Iterator[dict[str, Any]]:
         yield {"id": uuid.uuid4(), "name": f"item {i}", "qty": i, "note": None}
 
 
-async def _child(contender: str, url: URL, rows: int) -> dict[str, float]:
+async def _child(contender: str, url: URL, rows: int, batch: int | None) -> dict[str, float]:
     if contender == "raw asyncpg":
         conn = await asyncpg.connect(asyncpg_dsn(url))
         try:
@@ -70,7 +70,10 @@ async def _child(contender: str, url: URL, rows: int) -> dict[str, float]:
             before = _peak_mb()
             start = time.perf_counter()
             async with db.transaction() as s:
-                written = await Repository(s, PgBulk).create_many(_dicts(rows))
+                repo = Repository(s, PgBulk)
+                if batch:
+                    repo.stream_batch_size = batch  # type: ignore[misc]
+                written = await repo.create_many(_dicts(rows))
             elapsed = time.perf_counter() - start
             assert written == rows
         finally:
@@ -90,7 +93,7 @@ async def _reset(url: URL) -> None:
         await db.disconnect()
 
 
-def _run_child(contender: str, url: URL, rows: int) -> dict[str, float]:
+def _run_child(contender: str, url: URL, rows: int, batch: int | None) -> dict[str, float]:
     asyncio.run(_reset(url))
     out = subprocess.run(  # noqa: S603 - this interpreter, this module
         [
@@ -103,6 +106,7 @@ def _run_child(contender: str, url: URL, rows: int) -> dict[str, float]:
             url.render_as_string(hide_password=False),
             "--rows",
             str(rows),
+            *(["--batch", str(batch)] if batch else []),
         ],
         check=True,
         capture_output=True,
@@ -116,11 +120,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stream_memory", description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dsn", help="use this PostgreSQL (its table bench_bulk is replaced)")
+    parser.add_argument("--batch", type=int, help="pgstack's stream_batch_size (default: its own)")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         url = make_url(args.dsn).set(drivername="postgresql+asyncpg")
-        result = uvloop.run(_child(args.child, url, args.rows))
+        result = uvloop.run(_child(args.child, url, args.rows, args.batch))
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory(prefix="pgstack-stream-") as tmp:
@@ -134,7 +139,7 @@ def main() -> None:
             print("| contender | rows | rows/s | RSS before | peak RSS | growth |")
             print("|---|---:|---:|---:|---:|---:|")
             for contender in CONTENDERS:
-                r = _run_child(contender, url, args.rows)
+                r = _run_child(contender, url, args.rows, args.batch)
                 print(
                     f"| {contender} | {args.rows:,} | {r['rows_per_s']:,.0f} | "
                     f"{r['before_mb']:.0f} MB | {r['peak_mb']:.0f} MB | "

@@ -190,7 +190,7 @@ class BulkOps(WriteOps[M]):
     #: Batches of at least this many rows go through COPY (see COPY_THRESHOLD).
     copy_threshold: ClassVar[int] = COPY_THRESHOLD
     #: Rows per batch when `create_many`/`upsert_many` stream an iterator (memory: one batch).
-    stream_batch_size: ClassVar[int] = 50_000
+    stream_batch_size: ClassVar[int] = 10_000
 
     async def _streamed(
         self, write: Callable[..., Any], rows: Rows[Any], **options: Any
