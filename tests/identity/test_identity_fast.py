@@ -233,3 +233,22 @@ async def test_concurrent_wrong_guesses_lock_the_account(
     assert (await guarded.auth.login("victim@example.com", STRONG)).user.id == victim.id
     with pytest.raises(AuthenticationError):
         await guarded.auth.login("nobody@example.com", STRONG)
+
+
+async def test_login_after_the_server_dropped_every_connection(
+    identity: Identity, pgstack_migrated_db: Database, alice: User, path: list[bool]
+) -> None:
+    # proves: I3, R6
+    first = await identity.auth.login("alice@example.com", STRONG)  # the lane's connection opens
+    async with pgstack_migrated_db.session() as admin:
+        await admin.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    await asyncio.sleep(0.05)  # the drop reaches the client, as between two requests
+    again = await identity.auth.login("alice@example.com", STRONG)
+    assert again.user.id == alice.id and again.token != first.token
+    assert again.user.login_count == 2  # each login counted once: nothing was sent twice
+    assert (await identity.auth.user_for_session(again.token)).id == alice.id
