@@ -53,14 +53,17 @@ class Workload:
 
 
 WORKLOADS = (
-    Workload("w1", "W1 get by primary key, one session per lookup", "lookups/s", True, 0.6),
+    Workload("w1", "W1 get by primary key, one session per lookup", "lookups/s", True, 0.9),
     Workload("w2", "W2 insert one row, own transaction", "rows/s", True, 0.5),
-    Workload("w3", "W3 insert {bulk:,} rows in one call (vs COPY)", "rows/s", False, 0.8),
-    Workload("w4", "W4 page of 50 at offset 1,000 + total count", "pages/s", True, 0.9),
+    Workload("w3", "W3 insert {bulk:,} rows in one call (vs COPY)", "rows/s", False, 0.9),
+    Workload("w4", "W4 page of 50 at offset 1,000 + total count", "pages/s", True, 0.95),
     Workload("w5", "W5 upsert {upsert:,} rows, half new", "rows/s", False, 0.9),
     Workload("w6", "W6 atomic counter INSERT ... ON CONFLICT ... RETURNING", "ops/s", True, 0.6),
     Workload("w7", "W7 keyset page of 50 (page_after)", "pages/s", True, 0.8),
     Workload("w8", "W8 get_valid_token hot path (vs raw PK read)", "ops/s", True, 0.5),
+    Workload("w9", "W9 session-token check (user_for_session)", "checks/s", True, 0.8),
+    Workload("w10", "W10 API-key check (api_keys.verify)", "checks/s", True, 0.8),
+    Workload("w11", "W11 login, right password (argon2 at its cheapest)", "logins/s", True, 0.5),
     Workload(
         "w12", "W12 tenant-scoped get under RLS (vs unprotected PK read)", "lookups/s", True, 0.6
     ),
@@ -77,9 +80,13 @@ METHODS = {
     "w6": "w6_counter",
     "w7": "w7_keyset",
     "w8": "w8_token",
+    "w9": "w9_session",
+    "w10": "w10_api_key",
+    "w11": "w11_login",
     "w12": "w12_tenant_read",
     "w13": "w13_ratelimit",
 }
+IDENTITY_WORKLOADS = {"w9", "w10", "w11"}
 
 
 @dataclass
@@ -212,6 +219,34 @@ async def prepare_ratelimit(url: URL) -> None:
         await db.disconnect()
 
 
+async def prepare_identity(url: URL, data: DataSet) -> None:
+    """The identity tables, users to sign in, a live session token and an API key (W9-W11)."""
+    from benchmarks.contenders import LOGIN_PASSWORD, _login_config
+    from pgstack.identity import Identity
+    from pgstack.identity.models import ApiKey, LoginSession, RecoveryCode, User, UserToken
+
+    db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
+    await db.connect()
+    try:
+        tables = [m.__table__ for m in (User, ApiKey, LoginSession, UserToken, RecoveryCode)]
+        async with db.engine.begin() as conn:
+            await conn.run_sync(lambda c: User.metadata.drop_all(c, tables=tables))
+            await conn.run_sync(lambda c: User.metadata.create_all(c, tables=tables))
+        identity = Identity(db, _login_config())
+        emails: asyncio.Queue[str] = asyncio.Queue()
+        for n in range(CONCURRENCY):
+            email = f"bench{n}@example.com"
+            user = await identity.users.create(email, LOGIN_PASSWORD)
+            emails.put_nowait(email)
+        data.login_emails = emails
+        data.session_token = (await identity.auth.login(email, LOGIN_PASSWORD)).token
+        issued = await identity.api_keys.create(user.id, "bench", scopes=["items:read"])
+        await identity.api_keys.verify(issued.key)  # its first use is written; then reads
+        data.api_key = issued.key
+    finally:
+        await db.disconnect()
+
+
 async def reset_bulk(url: URL) -> None:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -247,12 +282,13 @@ async def run(args: argparse.Namespace, url: URL) -> str:
         await prepare_tenant_rls(url, rows, data)
     if "w13" in args.workloads:
         await prepare_ratelimit(url)
+    if IDENTITY_WORKLOADS & set(args.workloads):
+        await prepare_identity(url, data)
     batches: dict[str, Callable[[], list[dict[str, Any]]]] = {
         "w3": lambda: data.new_rows(data.bulk_rows),
         "w5": data.upsert_batch,
     }
-    seconds = 1.0 if quick else args.seconds
-    rounds = 3 if quick else args.rounds
+    seconds, rounds = args.seconds, args.rounds
     selected = [w for w in WORKLOADS if w.key in args.workloads]
     chosen = [c for c in CONTENDERS if c.name in args.contenders or c is RawAsyncpg]
     contenders = [c(url, data) for c in chosen]
@@ -347,18 +383,28 @@ def main() -> None:
     names = [c.name for c in CONTENDERS]
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--dsn", help="use this PostgreSQL (its tables bench_* are replaced)")
-    parser.add_argument("--quick", action="store_true", help="a short run (smaller data, 1 s)")
     parser.add_argument(
-        "--workloads", default="w1,w2,w3,w4,w5,w6,w7,w8,w12,w13", help="comma-separated, e.g. w1,w4"
+        "--quick",
+        action="store_true",
+        help="a short run: smaller data, and 1 s runs unless --seconds says otherwise",
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(w.key for w in WORKLOADS),
+        help="comma-separated, e.g. w1,w4",
     )
     parser.add_argument(
         "--contenders", default=",".join(names), help=f"comma-separated from: {', '.join(names)}"
     )
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed run")
+    parser.add_argument(
+        "--seconds", type=float, help="length of one timed run (default 2, with --quick 1)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up")
     parser.add_argument("--data-dir", help="embedded server folder (default: a temp folder)")
     parser.add_argument("--output", help="also write the table to this file")
     args = parser.parse_args()
+    if args.seconds is None:  # --quick shortens runs only where --seconds does not say
+        args.seconds = 1.0 if args.quick else 2.0
     # Cursors only need to outlive this process; a fixed key keeps the log quiet.
     os.environ.setdefault("PGSTACK_CURSOR_SECRET", "pgstack benchmarks")
     args.workloads = [w.strip().lower() for w in args.workloads.split(",")]
@@ -388,7 +434,7 @@ def main() -> None:
         f"PostgreSQL {server}{' (embedded, durability off)' if embedded else ''}; {versions()}; "
         f"{os.cpu_count()} CPUs; load average {load_before:.2f} before, "
         f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} (1/5/15 min) after; "
-        f"pool 10, {CONCURRENCY} tasks; "
+        f"pool 10, {CONCURRENCY} tasks; {args.seconds:g} s runs, {args.rounds} rounds; "
         f"{'quick' if args.quick else 'full'} run in {elapsed:.0f} s"
     )
     out = f"{header}\n\n{table}\n"

@@ -6,10 +6,15 @@ way to express a workload leaves the method out; the table then says "not offere
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import random
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -63,6 +68,12 @@ class DataSet:
 
     def some_tenant_row(self) -> tuple[uuid.UUID, uuid.UUID]:
         return random.choice(self.tenant_rows)  # noqa: S311
+
+    #: W9-W11: a live session token, an API key, and users to sign in (one task each at a
+    #: time: concurrent attempts on one account would trip its lockout).
+    session_token: str | None = None
+    api_key: str | None = None
+    login_emails: asyncio.Queue[str] | None = None
 
     def some_id(self) -> uuid.UUID:
         return random.choice(self.ids)  # noqa: S311
@@ -173,6 +184,7 @@ class RawAsyncpg:
         await self.pool.fetchrow(
             f"SELECT id, tenant_id, name, qty FROM {TENANT_ITEMS} WHERE id = $1", id_
         )
+        return 1
 
     async def w13_ratelimit(self) -> int:
         # The very statement RateLimiter.hit sends, on a plain asyncpg pool.
@@ -183,10 +195,90 @@ class RawAsyncpg:
         assert rows[0]["allowed"]
         return 1
 
+    async def w9_session(self) -> int:
+        # The same check by hand: the token's digest, then the joined read of session and user.
+        assert self.data.session_token is not None
+        token_hash = hashlib.sha256(self.data.session_token.encode()).hexdigest()
+        row = await self.pool.fetchrow(SESSION_SQL, token_hash)
+        assert row is not None
+        return 1
+
+    async def w10_api_key(self) -> int:
+        # The same check by hand: the prefix, the joined read, the digest compared.
+        key = self.data.api_key
+        assert key is not None
+        row = await self.pool.fetchrow(API_KEY_SQL, key[4:12])
+        assert row is not None
+        assert hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), row["key_hash"])
+        return 1
+
+    async def w11_login(self) -> int:
+        # The statements pgstack's login sends (see docs/benchmarks.md), with the same hasher.
+        assert self.data.login_emails is not None
+        email = await self.data.login_emails.get()
+        try:
+            user = await self.pool.fetchrow(ADMIT_SQL, email, 5, timedelta(minutes=15))
+            ok, _ = await LOGIN_HASHER.averify_and_update(LOGIN_PASSWORD, user["password_hash"])
+            assert ok
+            user = await self.pool.fetchrow(SETTLE_SQL, user["id"])
+            token = "pgss_" + secrets.token_urlsafe(32)
+            await self.pool.fetchrow(
+                SESSION_INSERT_SQL,
+                uuid.uuid4(),
+                user["id"],
+                hashlib.sha256(token.encode()).hexdigest(),
+                datetime.now(UTC) + timedelta(days=7),
+            )
+        finally:
+            self.data.login_emails.put_nowait(email)
+        return 1
+
 
 TOKEN_PROVIDER, TOKEN_ACCOUNT = "bench", "account"
 # W13: 100 keys, a quota that is never reached (every check writes its count).
 RATE_LIMIT = "1000000000/minute"
+SESSION_SQL = (
+    "SELECT u.* FROM users u JOIN login_sessions s ON s.user_id = u.id "
+    "WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() "
+    "AND u.deleted_at IS NULL AND u.is_active"
+)
+API_KEY_SQL = (
+    "SELECT k.*, u.* FROM api_keys k JOIN users u ON u.id = k.user_id "
+    "WHERE k.prefix = $1 AND u.deleted_at IS NULL AND u.is_active"
+)
+ADMIT_SQL = (
+    "UPDATE users SET failed_login_count = CASE WHEN locked_until <= now() THEN 1 "
+    "ELSE failed_login_count + 1 END, locked_until = CASE WHEN (CASE WHEN locked_until <= now() "
+    "THEN 1 ELSE failed_login_count + 1 END) >= $2 THEN now() + $3::interval END, "
+    "updated_at = now() WHERE email = $1 AND deleted_at IS NULL "
+    "AND (locked_until IS NULL OR locked_until <= now()) RETURNING *"
+)
+SETTLE_SQL = (
+    "UPDATE users SET last_login_at = now(), login_count = login_count + 1, "
+    "failed_login_count = 0, locked_until = NULL, updated_at = now() "
+    "WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now()) RETURNING *"
+)
+SESSION_INSERT_SQL = (
+    "INSERT INTO login_sessions (id, user_id, token_hash, expires_at, revoked_at) "
+    "VALUES ($1, $2, $3, $4, NULL) RETURNING created_at"
+)
+LOGIN_PASSWORD = "violet Harbour 42 lanterns drift"  # noqa: S105 - a benchmark account
+
+
+def _login_config() -> Any:
+    from pgstack.identity import IdentityConfig
+
+    # W11 measures the statements, not argon2: the cheapest argon2id parameters, on both sides.
+    return IdentityConfig(argon2_memory_kib=8, argon2_time_cost=1)
+
+
+def _login_hasher() -> Any:
+    from pgstack.identity import PasswordHasher
+
+    return PasswordHasher(_login_config())
+
+
+LOGIN_HASHER = _login_hasher()
 
 
 async def _never_refresh(token: Any) -> Any:
@@ -281,6 +373,7 @@ class Pgstack:
         with tenant_context(tenant):
             async with self.rls_db.session() as s:
                 await Repository(s, PgTenantItem).get(id_)
+        return 1
 
     async def w13_ratelimit(self) -> int:
         if not hasattr(self, "limiter"):
@@ -290,6 +383,32 @@ class Pgstack:
         key = random.choice(self.data.counter_keys)  # noqa: S311
         result = await self.limiter.hit(key, RATE_LIMIT)
         assert result.allowed
+        return 1
+
+    def _identity(self) -> Any:
+        if not hasattr(self, "identity"):
+            from pgstack.identity import Identity
+
+            self.identity = Identity(self.db, _login_config())
+        return self.identity
+
+    async def w9_session(self) -> int:
+        assert self.data.session_token is not None
+        await self._identity().auth.user_for_session(self.data.session_token)
+        return 1
+
+    async def w10_api_key(self) -> int:
+        assert self.data.api_key is not None
+        await self._identity().api_keys.verify(self.data.api_key)
+        return 1
+
+    async def w11_login(self) -> int:
+        assert self.data.login_emails is not None
+        email = await self.data.login_emails.get()
+        try:
+            await self._identity().auth.login(email, LOGIN_PASSWORD)
+        finally:
+            self.data.login_emails.put_nowait(email)
         return 1
 
 

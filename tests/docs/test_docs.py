@@ -63,6 +63,8 @@ SKIPPED = {
     "uv run python -m benchmarks --dsn postgresql://user@host/db": "a server of the reader's",
     "uv run python -m benchmarks --workloads w1,w7 --contenders pgstack": "load, as above",
     "uv run python -m benchmarks --output table.md": "minutes of full load, as above",
+    "uv run python -m benchmarks.http": "minutes of full load, as above",
+    "uv run python -m benchmarks.stream_memory": "a million rows: minutes of full load",
     "export DATABASE_MIGRATION_URL=postgresql://myapp_owner:OWNER-PW@db.internal/myapp": (
         "a placeholder server; db init with both roles runs in tests/migrations/test_roles.py"
     ),

@@ -2,8 +2,8 @@
 
 A read on a session that has begun no work needs no transaction: one statement is atomic and
 sees one snapshot. Checking a connection out of SQLAlchemy's pool (through a greenlet) costs
-more client CPU than such a read itself, so pgstack's fast reads and the token vault's hot
-read run here instead:
+more client CPU than such a read itself, so pgstack's fast reads, the token vault's hot read
+and identity's one-row statements (`pgstack.identity._rows`) run here instead:
 
 - asyncpg connections open on demand, up to `DATABASE_READ_POOL_SIZE` (default: the pool size; 0
   turns the lane off), with the engine's server settings (application name, statement

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from pgstack.db.session import Session
 from pgstack.errors import (
@@ -27,6 +27,7 @@ from pgstack.errors import (
     PermissionDeniedError,
 )
 from pgstack.identity._common import ServiceBase, digest, same_digest, utcnow
+from pgstack.identity._rows import read_one
 from pgstack.identity.models import ApiKey, User
 from pgstack.identity.text import check_text
 from pgstack.identity.users import UserRepository
@@ -48,6 +49,17 @@ _MALFORMED = (
 )
 _REFUSED = "The API key is not valid: unknown, revoked or expired. Create a new one."
 _HMAC = "hmac$"  # stored HMAC-SHA-256 digests start so; older, plain SHA-256 ones are bare hex
+
+# Every request with an API key runs this: built once, the key's prefix bound per call.
+_KEY_AND_USER = (
+    select(ApiKey, User)
+    .join(User, User.id == ApiKey.user_id)
+    .where(
+        ApiKey.prefix == bindparam("prefix"),
+        User.deleted_at.is_(None),
+        User.is_active.is_(True),
+    )
+)
 
 
 @functools.lru_cache(maxsize=4)
@@ -232,18 +244,7 @@ class ApiKeys(ServiceBase):
         `api_key_touch_interval`, so verifying is a read on the hot path.
         """
         prefix = parse_api_key(key)
-        async with self.db.transaction(readonly=True) as session:
-            row = (
-                await session.execute(
-                    select(ApiKey, User)
-                    .join(User, User.id == ApiKey.user_id)
-                    .where(
-                        ApiKey.prefix == prefix,
-                        User.deleted_at.is_(None),
-                        User.is_active.is_(True),
-                    )
-                )
-            ).one_or_none()
+        row = await read_one(self.db, _KEY_AND_USER, {"prefix": prefix}, ApiKey, User)
         if row is None:
             logger.info("API key %s refused: unknown, or its user is deleted or inactive", prefix)
             raise AuthenticationError(_REFUSED)

@@ -8,17 +8,19 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 
 from pgstack.db.session import Session
 from pgstack.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
 from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, utcnow
+from pgstack.identity._rows import read_one, write_one
 from pgstack.identity.lockout import Outcome
 from pgstack.identity.models import LoginSession, TokenPurpose, User, UserToken
 from pgstack.identity.passwords import require_strong_password
 from pgstack.identity.text import has_control_characters
 from pgstack.identity.totp import spend_code
 from pgstack.identity.users import UserRepository, end_sessions
+from pgstack.orm.mixins import new_uuid7
 from pgstack.orm.types import normalise_email
 
 logger = logging.getLogger("pgstack.identity")
@@ -32,6 +34,32 @@ _INVALID_LINK = (
 _BAD_CREDENTIAL = (
     "The password is wrong, or the account is temporarily locked after repeated failures; "
     "check it and try again later."
+)
+
+
+# Every authenticated request runs this: built once, the token's digest bound per call.
+_SESSION_USER = (
+    select(User)
+    .join(LoginSession, LoginSession.user_id == User.id)
+    .where(
+        LoginSession.token_hash == bindparam("token_hash"),
+        LoginSession.revoked_at.is_(None),
+        LoginSession.expires_at > func.now(),
+        User.deleted_at.is_(None),
+        User.is_active.is_(True),
+    )
+)
+
+
+_NEW_SESSION = (
+    insert(LoginSession)
+    .values(
+        id=bindparam("id"),
+        user_id=bindparam("user_id"),
+        token_hash=bindparam("token_hash"),
+        expires_at=bindparam("expires_at"),
+    )
+    .returning(LoginSession)
 )
 
 
@@ -125,30 +153,28 @@ class Authenticator(ServiceBase):
         user = await self.authenticate(email, password, otp=otp)
         token = "pgss_" + secrets.token_urlsafe(32)
         expires = utcnow() + self.config.session_ttl
-        async with self.db.transaction() as session:
-            session.add(LoginSession(user_id=user.id, token_hash=digest(token), expires_at=expires))
+        # One INSERT by itself (see `write_one`); the id is made here, as the model's default.
+        await write_one(
+            self.db,
+            _NEW_SESSION,
+            {
+                "id": new_uuid7(),
+                "user_id": user.id,
+                "token_hash": digest(token),
+                "expires_at": expires,
+            },
+            LoginSession,
+        )
         return LoginResult(user, token, expires)
 
     async def user_for_session(self, token: str) -> User:
         """The user a live session token belongs to, or AuthenticationError."""
-        async with self.db.transaction(readonly=True) as session:
-            user = (
-                await session.execute(
-                    select(User)
-                    .join(LoginSession, LoginSession.user_id == User.id)
-                    .where(
-                        LoginSession.token_hash == digest(token),
-                        LoginSession.revoked_at.is_(None),
-                        LoginSession.expires_at > func.now(),
-                        User.deleted_at.is_(None),
-                        User.is_active.is_(True),
-                    )
-                )
-            ).scalar_one_or_none()
-        if user is None:
+        row = await read_one(self.db, _SESSION_USER, {"token_hash": digest(token)}, User)
+        if row is None:
             raise AuthenticationError(
                 "The session is not valid (signed out, expired or unknown); sign in again."
             )
+        user: User = row[0]
         return user
 
     async def logout(self, token: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, or_, update
 
 from pgstack.db.database import Database
+from pgstack.identity._rows import write_one
 from pgstack.identity.config import IdentityConfig
 from pgstack.identity.models import User
 from pgstack.identity.passwords import PasswordHasher
@@ -45,6 +46,22 @@ class Lockout:
         self.db = db
         self.config = config
         self.hasher = hasher
+        # The admitting UPDATE but for whom it counts: built once (it runs on every login).
+        expired = User.locked_until <= func.now()
+        count = case((expired, 1), else_=User.failed_login_count + 1)
+        self._admit = (
+            update(User)
+            .where(User.deleted_at.is_(None), or_(User.locked_until.is_(None), expired))
+            .values(
+                failed_login_count=count,
+                locked_until=case(
+                    (count >= config.max_failed_logins, func.now() + config.lockout),
+                    else_=None,
+                ),
+            )
+            .returning(User)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
 
     async def admit(self, who: ColumnElement[bool]) -> Attempt:
         """Count one attempt for the live, unlocked user `who` matches; Attempt(None) if none.
@@ -52,27 +69,9 @@ class Lockout:
         An unknown address and a locked account cost the same single UPDATE (matching no
         row), so neither the answer nor its timing tells them from a wrong password.
         """
-        expired = User.locked_until <= func.now()
-        count = case((expired, 1), else_=User.failed_login_count + 1)
-        async with self.db.transaction() as session:
-            result = await session.execute(
-                update(User)
-                .where(
-                    who,
-                    User.deleted_at.is_(None),
-                    or_(User.locked_until.is_(None), expired),
-                )
-                .values(
-                    failed_login_count=count,
-                    locked_until=case(
-                        (count >= self.config.max_failed_logins, func.now() + self.config.lockout),
-                        else_=None,
-                    ),
-                )
-                .returning(User)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-            user = result.scalar_one_or_none()
+        # One statement by itself (no BEGIN/COMMIT around it): see `write_one`.
+        row = await write_one(self.db, self._admit.where(who), {}, User)
+        user: User | None = row[0] if row is not None else None
         if user is None:
             return Attempt(None)
         number = user.failed_login_count
@@ -95,15 +94,17 @@ class Lockout:
         not_locked = or_(User.locked_until.is_(None), User.locked_until <= func.now())
         if attempt.number >= self.config.max_failed_logins:
             not_locked = or_(not_locked, User.failed_login_count == attempt.number)
-        async with self.db.transaction() as session:
-            result = await session.execute(
-                update(User)
-                .where(User.id == attempt.user.id, not_locked)
-                .values(failed_login_count=0, locked_until=None, **values)
-                .returning(User)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-            user = result.scalar_one_or_none()
+        row = await write_one(
+            self.db,
+            update(User)
+            .where(User.id == attempt.user.id, not_locked)
+            .values(failed_login_count=0, locked_until=None, **values)
+            .returning(User)
+            .execution_options(synchronize_session=False, populate_existing=True),
+            {},
+            User,
+        )
+        user: User | None = row[0] if row is not None else None
         if user is None:
             logger.info(
                 "user %s: a right secret was refused, the account is locked", attempt.user.id

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from operator import itemgetter
-from typing import Any, ClassVar, Literal, cast, overload
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar, cast, overload
 
 from sqlalchemy import (
     ARRAY,
@@ -153,11 +162,49 @@ def _default_values(default: Any, rows: list[dict[str, Any]]) -> list[Any]:
     return [make(_CopyContext(row)) for row in rows]
 
 
+T = TypeVar("T")
+#: What the bulk writes take: a list, or any iterable or async iterable, streamed in batches.
+Rows: TypeAlias = Iterable[T] | AsyncIterable[T]
+
+
+async def _batches(rows: Rows[T], size: int) -> AsyncIterator[list[T]]:
+    """Lists of up to `size` items of `rows`, taken as they come."""
+    if isinstance(rows, AsyncIterable):
+        batch: list[T] = []
+        async for row in rows:
+            batch.append(row)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        return
+    iterator = iter(rows)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
 class BulkOps(WriteOps[M]):
     """Many rows in one go."""
 
     #: Batches of at least this many rows go through COPY (see COPY_THRESHOLD).
     copy_threshold: ClassVar[int] = COPY_THRESHOLD
+    #: Rows per batch when `create_many`/`upsert_many` stream an iterator (memory: one batch).
+    stream_batch_size: ClassVar[int] = 10_000
+
+    async def _streamed(
+        self, write: Callable[..., Any], rows: Rows[Any], **options: Any
+    ) -> int | list[M]:
+        """`write` each batch of `rows` (an iterable or async iterable); the counts or rows."""
+        written: int = 0
+        made: list[M] = []
+        async for batch in _batches(rows, self.stream_batch_size):
+            result = await write(batch, **options)
+            if options.get("returning"):
+                made.extend(result)
+            else:
+                written += result
+        return made if options.get("returning") else written
 
     def _row_dict(self, row: M | Mapping[str, Any]) -> dict[str, Any]:
         """The fields a row gives, as a dict; a plain dict is returned as it is (not copied)."""
@@ -188,16 +235,16 @@ class BulkOps(WriteOps[M]):
 
     @overload
     async def create_many(
-        self, rows: Iterable[M | Mapping[str, Any]], *, returning: Literal[False] = False
+        self, rows: Rows[M | Mapping[str, Any]], *, returning: Literal[False] = False
     ) -> int: ...
 
     @overload
     async def create_many(
-        self, rows: Iterable[M | Mapping[str, Any]], *, returning: Literal[True]
+        self, rows: Rows[M | Mapping[str, Any]], *, returning: Literal[True]
     ) -> list[M]: ...
 
     async def create_many(
-        self, rows: Iterable[M | Mapping[str, Any]], *, returning: bool = False
+        self, rows: Rows[M | Mapping[str, Any]], *, returning: bool = False
     ) -> int | list[M]:
         """Insert many rows; returns how many (or, with `returning=True`, the rows themselves).
 
@@ -208,7 +255,13 @@ class BulkOps(WriteOps[M]):
         either way. A row may give a SQL expression as a value (`literal_column(...)`,
         `func.now()`): the session's unit of work then writes the batch, slower, each such
         row's INSERT carrying its expression.
+
+        `rows` may be a list, or any iterable or async iterable (a generator, a file read
+        line by line): it is then written in batches of `stream_batch_size` rows, each as
+        above, in the session's transaction, so memory holds one batch, not the input.
         """
+        if not isinstance(rows, list | tuple):
+            return await self._streamed(self.create_many, rows, returning=returning)
         if not returning:
             rows = rows if isinstance(rows, list) else list(rows)
             if len(rows) >= self.copy_threshold and await self._copy(rows):
@@ -421,7 +474,7 @@ class BulkOps(WriteOps[M]):
     @overload
     async def upsert_many(
         self,
-        rows: Iterable[Mapping[str, Any]],
+        rows: Rows[Mapping[str, Any]],
         *,
         on: Sequence[str] | None = None,
         update: Sequence[str] | None = None,
@@ -432,7 +485,7 @@ class BulkOps(WriteOps[M]):
     @overload
     async def upsert_many(
         self,
-        rows: Iterable[Mapping[str, Any]],
+        rows: Rows[Mapping[str, Any]],
         *,
         on: Sequence[str] | None = None,
         update: Sequence[str] | None = None,
@@ -442,7 +495,7 @@ class BulkOps(WriteOps[M]):
 
     async def upsert_many(
         self,
-        rows: Iterable[Mapping[str, Any]],
+        rows: Rows[Mapping[str, Any]],
         *,
         on: Sequence[str] | None = None,
         update: Sequence[str] | None = None,
@@ -457,7 +510,16 @@ class BulkOps(WriteOps[M]):
         row must give the same fields; two rows with the same key are an InvalidQueryError.
         A model with a column type that cannot travel in an array (ARRAY, BIT, a type that
         wraps its parameter in SQL, a SQL-expression default) sends multi-row VALUES instead.
+
+        `rows` may also be any iterable or async iterable: it is then written in batches of
+        `stream_batch_size` rows, one statement each, in the session's transaction, with
+        memory bounded by the batch. The checks above hold per batch: a key repeated in two
+        batches is written twice (the later row wins), not refused.
         """
+        if not isinstance(rows, list | tuple):
+            return await self._streamed(
+                self.upsert_many, rows, on=on, update=update, where=where, returning=returning
+            )
         data = self._rows(rows)
         if not data:
             return [] if returning else 0

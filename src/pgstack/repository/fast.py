@@ -25,12 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Column
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.base import instance_state
 
 from pgstack.db.lane import (
+    ReadLane,
     cached,
     compile_for_driver,
     driver_arguments,
@@ -92,13 +94,11 @@ def _compile(
     With SQLAlchemy's `cache_key`, the plan serves every statement of the same shape: each
     call's values come from its own cache key (`statement_plan`).
     """
-    mapper = info.mapper
-    if not _plain_mapper(mapper):
+    if not _plain_mapper(info.mapper):
         return False
     compiled = compile_for_driver(statement, dialect, cache_key)
     if compiled is None:
         return False
-    columns = []
     entries = compiled._result_columns
     if extra:
         if len(entries) <= extra:
@@ -107,8 +107,18 @@ def _compile(
         extras = tuple(result_processor(e[3], dialect) for e in trailing)
     else:
         extras = ()
+    return _entity_plan(info, compiled, entries, dialect, extras)
+
+
+def _entity_plan(
+    info: Any, compiled: Any, entries: Any, dialect: Dialect, extras: tuple[Any, ...] = ()
+) -> ReadPlan | bool:
+    """The plan reading one model's object from `entries`, its slice of the result columns."""
+    mapper = info.mapper
+    columns = []
     for entry in entries:
-        column = entry[2][0] if entry[2] else None
+        # The column itself, or (when its name repeats in a join) a label and then it.
+        column = next((o for o in entry[2] if isinstance(o, Column)), None)
         try:
             prop = mapper.get_property_by_column(column)
         except Exception:
@@ -152,6 +162,109 @@ def statement_plan(
         extracted_parameters=cache_key.bindparams, escape_names=False
     )
     return plan, params
+
+
+def entities_plan(
+    infos: tuple[Any, ...], statement: Any, dialect: Dialect, values: Mapping[str, Any] | None
+) -> tuple[tuple[ReadPlan, ...], Any] | None:
+    """For `select(ModelA, ModelB, ...)`: a plan per model, and this call's parameters.
+
+    None if not eligible. The statement's own values come from its cache key, and
+    `bindparam()`s without one from `values`; the models' columns must be the statement's
+    columns, one model after the other.
+    """
+    cache_key = statement._generate_cache_key()
+    if cache_key is None:
+        return None
+    cache = infos[0].statements.setdefault(("fast-entities", dialect.name), {})
+
+    def make() -> tuple[ReadPlan, ...] | bool:
+        if not all(_plain_mapper(info.mapper) for info in infos):
+            return False
+        compiled = compile_for_driver(statement, dialect, cache_key)
+        if compiled is None:
+            return False
+        entries, start = compiled._result_columns, 0
+        plans: list[ReadPlan] = []
+        for info in infos:
+            end = start + len(info.mapper.column_attrs)
+            plan = _entity_plan(info, compiled, entries[start:end], dialect)
+            if not isinstance(plan, ReadPlan):
+                return False
+            plans.append(plan)
+            start = end
+        return tuple(plans) if start == len(entries) else False
+
+    plans = cached(cache, cache_key.key, make)
+    if not plans:
+        return None
+    params = plans[0].compiled.construct_params(
+        values, extracted_parameters=cache_key.bindparams, escape_names=False
+    )
+    return plans, params
+
+
+async def fetch_one(
+    lane: ReadLane,
+    infos: tuple[Any, ...],
+    plans: tuple[ReadPlan, ...],
+    params: Any,
+    *,
+    write: bool = False,
+) -> tuple[bool, tuple[Any, ...] | None]:
+    """Run a statement matching at most one row: (done, one detached object per model, or None).
+
+    For reads and writes whose objects leave with no session (as from a transaction that
+    closed): no session is opened, the objects are made as `_objects` makes them, with the
+    `load` event, and detached. done False (a read matching more than one row, the same
+    model twice, a value the driver cannot encode): nothing was sent or written; use the
+    ordinary path, which reports it in its own terms. With `write` (a single
+    `INSERT/UPDATE ... RETURNING`, committed by itself) the statement is never sent twice: a
+    lost connection is an error.
+    """
+    if lane.echo or len({info.mapper for info in infos}) != len(infos):
+        return False, None
+    first = plans[0]
+    try:
+        records = await lane.fetch(
+            first.sql, driver_arguments(first.params, params), retry=not write
+        )
+    except (PgStackError, DBAPIError):
+        raise
+    except Exception:
+        return False, None
+    if len(records) > 1:
+        if write:
+            raise MultipleResultsFound(
+                "The statement changed more than one row where one was expected."
+            )
+        return False, None
+    if not records:
+        return True, None
+    record, start, row = records[0], 0, []
+    for info, plan in zip(infos, plans, strict=True):
+        end = start + len(plan.keys)
+        row.append(_detached(info, plan, record[start:end]))
+        start = end
+    return True, tuple(row)
+
+
+def _detached(info: Any, plan: ReadPlan, record: Any) -> Any:
+    """One object from its columns of a record: loaded, unchanged, in no session."""
+    mapper = info.mapper
+    instance = mapper.class_manager.new_instance()
+    state = instance_state(instance)
+    values = state.dict
+    values.update(zip(plan.keys, record, strict=True))
+    for index, key, processor in plan.converted:
+        value = record[index]
+        if value is not None:
+            values[key] = processor(value)
+    state.key = (mapper._identity_class, (values[info.pk_key],), None)
+    load = mapper.class_manager.dispatch.load
+    if load:
+        load(state, None)
+    return instance
 
 
 def session_is_fresh(session: AsyncSession) -> bool:
