@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgstack.db.tenant import scoped_read
+from pgstack.db.tenant import SET_SQL, scoped_read
 from pgstack.errors import DatabaseUnavailableError, PoolExhaustedError
 
 logger = logging.getLogger("pgstack.db")
@@ -406,12 +406,18 @@ class ReadLane:
         in context, the statement sets it for its own policies (`pgstack.db.tenant`).
         """
         pool = self.pool
-        sql, args = scoped_read(sql, args)
+        sql, args, tenant = scoped_read(sql, args)
         for attempt in (1, 2):
             connection = await pool.acquire(self._timeout)
             reusable = False
             try:
-                records = await self._run(connection, sql, args)
+                if tenant is None:
+                    records = await self._run(connection, sql, args)
+                else:
+                    # A write with a tenant: in a transaction that sets it (row-level security).
+                    async with connection.transaction():
+                        await connection.fetchval(SET_SQL, tenant)
+                        records = await self._run(connection, sql, args)
                 reusable = True
                 return records
             except _CONNECTION_LOST as exc:

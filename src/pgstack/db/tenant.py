@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 SETTING = "pgstack.tenant_id"
 #: The tenant as policies read it: NULL when none is set in this transaction.
 CURRENT_TENANT_SQL = f"NULLIF(current_setting('{SETTING}', true), '')::uuid"
-_SET_SQL = f"SELECT set_config('{SETTING}', $1, true)"
+SET_SQL = f"SELECT set_config('{SETTING}', $1, true)"
 
 # Every table with a tenant_id column: RLS enabled, forced, how many policies (tests, doctor).
 #: The start of a table comment saying the table is a tenant directory, on purpose without
@@ -112,24 +112,31 @@ def _on_begin(conn: Any) -> None:
     # point, so that would begin another): the driver opens the transaction, then sets it.
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        cursor.execute(_SET_SQL, (tenant,))
+        cursor.execute(SET_SQL, (tenant,))
     finally:
         cursor.close()
 
 
-def scoped_read(sql: str, args: Sequence[Any]) -> tuple[str, Sequence[Any]]:
-    """A single read that sets the current tenant itself, for use outside a transaction.
+def scoped_read(sql: str, args: Sequence[Any]) -> tuple[str, Sequence[Any], str | None]:
+    """A single statement that sets the current tenant itself, for use outside a transaction.
 
-    The read becomes a subquery under a one-time filter that calls `set_config`: PostgreSQL
+    A read becomes a subquery under a one-time filter that calls `set_config`: PostgreSQL
     evaluates such a filter (it references no row) before the first row is read, so the
-    policies of the tables read see the tenant. Without a tenant, the read is unchanged.
+    policies of the tables read see the tenant. A write (`INSERT/UPDATE ... RETURNING`, a
+    rate-limit hit) cannot be a subquery: it comes back unchanged with the tenant as the
+    third value, and the caller runs it in a transaction that sets the tenant first. Without
+    a tenant, the statement is unchanged and the third value is None.
     """
     tenant = tenant_value()
     if tenant is None:
-        return sql, args
+        return sql, args, None
+    from pgstack.db.replicas import is_write_sql
+
+    if is_write_sql(sql):
+        return sql, args, tenant
     at = len(args) + 1
     wrapped = (
         f"SELECT * FROM ({sql}) AS pgstack_read "
         f"WHERE (SELECT set_config('{SETTING}', ${at}::text, true)) IS NOT NULL"
     )
-    return wrapped, (*args, tenant)
+    return wrapped, (*args, tenant), None
