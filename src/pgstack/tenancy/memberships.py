@@ -301,12 +301,18 @@ class Memberships:
     # -- changing ----------------------------------------------------------------------------
 
     async def change_role(
-        self, tenant_id: uuid.UUID, user_id: uuid.UUID, role: str
+        self, tenant_id: uuid.UUID, user_id: uuid.UUID, role: str, *, owners: bool = True
     ) -> TenantMembership:
-        """Give a member another role; taking owner from the last owner is a ConflictError."""
+        """Give a member another role; taking owner from the last owner is a ConflictError.
+
+        With `owners=False` (a caller who is not an owner), granting the owner role or
+        changing an owner's is a PermissionDeniedError, decided under the tenant's lock.
+        """
         check_role(role)
         async with self.db.transaction() as session:
             row = await self._locked_member(session, tenant_id, user_id)
+            if not owners:
+                _not_owners(row.role, role)
             if row.role == OWNER and role != OWNER:
                 await _keep_an_owner(session, tenant_id)
             row.role = role
@@ -314,10 +320,17 @@ class Memberships:
         logger.info("user %s is now %s in tenant %s", user_id, role, tenant_id)
         return row
 
-    async def remove(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
-        """Remove a member (or let them leave); the last owner cannot go (ConflictError)."""
+    async def remove(
+        self, tenant_id: uuid.UUID, user_id: uuid.UUID, *, owners: bool = True
+    ) -> None:
+        """Remove a member (or let them leave); the last owner cannot go (ConflictError).
+
+        With `owners=False`, removing an owner is a PermissionDeniedError (under the lock).
+        """
         async with self.db.transaction() as session:
             row = await self._locked_member(session, tenant_id, user_id)
+            if not owners:
+                _not_owners(row.role)
             if row.role == OWNER:
                 await _keep_an_owner(session, tenant_id)
             # A key bound to this tenant stays bound: it stops working here with the
@@ -403,6 +416,12 @@ class Memberships:
                     User.deleted_at.is_(None),
                 )
             )
+
+
+def _not_owners(*roles: str) -> None:
+    # Checked on the locked row: a role read before the lock may have changed since.
+    if OWNER in roles:
+        raise PermissionDeniedError("Only an owner of the tenant can grant or take the owner role.")
 
 
 async def _keep_an_owner(session: Session, tenant_id: uuid.UUID) -> None:

@@ -408,9 +408,10 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
         access: TenantAdminDep,
         tenancy: TenancyDep,
     ) -> MemberOut:
-        current_role = await tenancy.memberships.role_of(access.tenant.id, user_id)
-        _may_touch_owners(access, body.role, current_role)
-        row = await tenancy.memberships.change_role(access.tenant.id, user_id, body.role)
+        # Whether the target is an owner is decided under the tenant's lock, not read here.
+        row = await tenancy.memberships.change_role(
+            access.tenant.id, user_id, body.role, owners=access.role == TenantRole.OWNER.value
+        )
         user = await _user(tenancy, user_id)
         return _member_out(row, user)
 
@@ -428,13 +429,14 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
     ) -> Response:
         # Leaving is open to every member, viewers included; removing someone else needs admin.
         access = await _access(request, principal, tenancy, x_tenant_id)
-        if user_id != principal.user.id:
-            if not role_satisfies(access.role, [TenantRole.ADMIN.value]):
-                raise PermissionDeniedError(
-                    "Only an admin of the tenant can remove other members; you can leave."
-                )
-            _may_touch_owners(access, await tenancy.memberships.role_of(access.tenant.id, user_id))
-        await tenancy.memberships.remove(access.tenant.id, user_id)
+        leaving = user_id == principal.user.id
+        if not leaving and not role_satisfies(access.role, [TenantRole.ADMIN.value]):
+            raise PermissionDeniedError(
+                "Only an admin of the tenant can remove other members; you can leave."
+            )
+        # Whether the target is an owner is decided under the tenant's lock, not read here.
+        owners = leaving or access.role == TenantRole.OWNER.value
+        await tenancy.memberships.remove(access.tenant.id, user_id, owners=owners)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     # -- administrators ------------------------------------------------------------------------
