@@ -12,7 +12,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from tenancy_rls_setup import ACME, GLOBEX, RlsApp, write_project
@@ -215,7 +214,7 @@ async def test_pgstack_sessions_transactions_and_run_set_the_tenant_per_transact
                 {"id": uuid.uuid4(), "t": ACME},
             )
             assert rows == [("ran",)]
-            with pytest.raises(sa_exc.DBAPIError, match="row-level security"):
+            with pytest.raises(TenantScopeError, match="row-level security"):
                 async with db.transaction() as session:
                     await session.execute(
                         text("INSERT INTO meetings (id, tenant_id, title) VALUES (:id, :t, 'x')"),

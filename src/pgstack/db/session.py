@@ -20,6 +20,7 @@ from pgstack.errors import (
     PgStackError,
     PoolExhaustedError,
     StatementTimeoutError,
+    TenantScopeError,
 )
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ _CONCURRENT_USE = (
 # starting up" during a restart's recovery), too many connections. Another try later may work.
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 _QUERY_CANCELED = "57014"
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -76,6 +78,12 @@ def translate_error(exc: BaseException) -> BaseException:
             "The statement was cancelled by the server: it ran longer than the statement "
             "timeout (DATABASE_STATEMENT_TIMEOUT_MS), or was cancelled on request. Nothing "
             "was committed; make the query cheaper, or raise the timeout."
+        )
+    if sqlstate_of(exc) == _INSUFFICIENT_PRIVILEGE and "row-level security" in str(exc):
+        return TenantScopeError(
+            "A write was refused by row-level security: the row's tenant is not the tenant of "
+            "the transaction. Enter tenant_context() before the transaction begins, and write "
+            "only that tenant's rows."
         )
     # pgstack errors raised inside SQLAlchemy (column types, defaults) come out wrapped.
     if isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, PgStackError):
