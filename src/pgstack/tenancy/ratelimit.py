@@ -273,6 +273,13 @@ RETURNING key, seconds, quota, hits, refused, window_start, expires_at, clock_ti
 HIT_SQL = _HIT.format(guard="WHERE set_config('lock_timeout', $5, true) IS NOT NULL")
 # Inside the caller's transaction the lock_timeout is the caller's: no guard.
 _HIT_IN_SESSION = _HIT.format(guard="")
+# A hit refused by one of several windows rolls back every window's counts; its refusal is
+# then recorded on the windows that refused it (the exceeded list reads them).
+_REFUSED = f"""
+UPDATE {TABLE} AS c SET refused = c.refused + 1
+FROM unnest($2::int[], $3::timestamptz[]) AS r(seconds, window_start)
+WHERE c.key = $1 AND c.seconds = r.seconds AND c.window_start = r.window_start
+"""
 _USAGE = f"""
 SELECT key, seconds, quota, hits, refused, window_start, expires_at, clock_timestamp()
 FROM {TABLE} WHERE key = $1 AND expires_at > clock_timestamp() ORDER BY seconds
@@ -376,6 +383,8 @@ class RateLimiter:
                 await conn.commit()
             else:
                 await conn.rollback()
+                await conn.exec_driver_sql(_REFUSED, _refusals(key, records))
+                await conn.commit()
             return records
 
     async def _hit_in_session(
@@ -396,6 +405,7 @@ class RateLimiter:
             await savepoint.commit()
         else:
             await savepoint.rollback()
+            await (await session.connection()).exec_driver_sql(_REFUSED, _refusals(key, records))
         return records
 
     async def usage(self, key: str) -> list[WindowUsage]:
@@ -441,6 +451,11 @@ class RateLimiter:
 async def _execute(conn: AsyncConnection, sql: str, args: tuple[Any, ...]) -> list[Any]:
     result = await conn.exec_driver_sql(sql, args)
     return [tuple(row) for row in result]
+
+
+def _refusals(key: str, records: Sequence[Any]) -> tuple[Any, ...]:
+    refused = [r for r in records if not r[8]]
+    return (key, [r[1] for r in refused], [r[5] for r in refused])
 
 
 def _usage(record: Sequence[Any], hits: int | None = None) -> WindowUsage:
