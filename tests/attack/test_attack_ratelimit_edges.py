@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import pytest
+from fastapi import Depends, Request
 
+from pgstack.config import Settings
 from pgstack.db.database import Database
 from pgstack.orm import tenant_context
 from pgstack.tenancy import RateLimiter
 from pgstack.tenancy.ratelimit import InvalidRateLimitError
+from pgstack.web import create_app
+from pgstack.web.ratelimit import enforce_tenant_limit
 from tests.tenancy.test_ratelimit import away_from_boundary
 
 
@@ -74,3 +79,38 @@ async def test_the_answer_inside_a_tenant_is_the_answer_outside(limiter: RateLim
     outside = await limiter.hit(key, "1/minute; 10/hour")
     assert (inside.allowed, refused.allowed, outside.allowed) == (True, False, False)
     assert 0 < refused.retry_after <= 60 and refused.limit == 1 and refused.remaining == 0
+
+
+async def test_a_tenant_named_with_a_colon_cannot_drain_another_key(
+    pgstack_migrated_settings: Settings, limiter: RateLimiter
+) -> None:
+    # proves: N4, I8
+    # The guide's own example takes the tenant from a header. "acme:export" as the tenant made
+    # the plan's key "tenant:acme:export": the key the guide gives acme's export limit.
+    settings = pgstack_migrated_settings.model_copy(
+        update={"rate_limit_plans": {"free": "2/minute", "default": "2/minute"}}
+    )
+    app = create_app(settings, monitor_interval=None, routers=[])
+
+    async def tenant_from_header(request: Request) -> str:
+        tenant_id = request.headers.get("x-tenant", "public")
+        await enforce_tenant_limit(request, tenant_id, plan_tier="free")
+        return tenant_id
+
+    @app.get("/ping", dependencies=[Depends(tenant_from_header)])
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    victim = f"acme{uuid.uuid4().hex[:8]}"
+    await away_from_boundary(60, 5)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            hostile = [
+                await c.get("/ping", headers={"x-tenant": f"{victim}:export"}) for _ in range(3)
+            ]
+            own = await c.get("/ping", headers={"x-tenant": victim})
+    assert {a.status_code for a in hostile} == {422}, [a.text for a in hostile]
+    assert own.status_code == 200, own.text
+    result = await limiter.hit(f"tenant:{victim}:export", "2/minute")
+    assert result.allowed and result.remaining == 1

@@ -174,7 +174,15 @@ async def enforce_caller_limit(request: Request, principal: Principal) -> None:
 async def enforce_tenant_limit(
     request: Request, tenant_id: uuid.UUID | str, plan_tier: str | None
 ) -> RateLimitResult | None:
-    """Count one request of a tenant against its plan tier's limits (429 when over)."""
+    """Count one request of a tenant against its plan tier's limits (429 when over).
+
+    The key is `tenant:<id>`: an id with a `:` could name another key (`tenant:acme:export`,
+    acme's export limit), so it is an InvalidRateLimitError (422).
+    """
     _, policies = _state(request)
+    if ":" in str(tenant_id):
+        raise InvalidRateLimitError(
+            "A tenant id for a rate limit cannot contain ':'; send the tenant's id."
+        )
     plan = plan_tier or "default"
     return await check(request, f"tenant:{tenant_id}", policies.plan(plan), f"plan-{plan}")
