@@ -19,8 +19,11 @@ from pgstack.web.tenancy import tenancy_router
 from .conftest import NotesBase, World, bearer, login, make_user, notes_router, problem
 
 
-async def _key(identity: Identity, user_id: uuid.UUID) -> tuple[str, uuid.UUID]:
-    issued = await identity.api_keys.create(user_id, "ci")
+async def _key(
+    identity: Identity, user_id: uuid.UUID, scopes: tuple[str, ...] = ("tenant:owner",)
+) -> tuple[str, uuid.UUID]:
+    # tenant:owner caps nothing: the key acts with its user's own role in the tenant.
+    issued = await identity.api_keys.create(user_id, "ci", scopes=list(scopes))
     return issued.key, issued.api_key.id
 
 
@@ -439,3 +442,35 @@ async def test_a_tenant_over_its_plan_limit_gets_429_and_others_do_not(
             for _ in range(5):
                 ok = await client.get("/notes", headers=bearer(b_key, world.b.id))
                 assert ok.status_code == 200, ok.text
+
+
+async def test_a_key_acts_in_a_tenant_only_within_its_tenant_scope(
+    client: httpx.AsyncClient, identity: Identity, world: World
+) -> None:
+    # proves: I9, N2 — a key's scopes bound the tenant routes too
+    a = world.a.id
+    unscoped = (await _key(identity, world.owner.id, scopes=("items:read",)))[0]
+    refused = await client.get("/notes", headers=bearer(unscoped, a))
+    assert "tenant:member" in str(problem(refused, 403)["detail"])
+    reader = (await _key(identity, world.owner.id, scopes=("tenant:viewer",)))[0]
+    assert (await client.get("/notes", headers=bearer(reader, a))).status_code == 200
+    problem(await client.post("/notes", json={"body": "x"}, headers=bearer(reader, a)), 403)
+    # A member's key scoped tenant:owner still acts as a member: it cannot manage members.
+    member = (await _key(identity, world.member.id))[0]
+    await _note(client, member, a, "by a member's key")
+    demote = await client.patch(
+        f"/tenants/{a}/members/{world.viewer.id}", json={"role": "member"}, headers=bearer(member)
+    )
+    problem(demote, 403)
+    # An owner's key scoped tenant:admin manages members but cannot touch the owner role.
+    admin_key = (await _key(identity, world.owner.id, scopes=("tenant:admin",)))[0]
+    promote = await client.patch(
+        f"/tenants/{a}/members/{world.viewer.id}",
+        json={"role": "member"},
+        headers=bearer(admin_key),
+    )
+    assert promote.status_code == 200, promote.text
+    crown = await client.patch(
+        f"/tenants/{a}/members/{world.viewer.id}", json={"role": "owner"}, headers=bearer(admin_key)
+    )
+    problem(crown, 403)

@@ -70,6 +70,29 @@ def role_satisfies(role: str, allowed: Sequence[str]) -> bool:
     return rank is not None and any(rank >= _RANKS[a] for a in allowed if a in _RANKS)
 
 
+#: A key's scope naming the tenant role it may act with: `tenant:member`, `tenant:viewer`, ...
+TENANT_SCOPE_PREFIX = "tenant:"
+
+
+def key_bound_role(role: str, scopes: Sequence[str]) -> str:
+    """The role an API key acts with in a tenant: the member's role, capped by the key's scopes.
+
+    A key acts in a tenant only with a `tenant:<role>` scope. A built-in role caps the member's
+    own (`tenant:viewer` reads only; `tenant:owner` lets the key do all its user may); an
+    application's own role counts by its exact name. Like `require_roles`, `*` grants no role.
+    """
+    granted = {s[len(TENANT_SCOPE_PREFIX) :] for s in scopes if s.startswith(TENANT_SCOPE_PREFIX)}
+    if role in granted:
+        return role
+    ranked = [g for g in granted if g in _RANKS]
+    if role in _RANKS and ranked:
+        return min(role, max(ranked, key=_RANKS.__getitem__), key=_RANKS.__getitem__)
+    raise PermissionDeniedError(
+        "This API key has no tenant scope for your role here: create a key with a scope such "
+        "as tenant:member (tenant:viewer for reads only, tenant:admin to manage members)."
+    )
+
+
 def _as_uuid(raw: Any) -> uuid.UUID | None:
     if raw is None or isinstance(raw, uuid.UUID):
         return raw
@@ -98,7 +121,10 @@ async def _access(
         _named_tenant(request, header),
         api_key_id=principal.api_key.id if principal.api_key is not None else None,
     )
-    access = TenantAccess(member.tenant, member.role, principal)
+    role = member.role
+    if principal.api_key is not None:
+        role = key_bound_role(role, principal.api_key.scopes)
+    access = TenantAccess(member.tenant, role, principal)
     # The tenant and its plan are verified from here on: count the request against the
     # plan's limits before any route body runs (429 when over).
     await enforce_tenant_limit(request, access.tenant.id, access.tenant.plan)
