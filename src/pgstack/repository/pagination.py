@@ -170,7 +170,7 @@ class _Explain(Executable, ClauseElement):
     """`EXPLAIN (FORMAT JSON) <select>`: the planner's view of a query, which it does not run."""
 
     inherit_cache = True
-    _traverse_internals: ClassVar[Any] = [("statement", InternalTraversal.dp_clauseelement)]
+    _traverse_internals = [("statement", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
