@@ -202,6 +202,25 @@ async def test_not_null_and_type_errors_read_the_same_on_both_ways(
     assert seen[True] == seen[False]
 
 
+async def test_none_means_the_default_as_in_a_flush(
+    pgstack_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = write.insert_directly
+    made: dict[bool, dict[str, Any]] = {}
+    for direct in (True, False):
+        monkeypatch.setattr(write, "insert_directly", lambda s, i, d=direct: d and original(s, i))
+        async with pgstack_db.transaction() as session:
+            part = await Repository(session, Part).create(
+                name=f"n{direct}", size=None, note=None, data=None, grade=None
+            )
+        async with pgstack_db.session() as session:
+            stored = columns(await Repository(session, Part).get(part.id))
+        assert columns(part) == stored
+        made[direct] = {k: stored[k] for k in ("size", "note", "data", "grade")}
+    assert made[True] == made[False]
+    assert made[True]["size"] == 1 and made[True]["grade"] == "B"
+
+
 async def test_sql_expressions_as_values_still_work(pgstack_db: Database, path: list[bool]) -> None:
     async with pgstack_db.transaction() as session:
         part = await Repository(session, Part).create(name=func.lower("LOUD"))

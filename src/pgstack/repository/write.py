@@ -165,7 +165,15 @@ class WriteOps(RepositoryCore[M]):
         info = self._info
         table = info.table
         values = instance.__dict__
-        params = {key: values[key] for key in info.columns if key in values}
+        table_columns = table.c
+        # As a flush: None leaves the column to its default, unless the type stores None
+        # as a value of its own (JSON's `null`).
+        params = {
+            key: value
+            for key in info.columns
+            if key in values
+            and ((value := values[key]) is not None or table_columns[key].type.should_evaluate_none)
+        }
         if any(
             isinstance(v, ClauseElement) or hasattr(v, "__clause_element__")
             for v in params.values()
