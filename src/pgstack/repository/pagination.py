@@ -308,8 +308,12 @@ class PaginationOps(RepositoryCore[M]):
             )
         order = list(sorts(sort))
         estimate: int | None = None
+        conditions: list[ColumnElement[bool]] | None = None
+        if filters or equals or mode in ("estimate", "auto"):
+            conditions = self._where(filters, equals, include_deleted)
         if mode in ("estimate", "auto"):
-            estimate = await self._estimate(self._where(filters, equals, include_deleted))
+            assert conditions is not None
+            estimate = await self._estimate(conditions)
             if estimate is None or (mode == "auto" and estimate < self.estimate_total_from):
                 mode = "exact"
         counted = mode == "exact"
@@ -317,7 +321,7 @@ class PaginationOps(RepositoryCore[M]):
         params: dict[str, Any] | None = None
         fetch = size if counted else size + 1
         if filters or equals:
-            conditions = self._where(filters, equals, include_deleted)
+            assert conditions is not None
             statement = self._page_statement(conditions, order, fetch, start, counted)
         else:
             # No filters: the statement is built once per sort, the rest are parameters.
