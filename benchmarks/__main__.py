@@ -57,6 +57,9 @@ WORKLOADS = (
     Workload("w2", "W2 insert one row, own transaction", "rows/s", True, 0.5),
     Workload("w3", "W3 insert {bulk:,} rows in one call (vs COPY)", "rows/s", False, 0.9),
     Workload("w4", "W4 page of 50 at offset 1,000 + total count", "pages/s", True, 0.95),
+    Workload(
+        "w4e", "W4e page of 50 at offset 1,000 + estimated total (auto)", "pages/s", True, 0.95
+    ),
     Workload("w5", "W5 upsert {upsert:,} rows, half new", "rows/s", False, 0.9),
     Workload("w6", "W6 atomic counter INSERT ... ON CONFLICT ... RETURNING", "ops/s", True, 0.6),
     Workload("w7", "W7 keyset page of 50 (page_after)", "pages/s", True, 0.8),
@@ -76,6 +79,7 @@ METHODS = {
     "w2": "w2_insert",
     "w3": "w3_bulk",
     "w4": "w4_page",
+    "w4e": "w4e_page_estimated",
     "w5": "w5_upsert",
     "w6": "w6_counter",
     "w7": "w7_keyset",

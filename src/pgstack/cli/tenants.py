@@ -92,7 +92,7 @@ def list_tenants(
 ) -> None:
     """List tenants by name."""
 
-    async def work(tenancy: Tenancy) -> tuple[list[dict[str, Any]], int]:
+    async def work(tenancy: Tenancy) -> tuple[list[dict[str, Any]], int | None]:
         page = await tenancy.tenants.list(status=status, plan=plan, limit=limit)
         return [_row(t) for t in page.items], page.total
 

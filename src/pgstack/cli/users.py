@@ -70,7 +70,7 @@ def list_users(
 ) -> None:
     """List users, newest first."""
 
-    async def work(identity: Identity) -> tuple[list[dict[str, Any]], int]:
+    async def work(identity: Identity) -> tuple[list[dict[str, Any]], int | None]:
         page = await identity.users.search(email=email, role=role, status=status, limit=limit)
         rows: list[dict[str, Any]] = [
             {

@@ -62,7 +62,8 @@ class ReadPlan:
     pk: tuple[int, Callable[[Any], Any] | None] = (0, None)
 
 
-def _plain_mapper(mapper: Any) -> bool:
+def plain_mapper(mapper: Any) -> bool:
+    """Whether a mapper maps one table's columns only: no relationships, inheritance, deferral."""
     return (
         not mapper.relationships
         and mapper.inherits is None
@@ -94,7 +95,7 @@ def _compile(
     With SQLAlchemy's `cache_key`, the plan serves every statement of the same shape: each
     call's values come from its own cache key (`statement_plan`).
     """
-    if not _plain_mapper(info.mapper):
+    if not plain_mapper(info.mapper):
         return False
     compiled = compile_for_driver(statement, dialect, cache_key)
     if compiled is None:
@@ -179,7 +180,7 @@ def entities_plan(
     cache = infos[0].statements.setdefault(("fast-entities", dialect.name), {})
 
     def make() -> tuple[ReadPlan, ...] | bool:
-        if not all(_plain_mapper(info.mapper) for info in infos):
+        if not all(plain_mapper(info.mapper) for info in infos):
             return False
         compiled = compile_for_driver(statement, dialect, cache_key)
         if compiled is None:

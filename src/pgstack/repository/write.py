@@ -10,15 +10,55 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Column, delete, func, literal_column, null, select, update
+from sqlalchemy import Column, delete, func, insert, literal_column, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
 from pgstack.errors import ConflictError, InvalidQueryError, NotFoundError, TenantScopeError
 from pgstack.orm.context import current_actor, require_tenant, tenant_scope_lifted
+from pgstack.repository import fast
 from pgstack.repository.core import M, RepositoryCore, shown_id
 
 _RETURNING_OPTIONS = {"synchronize_session": False, "populate_existing": True}
+
+# Events of the unit of work that `create`'s INSERT ... RETURNING does not go through: with a
+# listener on any of them, `create` flushes as before so that the listener sees the row.
+_MAPPER_FLUSH_EVENTS = ("before_insert", "after_insert")
+_SESSION_FLUSH_EVENTS = (
+    "before_flush",
+    "after_flush",
+    "after_flush_postexec",
+    "transient_to_pending",
+    "pending_to_persistent",
+)
+
+
+def insert_directly(session: Any, info: Any) -> bool:
+    """Whether `create` may insert with one `INSERT ... RETURNING` instead of a flush.
+
+    Only where nothing could tell the difference: the session holds no pending changes (a
+    flush would write them first), the model is plain (no relationships, inheritance or
+    deferred columns; every attribute is its column's key), and no listener waits for the
+    unit of work's events (`_MAPPER_FLUSH_EVENTS`, `_SESSION_FLUSH_EVENTS`).
+    """
+    if session.new or session.dirty or session.deleted:
+        return False
+    plain = info.statements.get("insert-plain")
+    if plain is None:
+        plain = info.statements["insert-plain"] = fast.plain_mapper(info.mapper) and all(
+            info.table.c.get(key) is not None
+            and info.mapper.get_property_by_column(info.table.c[key]).key == key
+            for key in info.columns
+        )
+    if not plain:
+        return False
+    mapper_events = info.mapper.dispatch
+    if any(getattr(mapper_events, name) for name in _MAPPER_FLUSH_EVENTS):
+        return False
+    session_events = session.sync_session.dispatch
+    return not any(getattr(session_events, name) for name in _SESSION_FLUSH_EVENTS)
 
 
 class WriteOps(RepositoryCore[M]):
@@ -108,8 +148,52 @@ class WriteOps(RepositoryCore[M]):
             given_values = cast(Mapping[str, Any], values or {})
             data = self._writable({**given_values, **fields}, managed_ok=True)
             instance = self.model(**self._stamp(data))
+            if insert_directly(self.session, self._info):
+                return await self._insert_returning(instance)
         self.session.add(instance)
         await self._flush()
+        return instance
+
+    async def _insert_returning(self, instance: M) -> M:
+        """Insert a new object's row with one `INSERT ... RETURNING`, without a flush.
+
+        The statement is built once per model; Python-side defaults (ids, `created_by`,
+        `version`) are SQLAlchemy's, computed for the columns the object leaves unset, and
+        server defaults come back with RETURNING. The object then holds every column, as
+        after a flush, and joins the session as persistent and unchanged.
+        """
+        info = self._info
+        table = info.table
+        values = instance.__dict__
+        table_columns = table.c
+        # As a flush: None leaves the column to its default, unless the type stores None
+        # as a value of its own (JSON's `null`).
+        params = {
+            key: value
+            for key in info.columns
+            if key in values
+            and ((value := values[key]) is not None or table_columns[key].type.should_evaluate_none)
+        }
+        if any(
+            isinstance(v, ClauseElement) or hasattr(v, "__clause_element__")
+            for v in params.values()
+        ):
+            # A SQL expression as a value: the unit of work renders it into the statement.
+            self.session.add(instance)
+            await self._flush()
+            return instance
+        statement, keys = self._shaped(
+            ("insert",),
+            lambda: (
+                insert(table).returning(*table.columns),
+                tuple(info.mapper.get_property_by_column(c).key for c in table.columns),
+            ),
+        )
+        row = (await self._write(statement, params)).one()
+        for key, value in zip(keys, row, strict=True):
+            set_committed_value(instance, key, value)
+        make_transient_to_detached(instance)
+        self.session.add(instance)
         return instance
 
     async def update(

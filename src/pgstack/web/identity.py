@@ -337,10 +337,16 @@ class ProfileIn(_Body):
 
 
 class UserPageOut(BaseModel):
+    """One page; `total` is the planner's estimate when `total_is_estimate` is true."""
+
     items: list[UserOut]
-    total: int
+    total: int | None = Field(description="How many rows match in all.")
     limit: int
     offset: int
+    total_is_estimate: bool = Field(
+        description="Whether `total` is the planner's estimate rather than a count (big lists)."
+    )
+    has_more: bool = Field(description="Whether rows follow this page (always exact).")
 
 
 class StatisticsOut(BaseModel):
@@ -574,6 +580,8 @@ def identity_router(
             total=page.total,
             limit=page.limit,
             offset=page.offset,
+            total_is_estimate=page.total_is_estimate,
+            has_more=page.has_more,
         )
 
     @router.get("/admin/users/statistics", dependencies=[Depends(admin)])

@@ -236,10 +236,16 @@ class MyTenantOut(BaseModel):
 
 
 class TenantPageOut(BaseModel):
+    """One page; `total` is the planner's estimate when `total_is_estimate` is true."""
+
     items: list[TenantOut]
-    total: int
+    total: int | None = Field(description="How many rows match in all.")
     limit: int
     offset: int
+    total_is_estimate: bool = Field(
+        description="Whether `total` is the planner's estimate rather than a count (big lists)."
+    )
+    has_more: bool = Field(description="Whether rows follow this page (always exact).")
 
 
 class TenantIn(_Body):
@@ -495,6 +501,8 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
             total=page.total,
             limit=page.limit,
             offset=page.offset,
+            total_is_estimate=page.total_is_estimate,
+            has_more=page.has_more,
         )
 
     @router.get("/admin/tenants/by-external-id/{external_id}", dependencies=admin)
