@@ -465,10 +465,10 @@ def test_help_text_is_whole() -> None:
     )
 
 
-def test_listings_do_not_cut_when_piped(pgstack_database_url: URL) -> None:
+def test_listings_do_not_cut_when_piped(pgstack_migrated_url: URL) -> None:
     # proves: O6
     email = "a-very-long-mailbox-name-" + "x" * 80 + "@example.com"
-    env = {"DATABASE_URL": raw(pgstack_database_url)}
+    env = {"DATABASE_URL": raw(pgstack_migrated_url)}
     created = runner.invoke(app, ["users", "create-admin", "--email", email, "--generate"], env=env)
     assert created.exit_code == 0, created.output
     table = runner.invoke(app, ["users", "list"], env=env)
