@@ -92,19 +92,21 @@ def list_tenants(
 ) -> None:
     """List tenants by name."""
 
-    async def work(tenancy: Tenancy) -> tuple[list[dict[str, Any]], int | None]:
+    async def work(tenancy: Tenancy) -> tuple[list[dict[str, Any]], int | None, bool]:
         page = await tenancy.tenants.list(status=status, plan=plan, limit=limit)
-        return [_row(t) for t in page.items], page.total
+        return [_row(t) for t in page.items], page.total, page.total_is_estimate
 
-    rows, total = _run(work)
+    rows, total, estimated = _run(work)
     if as_json:
-        typer.echo(json.dumps({"total": total, "tenants": rows}, indent=2))
+        out = {"total": total, "total_is_estimate": estimated, "tenants": rows}
+        typer.echo(json.dumps(out, indent=2))
         return
     from rich.table import Table
 
     from pgstack.cli.main import console
 
-    table = Table(title=f"tenants ({len(rows)} of {total})")
+    of = f"about {total}" if estimated else total
+    table = Table(title=f"tenants ({len(rows)} of {of})")
     for column in ("id", "external_id", "name", "plan", "status"):
         table.add_column(column)
     for row in rows:

@@ -70,7 +70,7 @@ def list_users(
 ) -> None:
     """List users, newest first."""
 
-    async def work(identity: Identity) -> tuple[list[dict[str, Any]], int | None]:
+    async def work(identity: Identity) -> tuple[list[dict[str, Any]], int | None, bool]:
         page = await identity.users.search(email=email, role=role, status=status, limit=limit)
         rows: list[dict[str, Any]] = [
             {
@@ -83,17 +83,19 @@ def list_users(
             }
             for u in page.items
         ]
-        return rows, page.total
+        return rows, page.total, page.total_is_estimate
 
-    rows, total = _run(work)
+    rows, total, estimated = _run(work)
     if as_json:
-        typer.echo(json.dumps({"total": total, "users": rows}, indent=2))
+        out = {"total": total, "total_is_estimate": estimated, "users": rows}
+        typer.echo(json.dumps(out, indent=2))
         return
     from rich.table import Table
 
     from pgstack.cli.main import console
 
-    table = Table(title=f"users ({len(rows)} of {total})")
+    of = f"about {total}" if estimated else total
+    table = Table(title=f"users ({len(rows)} of {of})")
     for column in ("id", "email", "provider", "roles", "active", "verified"):
         table.add_column(column)
     yes_no = {True: "yes", False: "no"}
