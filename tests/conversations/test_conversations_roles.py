@@ -29,7 +29,7 @@ from pgstack.testing.templates import _admin, run_async
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tenancy"))
 
-from tenancy_rls_setup import ACME, GLOBEX, cli, raw  # noqa: E402
+from tenancy_rls_setup import ACME, GLOBEX, cli, raw
 
 SET_TENANT = "SELECT set_config('pgstack.tenant_id', $1, true)"
 

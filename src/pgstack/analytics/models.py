@@ -31,8 +31,8 @@ from pgstack.orm.types import UTCDateTime
 from pgstack.tenancy import models as _tenants  # noqa: F401 - the table tenant_id refers to
 
 STATUSES = ("success", "error", "timeout", "cancelled")
-#: Lower case, outer blanks trimmed, inner runs of white space made one space.
-NORMALIZED_SQL = r"lower(regexp_replace(btrim(query_text), '\s+', ' ', 'g'))"
+#: Lower case, each run of white space made one space, then outer spaces trimmed.
+NORMALIZED_SQL = r"lower(btrim(regexp_replace(query_text, '\s+', ' ', 'g')))"
 #: The text search configuration of `search_vector` and of the search queries.
 TEXT_SEARCH_CONFIG = "english"
 VECTOR_SQL = f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, query_text)"

@@ -112,7 +112,7 @@ def upgrade() -> None:
             "normalized_text",
             sa.Text(),
             sa.Computed(
-                r"lower(regexp_replace(btrim(query_text), '\s+', ' ', 'g'))", persisted=True
+                r"lower(btrim(regexp_replace(query_text, '\s+', ' ', 'g')))", persisted=True
             ),
             nullable=True,
         ),
