@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Interval, TextClause, bindparam, text
+from sqlalchemy import Interval, TextualSelect, bindparam, text
 
 from pgstack.analytics.models import STATUSES, TEXT_SEARCH_CONFIG, QueryLog
 from pgstack.db.database import Database
@@ -39,7 +39,7 @@ _AT = {"created_at": UTCDateTime()}
 _RANGE = "tenant_id = :tenant_id AND created_at >= :since AND created_at < :until"
 
 
-def _sql(sql: str, columns: Mapping[str, Any] | None = None, **binds: Any) -> TextClause:
+def _sql(sql: str, columns: Mapping[str, Any] | None = None, **binds: Any) -> TextualSelect:
     params = [bindparam(name, type_=type_) for name, type_ in binds.items()]
     return text(sql).bindparams(*params).columns(**(columns or {}))
 
@@ -311,7 +311,11 @@ class QueryAnalytics:
             raise InvalidInputError(
                 f"query_text must be at most {MAX_QUERY_LENGTH} characters, without NUL."
             )
-        if not isinstance(query_type, str) or not 1 <= len(query_type) <= 64:
+        if (
+            not isinstance(query_type, str)
+            or not 1 <= len(query_type) <= 64
+            or "\x00" in query_type
+        ):
             raise InvalidInputError("query_type must be a name of 1 to 64 characters.")
         if status not in STATUSES:
             raise InvalidInputError(f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.")

@@ -12,13 +12,14 @@ totals always equal the messages, and message 10,000 costs what message 10 does.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Interval, TextClause, bindparam, text
+from sqlalchemy import Interval, TextualSelect, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import Text as TextType
 
@@ -48,7 +49,7 @@ _MESSAGE_TYPES: dict[str, Any] = {"tool_calls": JSONB, "created_at": UTCDateTime
 _OWNED = "id = :id AND user_id = :user_id AND tenant_id = :tenant_id"
 
 
-def _sql(sql: str, columns: Mapping[str, Any], **binds: Any) -> TextClause:
+def _sql(sql: str, columns: Mapping[str, Any], **binds: Any) -> TextualSelect:
     params = [bindparam(name, type_=type_) for name, type_ in binds.items()]
     return text(sql).bindparams(*params).columns(**columns)
 
@@ -212,8 +213,8 @@ class Conversations:
         With `session_id`, starting is idempotent: a second call with the same id returns
         the session the first one made (a ConflictError if another user holds that id).
         """
-        if not agent_id or not agent_id.strip():
-            raise InvalidInputError("agent_id must name the agent: a non-empty string.")
+        _text(agent_id, "agent_id", required=True)
+        _text(title, "title")
         params = {
             **self._owner(session_id or new_uuid7(), user_id),
             "agent_id": agent_id,
@@ -265,14 +266,17 @@ class Conversations:
         Top-level keys of the patch replace the stored ones; `remove_*` lists keys to drop.
         `title` is set when given (or with `set_title=True`, also to None).
         """
+        _text(title, "title")
         params = {
             **self._owner(session_id, user_id),
             "set_title": set_title or title is not None,
             "title": title,
             "context": dict(_object(context, "context")),
             "metadata": dict(_object(metadata, "metadata")),
-            "drop_context": [str(k) for k in remove_context],
-            "drop_metadata": [str(k) for k in remove_metadata],
+            "drop_context": [_text(k, "remove_context key", required=True) for k in remove_context],
+            "drop_metadata": [
+                _text(k, "remove_metadata key", required=True) for k in remove_metadata
+            ],
         }
         rows = await self.db.run(_UPDATE, params)
         if not rows:
@@ -332,8 +336,11 @@ class Conversations:
         """
         if role not in ROLES:
             raise InvalidInputError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
-        if not isinstance(tokens, int) or tokens < 0:
-            raise InvalidInputError("tokens must be a whole number, zero or more.")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens < 2**31:
+            raise InvalidInputError("tokens must be a whole number from 0 to 2,147,483,647.")
+        if not isinstance(content, str) or "\x00" in content:
+            raise InvalidInputError("content must be text without NUL characters.")
+        _json(tool_calls, "tool_calls")
         params = {
             **self._owner(session_id, user_id),
             "role": role,
@@ -415,6 +422,28 @@ def _object(value: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidInputError(f"{name} must be a JSON object (a mapping of keys to values).")
+    _json(value, name)
+    return value
+
+
+def _json(value: Any, name: str) -> Any:
+    """`value` if PostgreSQL's jsonb can hold it: JSON types, finite numbers, no NUL."""
+    try:
+        dumped = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"{name} must be JSON (finite numbers, string keys): {exc}."
+        ) from None
+    if "\\u0000" in dumped:
+        raise InvalidInputError(f"{name} must not contain NUL characters.")
+    return value
+
+
+def _text(value: Any, name: str, *, required: bool = False) -> Any:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or "\x00" in value or (required and not value.strip()):
+        raise InvalidInputError(f"{name} must be text without NUL characters, not empty.")
     return value
 
 
