@@ -11,6 +11,8 @@ from pgstack.db.database import Database
 from pgstack.identity import Identity, User
 from pgstack.tenancy import Tenancy, Tenant
 
+from ..conversations.conftest import client  # noqa: F401 - the app's client, a fixture
+
 STRONG = "violet Harbour 42 lanterns drift"
 
 

@@ -25,7 +25,7 @@ from pgstack.analytics import (
 )
 from pgstack.analytics.service import MAX_QUERY_LENGTH
 from pgstack.web.deps import DatabaseDep
-from pgstack.web.tenancy import TenantAccess, TenantAccessDep, require_tenant_role
+from pgstack.web.tenancy import TenantAccessDep, require_tenant_role
 
 _Since = Annotated[datetime | None, Query(description="Start of the period (inclusive).")]
 _Until = Annotated[datetime | None, Query(description="End of the period (exclusive).")]
@@ -118,7 +118,8 @@ def _latency(x: Latency) -> LatencyOut:
 def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -> APIRouter:
     """The query log's routes; figures and search need the tenant role `admin_role`."""
     router = APIRouter(prefix=prefix, tags=["analytics"])
-    Admin = Annotated[TenantAccess, Depends(require_tenant_role(admin_role))]
+    # The figures: the same tenant access, checked for the admin role first.
+    admin = APIRouter(dependencies=[Depends(require_tenant_role(admin_role))])
 
     @router.post("/queries", status_code=201)
     async def log_query(body: QueryIn, access: TenantAccessDep, db: DatabaseDep) -> QueryOut:
@@ -144,10 +145,10 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         )
         return [_entry(e) for e in entries]
 
-    @router.get("/users/{user_id}/queries")
+    @admin.get("/users/{user_id}/queries")
     async def user_history(
         user_id: uuid.UUID,
-        access: Admin,
+        access: TenantAccessDep,
         db: DatabaseDep,
         limit: _Limit = 50,
         before_id: Annotated[int | None, Query(ge=1)] = None,
@@ -155,9 +156,9 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         entries = await QueryAnalytics(db).history(user_id, limit=limit, before_id=before_id)
         return [_entry(e) for e in entries]
 
-    @router.get("/search")
+    @admin.get("/search")
     async def search(
-        access: Admin,
+        access: TenantAccessDep,
         db: DatabaseDep,
         q: Annotated[str, Query(min_length=1, max_length=1000)],
         since: _Since = None,
@@ -170,9 +171,9 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         )
         return [SearchHitOut(entry=_entry(h.entry), rank=h.rank) for h in hits]
 
-    @router.get("/popular")
+    @admin.get("/popular")
     async def popular(
-        access: Admin,
+        access: TenantAccessDep,
         db: DatabaseDep,
         since: _Since = None,
         until: _Until = None,
@@ -184,9 +185,9 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         )
         return [_popular(p) for p in rows]
 
-    @router.get("/trends")
+    @admin.get("/trends")
     async def trends(
-        access: Admin,
+        access: TenantAccessDep,
         db: DatabaseDep,
         since: _Since = None,
         until: _Until = None,
@@ -195,10 +196,11 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         rows = await QueryAnalytics(db).daily_trends(since=since, until=until, zone=zone)
         return [_trend(t) for t in rows]
 
-    @router.get("/latency")
+    @admin.get("/latency")
     async def latency(
-        access: Admin, db: DatabaseDep, since: _Since = None, until: _Until = None
+        access: TenantAccessDep, db: DatabaseDep, since: _Since = None, until: _Until = None
     ) -> list[LatencyOut]:
         return [_latency(x) for x in await QueryAnalytics(db).latency(since=since, until=until)]
 
+    router.include_router(admin)
     return router
