@@ -7,6 +7,8 @@ the query log of one tenant are then out of another's reach even in raw SQL.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -165,3 +167,39 @@ async def test_the_sweeper_and_cleanup_visit_every_tenant_as_the_application_rol
             assert {s.status for s in await quick.list(ada.id)} == {"expired"}
             history = await analytics.history(ada.id)
             assert [e.query_text for e in history] == ["new question"]
+
+
+async def test_the_commands_expire_and_clean_up_every_tenant_as_the_application_role(
+    app_db: Database, roles: tuple[URL, URL]
+) -> None:
+    # proves: V1, V2
+    ada = await _user(app_db, "ada@acme.example")
+    quick = Conversations(app_db, idle_timeout=timedelta(minutes=1))
+    analytics = QueryAnalytics(app_db)
+    for tenant in (ACME, GLOBEX):
+        with tenant_context(tenant):
+            await quick.start(ada.id, "bot")
+            await quick.start(ada.id, "bot")
+            await analytics.log(ada.id, "old", "search", "success", 1.0)
+            await app_db.run(
+                text("UPDATE conversation_sessions SET expires_at = now() - interval '1 hour'")
+            )
+            await app_db.run(text("UPDATE query_logs SET created_at = now() - interval '40 days'"))
+            await analytics.log(ada.id, "new", "search", "success", 1.0)
+    env: dict[str, str | None] = {"DATABASE_URL": raw(roles[1]), "PGSTACK_ENV": "development"}
+    expired = await asyncio.to_thread(
+        cli, "conversations", "expire", "--batch-size", "1", "--json", env=env
+    )
+    assert expired.exit_code == 0, expired.output
+    assert json.loads(expired.output) == {"expired": 4}
+    cleaned = await asyncio.to_thread(
+        cli, "analytics", "cleanup", "--older-than-days", "30", env=env
+    )
+    assert cleaned.exit_code == 0, cleaned.output
+    assert "deleted 2 query log entries" in cleaned.output
+    again = await asyncio.to_thread(cli, "conversations", "expire", env=env)
+    assert "expired 0 idle session(s)" in again.output
+    refused = await asyncio.to_thread(
+        cli, "analytics", "cleanup", "--older-than-days", "0", env=env
+    )
+    assert refused.exit_code != 0
