@@ -10,7 +10,7 @@ import typer
 
 from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
 
-analytics_app = group("Query analytics: retention of the query log.")
+analytics_app: typer.Typer = group("Query analytics: retention of the query log.")
 
 
 @analytics_app.command("cleanup")

@@ -9,7 +9,7 @@ import typer
 
 from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
 
-conversations_app = group("Conversation sessions: expire the idle ones.")
+conversations_app: typer.Typer = group("Conversation sessions: expire the idle ones.")
 
 
 @conversations_app.command("expire")
