@@ -25,6 +25,7 @@ from sqlalchemy.types import Text as TextType
 
 from pgstack.conversations.models import ROLES, TRANSITIONS
 from pgstack.db.database import Database
+from pgstack.db.session import translated_errors
 from pgstack.db.tenant import entered, maintenance_scopes, tenant_value
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError, TenantScopeError
 from pgstack.orm.mixins import new_uuid7
@@ -349,9 +350,13 @@ class Conversations:
             "tool_calls": tool_calls,
             "idle": self.idle_timeout,
         }
-        rows = await self.db.run(_APPEND, params)
-        if rows:
-            return Message(*rows[0])
+        # In a transaction of its own (which sets the tenant) rather than `db.run`: the
+        # statement leaves no session state, so the connection needs no reset afterwards.
+        with translated_errors():
+            async with self.db.engine.begin() as conn:
+                row = (await conn.execute(_APPEND, params)).first()
+        if row is not None:
+            return Message(*row)
         current = await self.get(session_id, user_id)
         state = "expired" if current.is_open else current.status
         raise ConflictError(
