@@ -33,6 +33,8 @@ PGSTACK_MODEL_MODULES = (
     "pgstack.tokens.models",
     "pgstack.tenancy.models",
     "pgstack.tenancy.ratelimit",
+    "pgstack.conversations.models",
+    "pgstack.analytics.models",
 )
 
 
