@@ -39,6 +39,8 @@ _CONCURRENT_USE = (
 # starting up" during a restart's recovery), too many connections. Another try later may work.
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 _QUERY_CANCELED = "57014"
+#: read_only_sql_transaction: a write in a read-only transaction, or on a replica.
+READ_ONLY_SQLSTATE = "25006"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -56,6 +58,12 @@ def translate_error(exc: BaseException) -> BaseException:
             "DATABASE_MAX_OVERFLOW within the server's max_connections."
         )
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        if sqlstate_of(exc) == READ_ONLY_SQLSTATE:
+            return DatabaseUnavailableError(
+                "The server refused a write as a read-only replica: the primary changed "
+                "(failover). The connection was dropped and nothing was committed; retry, and "
+                "the next connection goes to the new primary."
+            )
         return DatabaseUnavailableError(
             "The connection to PostgreSQL was lost during the operation "
             f"({type(exc.orig).__name__}). The work was not committed; retry it."
