@@ -77,7 +77,10 @@ def url_hosts(url: URL) -> list[tuple[str, int]]:
             port = tail.removeprefix(":") or port
         elif entry.count(":") == 1:
             host, port = entry.split(":")
-        hosts.append((host or "localhost", int(port) if port else url.port or 5432))
+        number = int(port) if port else url.port or 5432
+        if not 0 < number < 65536:
+            raise ValueError(f"port {number} is out of range")
+        hosts.append((host or "localhost", number))
     return hosts
 
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from asyncpg.exceptions import TargetServerAttributeNotMatched
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import exc as orm_exc
@@ -68,6 +69,11 @@ def translate_error(exc: BaseException) -> BaseException:
             "The connection to PostgreSQL was lost during the operation "
             f"({type(exc.orig).__name__}). The work was not committed; retry it."
         )
+    if _no_host_matched(exc):
+        return DatabaseUnavailableError(
+            "No host of DATABASE_URL matches its target_session_attrs right now (no primary: "
+            "a failover may be under way). Nothing was committed; retry shortly."
+        )
     if isinstance(exc, OSError | ConnectionError):
         return DatabaseUnavailableError(
             f"Cannot reach PostgreSQL ({exc}). Check that the server is running."
@@ -94,6 +100,17 @@ def translate_error(exc: BaseException) -> BaseException:
             "no longer matches). Read it again and re-apply the change."
         )
     return exc
+
+
+def _no_host_matched(exc: BaseException | None) -> bool:
+    """asyncpg tried every host of a multi-host URL and none had the role asked for."""
+    for _ in range(5):
+        if exc is None:
+            return False
+        if isinstance(exc, TargetServerAttributeNotMatched):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    return False
 
 
 @contextmanager
