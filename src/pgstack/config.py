@@ -430,7 +430,10 @@ class Settings(BaseSettings):
     @classmethod
     def _split_replicas(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            # A comma starts the next URL only before a scheme: a URL's own host list
+            # (`postgresql://u@r1:5432,r2:5432/db?target_session_attrs=prefer-standby`) stays.
+            parts = re.split(r",(?=\s*[A-Za-z][\w+.-]*://)", value)
+            return [part.strip() for part in parts if part.strip()]
         return value
 
     @property
@@ -465,7 +468,8 @@ class Settings(BaseSettings):
     def _url_param(self, name: str) -> str | None:
         if self.database_url is None:
             return None
-        value = make_url(self.database_url.get_secret_value()).query.get(name)
+        raw = _hosts_to_query(self.database_url.get_secret_value().strip())
+        value = make_url(raw).query.get(name)
         return value if isinstance(value, str) else None
 
     @property

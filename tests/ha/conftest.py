@@ -10,6 +10,6 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-for folder in (TESTS, TESTS / "faults"):
+for folder in (TESTS, TESTS / "faults", TESTS / "ha"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))

@@ -46,6 +46,23 @@ def test_a_libpq_host_list_is_read_as_libpq_and_asyncpg_read_it() -> None:
     assert url_hosts(settings.with_url(settings.url or url).url or url) == url_hosts(url)
 
 
+def test_replica_urls_with_host_lists_and_tls_settings_of_a_host_list() -> None:
+    # proves: C9, C6
+    settings = Settings(
+        database_url="postgresql://app@db1,db2:5433/shop?sslmode=require&target_session_attrs=primary",
+        database_replica_urls=(
+            "postgresql://app@db1:5432,db2:5433/shop?target_session_attrs=prefer-standby, "
+            "postgresql://app@db3/shop"
+        ),
+        _env_file=None,
+    )
+    assert settings.sslmode == "require"
+    replicas = settings.replica_urls
+    assert [url_hosts(u) for u in replicas] == [[("db1", 5432), ("db2", 5433)], [("db3", 5432)]]
+    assert replicas[0].query["target_session_attrs"] == "prefer-standby"
+    assert settings.summary()["replicas"] == [render_url(u) for u in replicas]
+
+
 @pytest.mark.parametrize(
     "raw",
     [
