@@ -86,10 +86,11 @@ def url_hosts(url: URL) -> list[tuple[str, int]]:
 
 def hosts_text(url: URL) -> str:
     """`host:port` of a URL, or `h1:p1,h2:p2` for a multi-host one, for messages."""
-    return ",".join(_host_port(host, port) for host, port in url_hosts(url))
+    return ",".join(host_port(host, port) for host, port in url_hosts(url))
 
 
-def _host_port(host: str, port: int) -> str:
+def host_port(host: str, port: int | str) -> str:
+    """`host:port`, an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -106,7 +107,7 @@ def libpq_url(url: URL) -> str:
     query = {k: v for k, v in url.query.items() if k not in ("host", "port")}
     single = plain.set(host="placeholder", port=None, query=query)
     rendered = single.render_as_string(hide_password=False)
-    listed = ",".join(_host_port(host, port) for host, port in hosts)
+    listed = ",".join(host_port(host, port) for host, port in hosts)
     return rendered.replace("@placeholder/", f"@{listed}/", 1).replace(
         "://placeholder/", f"://{listed}/", 1
     )

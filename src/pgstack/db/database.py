@@ -18,7 +18,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.util import await_
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from pgstack.config import Settings, hosts_text, render_url
+from pgstack.config import Settings, host_port, hosts_text, render_url
 from pgstack.db import metrics, tenant
 from pgstack.db.metrics import sqlstate_of
 from pgstack.db.pooler import (
@@ -567,8 +567,7 @@ def server_address(connection: Any) -> str | None:
     """`host:port` (or the socket path) an asyncpg connection reached, if known."""
     address = getattr(connection, "_addr", None)
     if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+        return host_port(str(address[0]), address[1])
     return str(address) if address else None
 
 
