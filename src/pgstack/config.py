@@ -102,12 +102,13 @@ def libpq_url(url: URL) -> str:
     """
     plain = url.set(drivername="postgresql")
     hosts = url_hosts(url)
-    if len(hosts) < 2 or any(host.startswith("/") for host, _ in hosts):
+    if len(hosts) < 2:
         return plain.render_as_string(hide_password=False)
     query = {k: v for k, v in url.query.items() if k not in ("host", "port")}
     single = plain.set(host="placeholder", port=None, query=query)
     rendered = single.render_as_string(hide_password=False)
-    listed = ",".join(host_port(host, port) for host, port in hosts)
+    # A Unix-socket folder is percent-encoded there (`%2Frun%2Fpostgresql:5432`).
+    listed = ",".join(host_port(quote(host, safe=":"), port) for host, port in hosts)
     return rendered.replace("@placeholder/", f"@{listed}/", 1).replace(
         "://placeholder/", f"://{listed}/", 1
     )

@@ -7,6 +7,7 @@ test_patroni.py (marker `ha`).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -166,3 +167,23 @@ async def test_a_write_in_a_read_only_transaction_is_still_the_callers_error(
         await asyncio.gather(*(refused(n) for n in range(30, 36)))
         assert db.failovers == 0
         await db.run(text("DROP TABLE ha_rows"))
+
+
+async def test_a_backup_through_a_host_list_skips_the_host_that_does_not_answer(
+    pgstack_settings: Settings, tmp_path: Path
+) -> None:
+    # proves: C9, O2
+    from pgstack.db import backup
+
+    assert pgstack_settings.url is not None
+    async with Database(pgstack_settings) as db:
+        await db.run(ROWS)
+        await db.run(INSERT, {"id": 7})
+    url = with_unreachable_host_first(pgstack_settings.url, target_session_attrs="read-write")
+    try:
+        # pg_dump gets the hosts as PGHOST/PGPORT lists, and the role asked for.
+        result = await backup.backup(url, tmp_path / "ha.dump")
+        assert result.row_counts["public.ha_rows"] == 1
+    finally:
+        async with Database(pgstack_settings) as db:
+            await db.run(text("DROP TABLE ha_rows"))
