@@ -435,7 +435,8 @@ class Settings(BaseSettings):
             # A comma starts the next URL only before a scheme: a URL's own host list
             # (`postgresql://u@r1:5432,r2:5432/db?target_session_attrs=prefer-standby`) stays.
             parts = re.split(r",(?=\s*[A-Za-z][\w+.-]*://)", value)
-            return [part.strip() for part in parts if part.strip()]
+            urls = [part.strip().rstrip(",").strip() for part in parts]  # "a, b," is fine
+            return [url for url in urls if url]
         return value
 
     @property
