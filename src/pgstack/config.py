@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -38,13 +40,96 @@ _TLS_FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey")
 _LIBPQ_ONLY_PARAMS = {"sslmode", "ssl", "application_name", *_TLS_FILE_PARAMS}
 
 
+# scheme://[userinfo@]hosts[/database][?query]: libpq's URL shape, whose hosts may be a list.
+_LIBPQ_URL = re.compile(r"^(?P<scheme>[\w+.-]+)://(?:(?P<userinfo>[^/?#]*)@)?(?P<hosts>[^/?#@]*)")
+
+
+def _hosts_to_query(raw: str) -> str:
+    """libpq's `postgresql://u@h1:5432,h2:5433/db` as SQLAlchemy spells it: `?host=h1:5432&...`.
+
+    Each host keeps its own port (none: 5432). A URL with one host is returned unchanged.
+    """
+    match = _LIBPQ_URL.match(raw)
+    if match is None or "," not in match["hosts"]:
+        return raw
+    hosts = [h.strip() for h in match["hosts"].split(",")]
+    if not all(hosts):
+        raise ConfigurationError("an empty host in the host list")
+    rest = raw[match.end() :]
+    path, _, query = rest.partition("?")
+    pairs = "&".join(f"host={quote(h, safe=':[]')}" for h in hosts)
+    userinfo = f"{match['userinfo']}@" if match["userinfo"] is not None else ""
+    return f"{match['scheme']}://{userinfo}{path or '/'}?{pairs}{'&' + query if query else ''}"
+
+
+def url_hosts(url: URL) -> list[tuple[str, int]]:
+    """Every `(host, port)` a URL names, in order: one, or several (libpq's multi-host form)."""
+    if url.host or "host" not in url.query:
+        return [(url.host or "localhost", url.port or 5432)]
+    named = url.query["host"]
+    ports = url.query.get("port")
+    port_list = [ports] if isinstance(ports, str) else list(ports or ())
+    hosts = []
+    for i, entry in enumerate([named] if isinstance(named, str) else named):
+        host, port = entry, port_list[i] if i < len(port_list) else None
+        if entry.startswith("["):  # [::1]:5432
+            host, _, tail = entry[1:].partition("]")
+            port = tail.removeprefix(":") or port
+        elif entry.count(":") == 1:
+            host, port = entry.split(":")
+        number = int(port) if port else url.port or 5432
+        if not 0 < number < 65536:
+            raise ValueError(f"port {number} is out of range")
+        hosts.append((host or "localhost", number))
+    return hosts
+
+
+def hosts_text(url: URL) -> str:
+    """`host:port` of a URL, or `h1:p1,h2:p2` for a multi-host one, for messages."""
+    return ",".join(host_port(host, port) for host, port in url_hosts(url))
+
+
+def host_port(host: str, port: int | str) -> str:
+    """`host:port`, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def libpq_url(url: URL) -> str:
+    """The URL as libpq and `asyncpg.connect` read it, password included (never log it).
+
+    Several TCP hosts go back into the host part (`h1:5432,h2:5433`): both take only the
+    last of repeated `host` parameters.
+    """
+    plain = url.set(drivername="postgresql")
+    hosts = url_hosts(url)
+    if len(hosts) < 2:
+        return plain.render_as_string(hide_password=False)
+    query = {k: v for k, v in url.query.items() if k not in ("host", "port")}
+    single = plain.set(host="placeholder", port=None, query=query)
+    rendered = single.render_as_string(hide_password=False)
+    # A Unix-socket folder is percent-encoded there (`%2Frun%2Fpostgresql:5432`).
+    listed = ",".join(host_port(quote(host, safe=":"), port) for host, port in hosts)
+    return rendered.replace("@placeholder/", f"@{listed}/", 1).replace(
+        "://placeholder/", f"://{listed}/", 1
+    )
+
+
 def to_asyncpg_url(raw: str, variable: str = "DATABASE_URL") -> URL:
-    """Parse a PostgreSQL URL (any driver spelling) into a `postgresql+asyncpg` URL."""
+    """Parse a PostgreSQL URL (any driver spelling) into a `postgresql+asyncpg` URL.
+
+    Several hosts (`postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write`, as
+    libpq writes them) become SQLAlchemy's `?host=h1:5432&host=h2:5433`: asyncpg tries them
+    in order and keeps the first that matches `target_session_attrs` (`read-write`, `primary`,
+    `standby`, `prefer-standby`, `read-only`, `any`).
+    """
     try:
-        url = make_url(raw)
-    except (ArgumentError, ValueError):
+        url = make_url(_hosts_to_query(raw.strip()))
+        if url.drivername in _POSTGRES_SCHEMES:
+            url_hosts(url)  # a malformed port in a host list fails here, at start
+    except (ArgumentError, ValueError, ConfigurationError):
         raise ConfigurationError(
             f"{variable} is not a valid URL; expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            " (or several hosts: postgresql://USER@HOST1:PORT1,HOST2:PORT2/DATABASE)"
         ) from None
     if url.drivername not in _POSTGRES_SCHEMES:
         raise ConfigurationError(
@@ -347,7 +432,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_replicas(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            # A comma starts the next URL only before a scheme: a URL's own host list
+            # (`postgresql://u@r1:5432,r2:5432/db?target_session_attrs=prefer-standby`) stays.
+            parts = re.split(r",(?=\s*[A-Za-z][\w+.-]*://)", value)
+            urls = [part.strip().rstrip(",").strip() for part in parts]  # "a, b," is fine
+            return [url for url in urls if url]
         return value
 
     @property
@@ -382,7 +471,8 @@ class Settings(BaseSettings):
     def _url_param(self, name: str) -> str | None:
         if self.database_url is None:
             return None
-        value = make_url(self.database_url.get_secret_value()).query.get(name)
+        raw = _hosts_to_query(self.database_url.get_secret_value().strip())
+        value = make_url(raw).query.get(name)
         return value if isinstance(value, str) else None
 
     @property

@@ -22,6 +22,7 @@ READINESS_CHECKS = {
     "postgres:queryPerformance",
     "postgres:poolSaturation",
     "postgres:readPoolSaturation",
+    "postgres:primary",
 }
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from sqlalchemy.engine import URL
 
-from pgstack.config import Settings, to_asyncpg_url
+from pgstack.config import Settings, hosts_text, libpq_url, to_asyncpg_url
 from pgstack.errors import ConfigurationError, DatabaseUnavailableError, PgStackError
 
 EXTENSIONS = ("citext", "pgcrypto")
@@ -16,7 +16,7 @@ EXTENSIONS = ("citext", "pgcrypto")
 
 def asyncpg_dsn(url: URL) -> str:
     """A DSN for `asyncpg.connect` from a SQLAlchemy URL (Unix-socket hosts included)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return libpq_url(url)
 
 
 @dataclass
@@ -35,7 +35,7 @@ async def _connect(
     try:
         return await asyncpg.connect(asyncpg_dsn(url), timeout=10, ssl=tls)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        where = f"{url.host or url.query.get('host') or 'localhost'}:{url.port or 5432}"
+        where = hosts_text(url)
         raise DatabaseUnavailableError(
             f"Cannot connect to the {what} at {where}, database {url.database!r}: "
             f"{type(exc).__name__}: {exc}. Check the URL and that the server is running."

@@ -26,6 +26,7 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import URL
 
+from pgstack.config import url_hosts
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.errors import BackupError, ConflictError
 
@@ -160,9 +161,12 @@ async def find_tool(name: str, server_major: int) -> Path:
 
 def _env(url: URL) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    host = url.host or url.query.get("host") or "localhost"
-    env["PGHOST"] = str(host)
-    env["PGPORT"] = str(url.port or url.query.get("port") or 5432)
+    hosts = url_hosts(url)  # several (a multi-host URL): libpq takes comma-separated lists
+    env["PGHOST"] = ",".join(host for host, _ in hosts)
+    env["PGPORT"] = ",".join(str(port) for _, port in hosts)
+    attrs = url.query.get("target_session_attrs")
+    if isinstance(attrs, str):
+        env["PGTARGETSESSIONATTRS"] = attrs
     env["PGUSER"] = url.username or "postgres"
     env["PGDATABASE"] = url.database or "postgres"
     if url.password:

@@ -18,7 +18,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.util import await_
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from pgstack.config import Settings, render_url
+from pgstack.config import Settings, host_port, hosts_text, render_url
 from pgstack.db import metrics, tenant
 from pgstack.db.metrics import sqlstate_of
 from pgstack.db.pooler import (
@@ -28,7 +28,7 @@ from pgstack.db.pooler import (
     transaction_settings,
 )
 from pgstack.db.replicas import is_plain_read
-from pgstack.db.session import Session, translated_errors
+from pgstack.db.session import READ_ONLY_SQLSTATE, Session, translated_errors
 from pgstack.errors import ConfigurationError, DatabaseUnavailableError, TransactionRetryError
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ _ISOLATION_LEVELS = {
     "autocommit": "AUTOCOMMIT",
 }
 RETRYABLE_SQLSTATES = {"40001": "serialization failure", "40P01": "deadlock"}
+_READ_ONLY_PARAMETERS = ("in_hot_standby", "default_transaction_read_only")
 # Errors that another attempt cannot fix: bad credentials, missing database, bad role.
 _FATAL_CONNECT_SQLSTATES = {"28P01", "28000", "3D000", "42704"}
 
@@ -67,6 +68,11 @@ class Database:
         self._url: URL | None = self.settings.url
         # Extra readiness checks (e.g. "migrations at head"); each returns a health Check.
         self.health_checks: list[HealthCheckFn] = []
+        #: `host:port` of the server the newest pool connection reached: with several hosts
+        #: in DATABASE_URL, the one that is primary now (None before the first connection).
+        self.primary_host: str | None = None
+        #: Times the primary's address changed since `connect()`: failovers seen.
+        self.failovers = 0
 
     def __repr__(self) -> str:
         where = render_url(self._url) if self._url is not None else "(embedded, not started)"
@@ -114,6 +120,8 @@ class Database:
         if self._url is None:
             await self._start_embedded()
         engine = self._create_engine(self.url)
+        event.listen(engine.sync_engine.pool, "connect", self._note_server)
+        event.listen(engine.sync_engine, "handle_error", self._drop_demoted)
         s = self.settings
         try:
             async for attempt in AsyncRetrying(
@@ -130,6 +138,8 @@ class Database:
             await engine.dispose()
             raise self._unavailable(exc, s.database_connect_attempts) from None
         self._lane = self._open_lane(engine)
+        if self._lane is not None:
+            self._lane.follows_primary = True
         self._engine = engine
         self._sessionmaker = async_sessionmaker(
             engine, class_=Session, expire_on_commit=False, autoflush=True
@@ -338,6 +348,43 @@ class Database:
 
         return await readiness(self)
 
+    # -- failover ----------------------------------------------------------------------------
+
+    def _note_server(self, dbapi_connection: Any, record: Any) -> None:
+        """A new pool connection: note which host it reached; a different one is a failover."""
+        address = server_address(dbapi_connection.driver_connection)
+        if address is None or address == self.primary_host:
+            return
+        previous, self.primary_host = self.primary_host, address
+        metrics.PRIMARY.note(self.name, address)
+        if previous is None:
+            return
+        self.failovers += 1
+        metrics.FAILOVERS.labels(database=self.name).inc()
+        logger.warning("the primary is now %s (was %s): failover seen", address, previous)
+        if self._lane is not None:
+            self._lane.pool.drop_idle()  # they lead to the old primary
+
+    def _drop_demoted(self, context: Any) -> None:
+        """A write refused because the server became a replica: drop the connection and pool.
+
+        After a failover, a connection opened to the old primary may find it read-only
+        (restarted as a standby, or fenced with default_transaction_read_only). SQLSTATE 25006
+        there, when the session did not ask for a read-only transaction, counts as a lost
+        connection: SQLAlchemy discards every pooled connection, and the next one is opened
+        by the URL's rules (`target_session_attrs=read-write` finds the new primary).
+        """
+        if sqlstate_of(context.original_exception) != READ_ONLY_SQLSTATE:
+            return
+        wrapper = context.connection.connection if context.connection is not None else None
+        adapted = getattr(wrapper, "dbapi_connection", None)
+        if adapted is None or getattr(adapted, "readonly", False):
+            return  # a read-only transaction refused a write: the caller's mistake, kept
+        if server_read_only(adapted.driver_connection):
+            context.is_disconnect = True
+            if self._lane is not None:
+                self._lane.pool.drop_idle()
+
     # -- internals ---------------------------------------------------------------------------
 
     def _server_settings(self) -> dict[str, str]:
@@ -454,7 +501,7 @@ class Database:
 
     def _unavailable(self, exc: BaseException, attempts: int) -> DatabaseUnavailableError:
         url = self.url
-        where = f"{url.host or url.query.get('host') or 'localhost'}:{url.port or 5432}"
+        where = hosts_text(url)
         tried = "" if not _is_retryable_connect_error(exc) else f" after {attempts} attempt(s)"
         return DatabaseUnavailableError(
             f"Cannot connect to PostgreSQL at {where}, database {url.database!r}{tried}: "
@@ -514,6 +561,28 @@ def _invalidate_on_timeout(context: Any) -> None:
     """A statement the server never answered leaves its connection mid-protocol: discard it."""
     if isinstance(context.original_exception, TimeoutError):
         context.is_disconnect = True
+
+
+def server_address(connection: Any) -> str | None:
+    """`host:port` (or the socket path) an asyncpg connection reached, if known."""
+    address = getattr(connection, "_addr", None)
+    if isinstance(address, tuple) and len(address) >= 2:
+        return host_port(str(address[0]), address[1])
+    return str(address) if address else None
+
+
+def server_read_only(connection: Any) -> bool:
+    """Whether the server of an asyncpg connection says it takes no writes.
+
+    PostgreSQL 14 and newer report `in_hot_standby` (a replica) and
+    `default_transaction_read_only` (a fenced server) to the client, and report a change of
+    either; an older server reports neither, and is taken at its word (25006).
+    """
+    settings = connection.get_settings()
+    reported = [getattr(settings, name, None) for name in _READ_ONLY_PARAMETERS]
+    if all(value is None for value in reported):
+        return True
+    return "on" in reported
 
 
 def connect_hint(exc: BaseException) -> str:

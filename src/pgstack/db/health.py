@@ -150,6 +150,13 @@ async def readiness(db: Database, extra: list[HealthCheckFn] | None = None) -> H
     report.checks["postgres:queryPerformance"] = Check(
         "warn" if heavy > s.health_query_warn_ms else "pass", round(heavy, 3), "ms"
     )
+    # Which server writes go to now; with several hosts in DATABASE_URL, the new primary
+    # after a failover.
+    report.checks["postgres:primary"] = Check(
+        "pass",
+        db.primary_host,
+        output=f"{db.failovers} failover(s) seen since the service started",
+    )
     pools = (
         ("postgres:poolSaturation", db.pool_stats()),
         ("postgres:readPoolSaturation", db.read_pool_stats()),  # None: the read lane is off

@@ -206,6 +206,12 @@ class _Connections:
     def busy(self) -> int:
         return len(self._busy)
 
+    def drop_idle(self) -> None:
+        """Close every idle connection: the server they lead to restarted or lost its role."""
+        idle, self._idle = self._idle, []
+        for connection, _ in idle:
+            connection.terminate()
+
     async def acquire(self, timeout: float) -> asyncpg.Connection:
         while True:
             if self._closed:
@@ -306,6 +312,13 @@ class _Connections:
         )
 
 
+def _demoted(exc: asyncpg.PostgresError, connection: asyncpg.Connection) -> bool:
+    from pgstack.db.database import server_read_only
+    from pgstack.db.session import READ_ONLY_SQLSTATE
+
+    return exc.sqlstate == READ_ONLY_SQLSTATE and server_read_only(connection)
+
+
 class ReadLane:
     """pgstack's own asyncpg connections for single statements run outside a transaction."""
 
@@ -316,6 +329,9 @@ class ReadLane:
         self._plans: dict[Any, _Plan] = {}
         #: Reset the connection after a caller's statement (`run`); off behind a pooler.
         self.resets = True
+        #: The lane of a primary: a write its server refuses as a replica's (25006) means
+        #: the primary changed; the connection is dropped as if lost.
+        self.follows_primary = False
 
     @classmethod
     def open(
@@ -421,6 +437,7 @@ class ReadLane:
                 reusable = True
                 return records
             except _CONNECTION_LOST as exc:
+                pool.drop_idle()  # opened to the same server before it went: gone too
                 if not retry:
                     raise DatabaseUnavailableError(
                         "The connection to PostgreSQL was lost while a statement ran "
@@ -434,6 +451,13 @@ class ReadLane:
                     ) from exc
                 logger.info("a read-lane connection was gone; running the read again")
             except asyncpg.PostgresError as exc:
+                if self.follows_primary and _demoted(exc, connection):
+                    pool.drop_idle()
+                    raise DatabaseUnavailableError(
+                        "The server refused a write as a read-only replica: the primary "
+                        "changed (failover). The connection was dropped and nothing was "
+                        "written; retry, and the next connection goes to the new primary."
+                    ) from exc
                 reusable = True  # the server refused the statement; the connection is fine
                 raise engine_error(self._engine, exc, sql, args) from exc
             finally:

@@ -38,6 +38,34 @@ HEALTH_STATUS = Gauge(
     ["probe"],
 )
 
+FAILOVERS = Counter(
+    "pgstack_db_failovers",
+    "Times the primary's address changed (a multi-host DATABASE_URL found another primary).",
+    ["database"],
+)
+
+
+class _PrimaryGauge:
+    """`pgstack_db_primary{database, host} 1` for the host each Database writes to now."""
+
+    def __init__(self) -> None:
+        self._gauge = Gauge(
+            "pgstack_db_primary",
+            "The host a Database's pool reaches now (1); after a failover, the new primary.",
+            ["database", "host"],
+        )
+        self._hosts: dict[str, str] = {}
+
+    def note(self, database: str, host: str) -> None:
+        previous = self._hosts.get(database)
+        if previous is not None and previous != host:
+            self._gauge.remove(database, previous)
+        self._hosts[database] = host
+        self._gauge.labels(database=database, host=host).set(1)
+
+
+PRIMARY = _PrimaryGauge()
+
 _START_KEY = "pgstack_query_start"
 
 

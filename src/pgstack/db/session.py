@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from asyncpg.exceptions import TargetServerAttributeNotMatched
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import exc as orm_exc
@@ -41,6 +42,8 @@ _CONCURRENT_USE = (
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 _QUERY_CANCELED = "57014"
 _INSUFFICIENT_PRIVILEGE = "42501"
+#: read_only_sql_transaction: a write in a read-only transaction, or on a replica.
+READ_ONLY_SQLSTATE = "25006"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -58,9 +61,20 @@ def translate_error(exc: BaseException) -> BaseException:
             "DATABASE_MAX_OVERFLOW within the server's max_connections."
         )
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        if sqlstate_of(exc) == READ_ONLY_SQLSTATE:
+            return DatabaseUnavailableError(
+                "The server refused a write as a read-only replica: the primary changed "
+                "(failover). The connection was dropped and nothing was committed; retry, and "
+                "the next connection goes to the new primary."
+            )
         return DatabaseUnavailableError(
             "The connection to PostgreSQL was lost during the operation "
             f"({type(exc.orig).__name__}). The work was not committed; retry it."
+        )
+    if _no_host_matched(exc):
+        return DatabaseUnavailableError(
+            "No host of DATABASE_URL matches its target_session_attrs right now (no primary: "
+            "a failover may be under way). Nothing was committed; retry shortly."
         )
     if isinstance(exc, OSError | ConnectionError):
         return DatabaseUnavailableError(
@@ -94,6 +108,17 @@ def translate_error(exc: BaseException) -> BaseException:
             "no longer matches). Read it again and re-apply the change."
         )
     return exc
+
+
+def _no_host_matched(exc: BaseException | None) -> bool:
+    """asyncpg tried every host of a multi-host URL and none had the role asked for."""
+    for _ in range(5):
+        if exc is None:
+            return False
+        if isinstance(exc, TargetServerAttributeNotMatched):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    return False
 
 
 @contextmanager

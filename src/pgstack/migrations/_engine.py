@@ -9,7 +9,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from pgstack.config import Settings
+from pgstack.config import Settings, hosts_text
 from pgstack.db.database import _FATAL_CONNECT_SQLSTATES, connect_hint
 from pgstack.db.metrics import sqlstate_of
 from pgstack.db.pooler import pooled_connect_args
@@ -42,8 +42,7 @@ def migration_engine(settings: Settings, url: URL) -> AsyncEngine:
 
 def where(url: URL) -> str:
     """`host:port, database 'name'` of a URL, for messages."""
-    host = url.host or url.query.get("host") or "localhost"
-    return f"{host}:{url.port or 5432}, database {url.database!r}"
+    return f"{hosts_text(url)}, database {url.database!r}"
 
 
 def scrub(message: str, url: URL | None) -> str:
