@@ -82,7 +82,9 @@ class Roles:
 
 
 @pytest.fixture
-def roles(pgstack_server_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Roles]:
+def roles(
+    pgstack_server_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Roles]:
     """A new database made by `db init`, migrated by the owner, with two tenants and notes."""
     tag = uuid.uuid4().hex[:10]
     database = f"pgstack_audit_{tag}"

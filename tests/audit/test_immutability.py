@@ -118,9 +118,7 @@ async def test_verify_finds_a_removed_entry(roles: Roles, app_db: Database) -> N
     try:
         await admin.execute("SET session_replication_role = replica")
         await admin.execute("DELETE FROM audit_log WHERE tenant_id IS NULL AND seq = 2")
-        third = await admin.fetchval(
-            "SELECT id FROM audit_log WHERE tenant_id IS NULL AND seq = 3"
-        )
+        third = await admin.fetchval("SELECT id FROM audit_log WHERE tenant_id IS NULL AND seq = 3")
         await admin.execute("DELETE FROM audit_log WHERE tenant_id IS NULL AND seq = 4")
     finally:
         await admin.close()
@@ -180,9 +178,7 @@ async def test_chain_hash_does_not_depend_on_the_session_time_zone(
     conn = await roles.conn("app")
     try:
         await conn.execute("SET TimeZone = 'Pacific/Chatham'")
-        ok = await conn.fetchval(
-            "SELECT bool_and(hash = pgstack_audit_hash(e)) FROM audit_log e"
-        )
+        ok = await conn.fetchval("SELECT bool_and(hash = pgstack_audit_hash(e)) FROM audit_log e")
         assert ok is True
     finally:
         await conn.close()

@@ -374,6 +374,7 @@ def db_init(
 # mounted here. Each module imports what its commands need when they run.
 from pgstack.cli import migrate as _migrate  # noqa: E402, F401
 from pgstack.cli import ops as _ops  # noqa: E402, F401
+from pgstack.cli.audit import audit_app  # noqa: E402
 from pgstack.cli.keys import keys_app  # noqa: E402
 from pgstack.cli.ratelimit import ratelimit_app  # noqa: E402
 from pgstack.cli.tenants import tenants_app  # noqa: E402
@@ -386,6 +387,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(users_app, name="users")
 app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(ratelimit_app, name="ratelimit")
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:
