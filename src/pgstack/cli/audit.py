@@ -13,7 +13,7 @@ import typer
 
 from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
 
-audit_app = group("The audit log: recent entries, chain verification, partitions.")
+audit_app: typer.Typer = group("The audit log: recent entries, chain verification, partitions.")
 
 TenantOpt = Annotated[
     uuid.UUID | None, typer.Option("--tenant", help="A tenant's id; without it, the global chain.")

@@ -105,6 +105,29 @@ def request_context(**fields: str | None) -> Iterator[dict[str, str]]:
         _request.reset(token)
 
 
+@contextmanager
+def request_scope(**fields: str | None) -> Iterator[dict[str, str]]:
+    """A request's context: its fields, and no actor until authentication names one."""
+    actor_token = _actor.set(None)
+    try:
+        with request_context(**fields) as values:
+            yield values
+    finally:
+        _actor.reset(actor_token)
+
+
+def set_actor(actor_id: Any) -> None:
+    """Record `actor_id` for the rest of the current task (the web middleware resets it)."""
+    _actor.set(actor_id)
+
+
+def note_request(**fields: str | None) -> None:
+    """Add fields to the innermost `request_context` (such as the actor's type), if any."""
+    values = _request.get()
+    if values is not None:
+        values.update({key: str(value) for key, value in fields.items() if value is not None})
+
+
 def current_request() -> dict[str, str]:
     """The fields of the innermost `request_context` (empty outside one)."""
     return dict(_request.get() or {})
