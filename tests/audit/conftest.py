@@ -114,6 +114,9 @@ def roles(
                 "CREATE POLICY p ON audit_notes USING (tenant_id = "
                 "NULLIF(current_setting('pgstack.tenant_id', true), '')::uuid)",
                 *audit_sql("audit_notes", secret=["api_secret"]),
+                # No row-level security: COPY (which RLS refuses) writes here.
+                "CREATE TABLE audit_items (id uuid PRIMARY KEY, name text NOT NULL)",
+                *audit_sql("audit_items"),
             )
         )
         yield made
