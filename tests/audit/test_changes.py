@@ -134,9 +134,7 @@ async def test_copy_writes_one_entry_per_row(app_db: Database) -> None:
             assert await Repository(session, Item).create_many(rows) == 600
     page = await AuditLog(app_db).entries(resource_type="audit_items", limit=500)
     assert len(page.items) == 500 and page.next is not None
-    rest = await AuditLog(app_db).entries(
-        resource_type="audit_items", after=page.next, limit=500
-    )
+    rest = await AuditLog(app_db).entries(resource_type="audit_items", after=page.next, limit=500)
     assert len(rest.items) == 100
     assert {e["action"] for e in page.items + rest.items} == {"audit_items.insert"}
     assert {e["actor_id"] for e in page.items} == {"loader"}
