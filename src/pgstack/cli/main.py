@@ -201,6 +201,10 @@ def serve(
 
     settings = Settings()
     # Identity (two-factor secrets) and the token vault encrypt; listings page with cursors.
+    if settings.log_json:
+        from pgstack.audit.context import configure_logging
+
+        configure_logging(as_json=True)
     settings.require_production_secrets()
     for name in settings.missing_secrets():
         typer.echo(f"pgstack: warning: {name} is not set: {_MISSING_SECRET_EFFECTS[name]}")
