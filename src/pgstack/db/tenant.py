@@ -111,7 +111,9 @@ def install(engine: AsyncEngine) -> None:
 def _on_begin(conn: Any) -> None:
     tenant = tenant_value()
     context = audit_context()
-    if tenant is None and not context:
+    # A request id alone does not cost a statement: the context goes in with a tenant (the
+    # same statement) or an actor; unauthenticated work is audited as "system".
+    if tenant is None and "actor_id" not in context:
         return
     # Through the DBAPI cursor, not `conn.execute` (the transaction is not begun yet at this
     # point, so that would begin another): the driver opens the transaction, then sets it.
