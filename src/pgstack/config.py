@@ -239,6 +239,10 @@ class Settings(BaseSettings):
     #: pool, opened on demand): at most this many connections; None = DATABASE_POOL_SIZE, 0 off.
     database_read_pool_size: int | None = Field(default=None, ge=0)
     database_echo: bool = False
+    #: Proxies whose X-Forwarded-For is believed (comma-separated addresses or networks).
+    trusted_proxies: str = ""
+    #: Log records as JSON lines, with the request id, actor, tenant and IP of each.
+    log_json: bool = False
     database_statement_timeout_ms: int | None = Field(default=None, ge=0)
     database_sslmode: SslMode | None = None
     #: TLS files (PEM): the CA that signed the server's certificate, and a client certificate

@@ -201,6 +201,10 @@ def serve(
 
     settings = Settings()
     # Identity (two-factor secrets) and the token vault encrypt; listings page with cursors.
+    if settings.log_json:
+        from pgstack.audit.context import configure_logging
+
+        configure_logging(as_json=True)
     settings.require_production_secrets()
     for name in settings.missing_secrets():
         typer.echo(f"pgstack: warning: {name} is not set: {_MISSING_SECRET_EFFECTS[name]}")
@@ -375,6 +379,7 @@ def db_init(
 from pgstack.cli import migrate as _migrate  # noqa: E402, F401
 from pgstack.cli import ops as _ops  # noqa: E402, F401
 from pgstack.cli.analytics import analytics_app  # noqa: E402
+from pgstack.cli.audit import audit_app  # noqa: E402
 from pgstack.cli.conversations import conversations_app  # noqa: E402
 from pgstack.cli.keys import keys_app  # noqa: E402
 from pgstack.cli.ratelimit import ratelimit_app  # noqa: E402
@@ -390,6 +395,7 @@ app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(ratelimit_app, name="ratelimit")
 app.add_typer(conversations_app, name="conversations")
 app.add_typer(analytics_app, name="analytics")
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ and identity's one-row statements (`pgstack.identity._rows`) run here instead:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,8 +35,9 @@ from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgstack.db.tenant import SET_SQL, scoped_read
+from pgstack.db.tenant import SET_BOTH_SQL, scoped_read
 from pgstack.errors import DatabaseUnavailableError, PoolExhaustedError
+from pgstack.orm.context import audit_context
 
 logger = logging.getLogger("pgstack.db")
 
@@ -430,9 +432,10 @@ class ReadLane:
                 if tenant is None:
                     records = await self._run(connection, sql, args)
                 else:
-                    # A write with a tenant: in a transaction that sets it (row-level security).
+                    # A write with a tenant: in a transaction that sets it (row-level security)
+                    # and who acts (the audit triggers read it), as a session's begin does.
                     async with connection.transaction():
-                        await connection.fetchval(SET_SQL, tenant)
+                        await connection.fetchval(SET_BOTH_SQL, tenant, json.dumps(audit_context()))
                         records = await self._run(connection, sql, args)
                 reusable = True
                 return records

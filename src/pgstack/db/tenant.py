@@ -14,6 +14,7 @@ SQLAlchemy's or PgBouncer's in transaction mode), and no tenant means no rows.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -23,7 +24,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgstack.errors import TenantScopeError
-from pgstack.orm.context import current_tenant, tenant_context
+from pgstack.orm.context import audit_context, current_tenant, tenant_context
 
 if TYPE_CHECKING:
     from pgstack.db.database import Database
@@ -32,6 +33,9 @@ SETTING = "pgstack.tenant_id"
 #: The tenant as policies read it: NULL when none is set in this transaction.
 CURRENT_TENANT_SQL = f"NULLIF(current_setting('{SETTING}', true), '')::uuid"
 SET_SQL = f"SELECT set_config('{SETTING}', $1, true)"
+#: Who acts and from where (JSON), for the audit triggers: set with the tenant.
+AUDIT_SETTING = "pgstack.audit_context"
+SET_BOTH_SQL = f"SELECT set_config('{SETTING}', $1, true), set_config('{AUDIT_SETTING}', $2, true)"
 
 # Every table with a tenant_id column: RLS enabled, forced, how many policies (tests, doctor).
 #: The start of a table comment saying the table is a tenant directory, on purpose without
@@ -106,13 +110,19 @@ def install(engine: AsyncEngine) -> None:
 
 def _on_begin(conn: Any) -> None:
     tenant = tenant_value()
-    if tenant is None:
+    context = audit_context()
+    # A request id alone does not cost a statement: the context goes in with a tenant (the
+    # same statement) or an actor; unauthenticated work is audited as "system".
+    if tenant is None and "actor_id" not in context:
         return
     # Through the DBAPI cursor, not `conn.execute` (the transaction is not begun yet at this
     # point, so that would begin another): the driver opens the transaction, then sets it.
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        cursor.execute(SET_SQL, (tenant,))
+        if context:
+            cursor.execute(SET_BOTH_SQL, (tenant or "", json.dumps(context)))
+        else:
+            cursor.execute(SET_SQL, (tenant,))
     finally:
         cursor.close()
 

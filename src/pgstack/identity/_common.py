@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
+from pgstack.audit import SECURITY, AuditLog
 from pgstack.db.database import Database
 from pgstack.identity.config import IdentityConfig
 from pgstack.identity.lockout import Lockout
 from pgstack.identity.passwords import PasswordHasher
+from pgstack.orm.context import current_actor
 
 # One message for every way a login can fail (unknown e-mail, wrong password, locked,
 # external account), so the answer never tells an attacker which accounts exist.
@@ -54,3 +58,34 @@ class ServiceBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.db!r})"
+
+
+async def security_event(
+    db: Database,
+    action: str,
+    *,
+    user_id: uuid.UUID | None = None,
+    outcome: str = "success",
+    resource_type: str = "user",
+    resource_id: object = None,
+    description: str | None = None,
+    request_data: object = None,
+    session: Any = None,
+) -> None:
+    """Write a security entry to the audit log (category "security").
+
+    The actor is whoever acts in the context (an administrator), else the user concerned
+    (someone signing in); in `session`'s transaction when given.
+    """
+    actor = current_actor()
+    await AuditLog(db).record(
+        action,
+        category=SECURITY,
+        outcome=outcome,
+        resource_type=resource_type,
+        resource_id=resource_id if resource_id is not None else user_id,
+        description=description,
+        request_data=request_data,
+        actor_id=actor if actor is not None else user_id,
+        session=session,
+    )

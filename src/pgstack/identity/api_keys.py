@@ -26,7 +26,7 @@ from pgstack.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from pgstack.identity._common import ServiceBase, digest, same_digest, utcnow
+from pgstack.identity._common import ServiceBase, digest, same_digest, security_event, utcnow
 from pgstack.identity._rows import read_one
 from pgstack.identity.models import ApiKey, User
 from pgstack.identity.text import check_text
@@ -183,6 +183,15 @@ class ApiKeys(ServiceBase):
             issued = await self._create(
                 session, user_id, name.strip(), _scopes(scopes), expires_at, rate_limit_tier
             )
+            await security_event(
+                self.db,
+                "api_key.created",
+                user_id=user_id,
+                resource_type="api_key",
+                resource_id=issued.api_key.id,
+                description=f"key {issued.api_key.prefix} ({issued.api_key.name})",
+                session=session,
+            )
         logger.info("API key %s created for user %s", issued.api_key.prefix, user_id)
         return issued
 
@@ -314,6 +323,15 @@ class ApiKeys(ServiceBase):
             if api_key.revoked_at is None or api_key.revoked_at > when:
                 api_key.revoked_at = when
             await session.flush()
+            await security_event(
+                self.db,
+                "api_key.revoked",
+                user_id=api_key.user_id,
+                resource_type="api_key",
+                resource_id=api_key.id,
+                description=f"key {api_key.prefix} revoked from {api_key.revoked_at.isoformat()}",
+                session=session,
+            )
         logger.info("API key %s revoked from %s", api_key.prefix, api_key.revoked_at)
         return api_key
 

@@ -12,7 +12,7 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 
 from pgstack.db.session import Session
 from pgstack.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
-from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, utcnow
+from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, security_event, utcnow
 from pgstack.identity._rows import read_one, write_one
 from pgstack.identity.lockout import Outcome
 from pgstack.identity.models import LoginSession, TokenPurpose, User, UserToken
@@ -139,12 +139,29 @@ class Authenticator(ServiceBase):
             if "@" in email or not email
             else User.username == email.strip().lower()
         )
-        user = await self.lockout.run(who, check)
+        try:
+            user = await self.lockout.run(who, check)
+        except AuthenticationError as error:
+            if not isinstance(error, TwoFactorRequiredError):
+                await self._login_failed(email, error.message)
+            raise
         if user is None:
             logger.info("login failed: unknown address, locked account or wrong password")
+            await self._login_failed(email, LOGIN_FAILED)
             raise AuthenticationError(LOGIN_FAILED)
         logger.info("user %s signed in", user.id)
+        await security_event(self.db, "auth.login", user_id=user.id)
         return user
+
+    async def _login_failed(self, login: str, reason: str) -> None:
+        # The name tried is kept (it says which account is under attack); never the secret.
+        await security_event(
+            self.db,
+            "auth.login",
+            outcome="failure",
+            resource_id=login[:320] or None,
+            description=reason,
+        )
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -274,6 +291,7 @@ class Authenticator(ServiceBase):
     ) -> User:
         # The failure count and a lock stay as they are: only a right password clears them.
         user = await UserRepository(session).get(user_id)
+        await security_event(self.db, "auth.password_changed", user_id=user_id, session=session)
         user.password_hash = new_hash
         user.password_changed_at = utcnow()
         await session.execute(

@@ -82,6 +82,17 @@ class Lockout:
                 self.config.lockout,
                 number,
             )
+            from pgstack.audit import SECURITY, AuditLog
+
+            await AuditLog(self.db).record(
+                "auth.lockout",
+                category=SECURITY,
+                outcome="failure",
+                resource_type="user",
+                resource_id=user.id,
+                actor_id=user.id,
+                description=f"locked for {self.config.lockout} after {number} attempts",
+            )
         return Attempt(user, number)
 
     async def settle(self, attempt: Attempt, values: dict[str, Any]) -> User | None:

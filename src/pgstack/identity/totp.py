@@ -16,7 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from pgstack.db.database import Database
 from pgstack.db.session import Session
 from pgstack.errors import AuthenticationError, InvalidInputError
-from pgstack.identity._common import ServiceBase, digest
+from pgstack.identity._common import ServiceBase, digest, security_event
 from pgstack.identity.config import IdentityConfig
 from pgstack.identity.lockout import Check, Outcome
 from pgstack.identity.models import RecoveryCode, User
@@ -118,6 +118,7 @@ class TwoFactor(ServiceBase):
             )
         async with self.db.transaction() as session:
             codes = await self._new_recovery_codes(session, user_id)
+            await security_event(self.db, "auth.2fa_enabled", user_id=user_id, session=session)
         logger.info("user %s turned two-factor authentication on", user_id)
         return codes
 
@@ -171,6 +172,7 @@ class TwoFactor(ServiceBase):
             user.totp_last_step = None
             await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
             await session.flush()
+            await security_event(self.db, "auth.2fa_disabled", user_id=user_id, session=session)
         logger.warning("two-factor authentication of user %s was turned off", user_id)
 
     async def remaining_recovery_codes(self, user_id: uuid.UUID) -> int:

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Date, cast, func, literal, or_, select, up
 
 from pgstack.db.session import Session
 from pgstack.errors import ConflictError, InvalidInputError
-from pgstack.identity._common import ServiceBase, utcnow
+from pgstack.identity._common import ServiceBase, security_event, utcnow
 from pgstack.identity.models import ApiKey, LoginSession, Provider, User, known_providers
 from pgstack.identity.passwords import require_strong_password
 from pgstack.identity.text import check_text
@@ -299,6 +299,13 @@ class Users(ServiceBase):
             for role in remove:
                 user.remove_role(role)
             await session.flush()
+            await security_event(
+                self.db,
+                "user.roles_changed",
+                user_id=user_id,
+                request_data={"add": list(add), "remove": list(remove)},
+                session=session,
+            )
             return user
 
     async def set_active(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -37,12 +38,23 @@ def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | L
     return False
 
 
+# The audit log's tables (pgstack_0007_audit): partitioned, made and guarded by SQL that
+# models cannot express, its partitions made at run time. Autogenerate leaves them alone.
+_SQL_MANAGED = re.compile(r"^(audit_log|audit_log_y\d{4}m\d{2}|audit_chain_heads)$")
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Whether autogenerate compares this object: not the audit log's own tables."""
+    return not (type_ == "table" and name is not None and _SQL_MANAGED.match(name))
+
+
 # Used by env.py (autogenerate) and by `check`, so both see the same differences: types and
 # server defaults are compared too, not only tables and columns.
 COMPARE_OPTIONS: dict[str, Any] = {
     "compare_type": True,
     "compare_server_default": True,
     "render_item": render_item,
+    "include_name": include_name,
 }
 
 

@@ -37,9 +37,10 @@ _DROP_STATEMENTS = text(
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = ANY (current_schemas(false))
       AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND NOT c.relispartition
-      -- extension members stay; identity and serial sequences go with their tables
+      -- extension members stay; identity and serial sequences go with their tables (a
+      -- partitioned table's key columns depend on it too: objsubid <> 0, not a reason)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                      AND d.objid = c.oid AND d.deptype IN ('e', 'a', 'i'))
+                      AND d.objid = c.oid AND d.objsubid = 0 AND d.deptype IN ('e', 'a', 'i'))
     UNION ALL
     SELECT format('DROP TYPE IF EXISTS %I.%I CASCADE', n.nspname, t.typname)
     FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace

@@ -85,3 +85,59 @@ def require_tenant(what: str = "this tenant-scoped model") -> Any:
             "or in `with all_tenants():` for deliberate cross-tenant maintenance."
         )
     return tenant
+
+
+_request: ContextVar[dict[str, str] | None] = ContextVar("pgstack_request", default=None)
+
+
+@contextmanager
+def request_context(**fields: str | None) -> Iterator[dict[str, str]]:
+    """Record where the work comes from (request id, IP, user agent, actor type) in the block.
+
+    Audit entries and log records read it; the web middleware sets it per request. Fields
+    given as None are left out.
+    """
+    values = {key: str(value) for key, value in fields.items() if value is not None}
+    token = _request.set(values)
+    try:
+        yield values
+    finally:
+        _request.reset(token)
+
+
+@contextmanager
+def request_scope(**fields: str | None) -> Iterator[dict[str, str]]:
+    """A request's context: its fields, and no actor until authentication names one."""
+    actor_token = _actor.set(None)
+    try:
+        with request_context(**fields) as values:
+            yield values
+    finally:
+        _actor.reset(actor_token)
+
+
+def set_actor(actor_id: Any) -> None:
+    """Record `actor_id` for the rest of the current task (the web middleware resets it)."""
+    _actor.set(actor_id)
+
+
+def note_request(**fields: str | None) -> None:
+    """Add fields to the innermost `request_context` (such as the actor's type), if any."""
+    values = _request.get()
+    if values is not None:
+        values.update({key: str(value) for key, value in fields.items() if value is not None})
+
+
+def current_request() -> dict[str, str]:
+    """The fields of the innermost `request_context` (empty outside one)."""
+    return dict(_request.get() or {})
+
+
+def audit_context() -> dict[str, str]:
+    """What an audit entry records about who acts and from where: actor and request fields."""
+    values = current_request()
+    actor = _actor.get()
+    if actor is not None:
+        values["actor_id"] = str(actor)
+        values.setdefault("actor_type", "user")
+    return values

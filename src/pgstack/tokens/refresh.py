@@ -27,6 +27,7 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pgstack.audit import SECURITY, AuditLog
 from pgstack.db.database import Database
 from pgstack.db.metrics import sqlstate_of
 from pgstack.db.session import translate_error, translated_errors
@@ -370,6 +371,18 @@ async def _store(vault: TokenVault, conn: AsyncConnection, answer: _Answer) -> P
             duration_ms=answer.duration_ms,
         )
     )
+    if answer.error is not None:
+        # In the same transaction as the failure it reports (the tenant is the transaction's).
+        await AuditLog(vault.db).record(
+            "token.refresh_failed",
+            category=SECURITY,
+            outcome="failure",
+            resource_type="oauth_token",
+            resource_id=old.id,
+            description=f"{old.provider} account {old.account}",
+            error=answer.error,
+            session=conn,
+        )
     return token
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from pgstack.audit import SECURITY, AuditLog
 from pgstack.crypto import KeyRing, get_key_ring, row_context
 from pgstack.db.database import Database
 from pgstack.db.session import translated_errors
@@ -280,6 +281,12 @@ class TokenVault:
                 f"{len(report.failures)} token value(s) cannot be decrypted with the keys in "
                 f"PGSTACK_ENCRYPTION_KEYS and were left as they are: {report.failures[0]}"
             )
+        await AuditLog(self.db).record(
+            "token.keys_rotated",
+            category=SECURITY,
+            resource_type="oauth_token",
+            description=f"{report.reencrypted} token value(s) re-encrypted under the newest key",
+        )
         return report.reencrypted
 
     # -- rows to objects ---------------------------------------------------------------------

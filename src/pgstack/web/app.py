@@ -23,6 +23,7 @@ from pgstack.migrations.api import upgrade_async
 from pgstack.migrations.health import install as install_migrations_check
 from pgstack.migrations.project import MigrationProject
 from pgstack.web import problems
+from pgstack.web.audit import RequestContextMiddleware
 from pgstack.web.deps import get_database
 from pgstack.web.ratelimit import RateLimitPolicies
 
@@ -226,6 +227,7 @@ def create_app(
     app.state.pgstack_monitor = None
     app.state.pgstack_started = False
     problems.install(app, probes=router)
+    app.add_middleware(RequestContextMiddleware, trusted_proxies=db.settings.trusted_proxies)
     app.include_router(router)
     for extra in routers:
         app.include_router(extra)

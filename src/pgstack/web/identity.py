@@ -43,6 +43,7 @@ from pgstack.identity import (
     require_scopes as _require_key_scopes,
 )
 from pgstack.identity.text import has_control_characters
+from pgstack.orm.context import note_request, set_actor
 from pgstack.web.deps import Offset, get_database
 from pgstack.web.ratelimit import enforce_caller_limit
 
@@ -106,6 +107,9 @@ async def current_principal(
         principal = Principal(verified.user, api_key=verified.api_key)
     else:
         principal = Principal(await identity.auth.user_for_session(token), session_token=token)
+    # The actor of every write for the rest of the request (Audited columns, audit entries).
+    set_actor(principal.user.id)
+    note_request(actor_type="api_key" if principal.api_key is not None else "user")
     await enforce_caller_limit(request, principal)
     return principal
 

@@ -1,7 +1,7 @@
 """pgstack conversations and query analytics: sessions, their messages, the query log
 
 Revision ID: pgstack_0008_conversations
-Revises: pgstack_0006_rate_limits
+Revises: pgstack_0007_audit
 Create Date: 2026-12-01
 
 Messages are rows keyed by (session_id, seq), not a growing document: appending one writes
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 from pgstack.tenancy.rls import disable_tenant_rls, enable_tenant_rls
 
 revision: str = "pgstack_0008_conversations"
-down_revision: str | Sequence[str] | None = "pgstack_0006_rate_limits"
+down_revision: str | Sequence[str] | None = "pgstack_0007_audit"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

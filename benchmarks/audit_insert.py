@@ -1,0 +1,82 @@
+"""W14: audited single-row inserts against unaudited ones, in the same run, on one server.
+
+    uv run python -m benchmarks.audit_insert --url postgresql://postgres@127.0.0.1:5432/postgres
+
+Makes a scratch database, migrates it (pgstack_0007_audit included), and two identical
+tables, one audited with `enable_audit`'s triggers. Each workload runs `--tasks` concurrent
+tasks on an asyncpg pool, each inserting one row per transaction for `--seconds`:
+- `one chain`: every entry in the global chain (the worst case: all writers serialize on
+  the chain's advisory lock from the insert to the commit);
+- `per tenant`: each task writes for a tenant of its own (one chain each).
+Prints ops/s for the plain table and the audited one, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+
+import asyncpg
+
+from pgstack.audit import audit_sql
+from pgstack.migrations import upgrade
+
+TABLE = "CREATE TABLE {name} (id uuid PRIMARY KEY, tenant_id uuid, title text NOT NULL)"
+
+
+async def _rate(pool: asyncpg.Pool, table: str, tasks: int, seconds: float, tenants: bool) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+    sql = f"INSERT INTO {table} (id, tenant_id, title) VALUES ($1, $2, 'a title')"
+
+    async def work(tenant: uuid.UUID | None) -> None:
+        nonlocal done
+        async with pool.acquire() as conn:
+            while time.perf_counter() < stop:
+                await conn.execute(sql, uuid.uuid4(), tenant)
+                done += 1
+
+    await asyncio.gather(*(work(uuid.uuid4() if tenants else None) for _ in range(tasks)))
+    return done / seconds
+
+
+async def main(url: str, tasks: int, seconds: float, rounds: int) -> None:
+    name = f"pgstack_bench_audit_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    target = url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        await asyncio.to_thread(upgrade, target)
+        conn = await asyncpg.connect(target)
+        for table in ("bench_plain", "bench_audited"):
+            await conn.execute(TABLE.format(name=table))
+        for statement in audit_sql("bench_audited"):
+            await conn.execute(statement)
+        await conn.close()
+        pool = await asyncpg.create_pool(target, min_size=tasks, max_size=tasks)
+        print(f"W14 audited single-row inserts: {tasks} tasks, {seconds:g} s per run")
+        print("| workload | plain ops/s | audited ops/s | ratio |")
+        print("|---|---|---|---|")
+        for label, tenants in (("one chain", False), ("per tenant", True)):
+            for _ in range(rounds):
+                plain = await _rate(pool, "bench_plain", tasks, seconds, tenants)
+                audited = await _rate(pool, "bench_audited", tasks, seconds, tenants)
+                print(f"| {label} | {plain:,.0f} | {audited:,.0f} | {audited / plain:.2f}x |")
+        await pool.close()
+    finally:
+        admin = await asyncpg.connect(url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--tasks", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    asyncio.run(main(args.url, args.tasks, args.seconds, args.rounds))

@@ -1,0 +1,440 @@
+"""The audit log's verbs: write an entry, verify a chain, make and archive partitions, read.
+
+    from pgstack.audit import AuditLog
+
+    audit = AuditLog(db)
+    await audit.record("invoice.sent", resource_type="invoice", resource_id=str(invoice.id))
+    report = await audit.verify()          # the global chain; verify(tenant_id=...) a tenant's
+    page = await audit.entries(category="security", limit=50)
+
+Entries take the actor, tenant, request id, IP and user agent from the context
+(`acting_as`, `tenant_context`, `request_context`, set per request by the web middleware).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, insert, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from pgstack.audit.models import audit_log
+from pgstack.db.database import Database
+from pgstack.errors import InvalidInputError
+from pgstack.orm.context import all_tenants, audit_context, current_tenant, tenant_context
+
+OUTCOMES = ("success", "failure", "partial")
+#: The category of sign-ins, lockouts, password, 2FA, role and key changes.
+SECURITY = "security"
+GENESIS = "0" * 64
+
+# Keys whose values never reach the log, at any depth (matched case-insensitively, as parts).
+_SECRET_PARTS = ("password", "passwd", "token", "secret", "key", "authorization", "cookie", "otp")
+REDACTED = "***"
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(part in lowered for part in _SECRET_PARTS)
+
+
+def redact(value: Any) -> Any:
+    """`value` with the values of secret-looking keys replaced by "***", recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): REDACTED if _is_secret(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What `verify` found: how many entries it checked and the first broken one, if any."""
+
+    chain: str
+    checked: int
+    first_seq: int | None
+    last_seq: int | None
+    broken_id: uuid.UUID | None = None
+    broken_seq: int | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every entry links to the one before and matches its hash."""
+        return self.reason is None
+
+
+# One pass over a chain in order: each entry's hash recomputed, each link and number checked.
+_VERIFY_SQL = text(
+    """
+    SELECT s.id, s.seq, s.reason FROM (
+        SELECT e.id, e.seq,
+               CASE
+                 WHEN e.hash IS DISTINCT FROM pgstack_audit_hash(e) THEN 'its hash does not '
+                      'match its contents (the entry was altered)'
+                 WHEN lag(e.seq) OVER w IS NULL AND e.seq = 1 AND e.prev_hash <> :genesis
+                      THEN 'the first entry does not start the chain'
+                 WHEN lag(e.seq) OVER w IS NOT NULL AND e.seq <> lag(e.seq) OVER w + 1
+                      THEN 'entries before it are missing (removed)'
+                 WHEN lag(e.seq) OVER w IS NOT NULL AND e.prev_hash <> lag(e.hash) OVER w
+                      THEN 'it does not link to the entry before it'
+               END AS reason
+        FROM audit_log e
+        WHERE e.tenant_id IS NOT DISTINCT FROM CAST(:tenant AS uuid)
+        WINDOW w AS (ORDER BY e.seq)
+    ) s
+    WHERE s.reason IS NOT NULL
+    ORDER BY s.seq
+    LIMIT 1
+    """
+)
+
+_SPAN_SQL = text(
+    "SELECT count(*), min(seq), max(seq) FROM audit_log "
+    "WHERE tenant_id IS NOT DISTINCT FROM CAST(:tenant AS uuid)"
+)
+_HEAD_SQL = text("SELECT seq, hash FROM audit_chain_heads WHERE chain = :chain")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page of entries ends: the next page starts after it (keyset)."""
+
+    occurred_at: datetime
+    id: uuid.UUID
+
+    def encode(self) -> str:
+        """The cursor as an opaque string for a URL."""
+        return f"{self.occurred_at.isoformat()}~{self.id}"
+
+    @classmethod
+    def decode(cls, value: str) -> Cursor:
+        """A cursor from `encode`; anything else is an InvalidInputError (422)."""
+        try:
+            at, _, ident = value.partition("~")
+            moment = datetime.fromisoformat(at)
+            if moment.tzinfo is None:
+                raise ValueError(at)
+            return cls(moment, uuid.UUID(ident))
+        except ValueError:
+            raise InvalidInputError(
+                "The cursor is not one this service handed out: pass `next` from a page."
+            ) from None
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    """A page of entries, newest first, and the cursor of the next page (None at the end)."""
+
+    items: list[dict[str, Any]]
+    next: str | None
+
+
+class AuditLog:
+    """The audit log of one database: record, verify, maintain, archive and read entries."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record(
+        self,
+        action: str,
+        *,
+        category: str = "data",
+        outcome: str = "success",
+        resource_type: str | None = None,
+        resource_id: Any = None,
+        description: str | None = None,
+        error: str | None = None,
+        request_data: Any = None,
+        response_data: Any = None,
+        changes: Any = None,
+        tenant_id: uuid.UUID | None = None,
+        actor_id: Any = None,
+        actor_type: str | None = None,
+        session: AsyncSession | AsyncConnection | None = None,
+    ) -> None:
+        """Write one entry; in `session`'s transaction when given, else in a transaction of its own.
+
+        The actor, tenant and request fields default to the context. Request and response
+        data are redacted (passwords, tokens, secrets, keys, authorization) at any depth.
+        """
+        values = entry_values(
+            action,
+            category=category,
+            outcome=outcome,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            description=description,
+            error=error,
+            request_data=request_data,
+            response_data=response_data,
+            changes=changes,
+            tenant_id=tenant_id,
+            actor_id=actor_id,
+            actor_type=actor_type,
+        )
+        statement = insert(audit_log).values(**values)
+        if session is not None:
+            await session.execute(statement)
+            return
+        tenant = values["tenant_id"]
+        scope = tenant_context(tenant) if tenant is not None else all_tenants()
+        with scope:
+            async with self.db.engine.begin() as conn:
+                await conn.execute(statement)
+
+    async def verify(self, tenant_id: uuid.UUID | None = None) -> ChainReport:
+        """Walk a chain (a tenant's, or the global one) and name its first broken entry."""
+        chain = "global" if tenant_id is None else str(tenant_id)
+        tenant = None if tenant_id is None else str(tenant_id)
+        scope = tenant_context(tenant_id) if tenant_id is not None else all_tenants()
+        with scope:
+            async with self.db.engine.begin() as conn:
+                count, first, last = (await conn.execute(_SPAN_SQL, {"tenant": tenant})).one()
+                broken = (
+                    await conn.execute(_VERIFY_SQL, {"tenant": tenant, "genesis": GENESIS})
+                ).first()
+                head = (await conn.execute(_HEAD_SQL, {"chain": chain})).first()
+        report = ChainReport(chain, count, first, last)
+        if broken is not None:
+            return ChainReport(chain, count, first, last, broken.id, broken.seq, broken.reason)
+        if head is not None and (last is None or head.seq > last):
+            return ChainReport(
+                chain,
+                count,
+                first,
+                last,
+                None,
+                head.seq,
+                f"entries {(last or 0) + 1} to {head.seq} are missing (removed)",
+            )
+        return report
+
+    async def entries(
+        self,
+        *,
+        tenant_id: uuid.UUID | None = None,
+        actor_id: Any = None,
+        resource_type: str | None = None,
+        resource_id: Any = None,
+        category: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> EntryPage:
+        """A page of entries, newest first, filtered; `after` is the previous page's `next`."""
+        if not 1 <= limit <= 500:
+            raise InvalidInputError("limit must be between 1 and 500.")
+        if outcome is not None and outcome not in OUTCOMES:
+            raise InvalidInputError(f"outcome must be one of {', '.join(OUTCOMES)}.")
+        filters: list[Any] = []
+        pairs = (
+            (audit_log.c.actor_id, actor_id),
+            (audit_log.c.resource_type, resource_type),
+            (audit_log.c.resource_id, resource_id),
+            (audit_log.c.category, category),
+            (audit_log.c.action, action),
+            (audit_log.c.outcome, outcome),
+        )
+        for column, value in pairs:
+            if value is not None:
+                filters.append(column == str(value))
+        if since is not None:
+            filters.append(audit_log.c.occurred_at >= since)
+        if until is not None:
+            filters.append(audit_log.c.occurred_at < until)
+        if after is not None:
+            cursor = Cursor.decode(after)
+            filters.append(
+                or_(
+                    audit_log.c.occurred_at < cursor.occurred_at,
+                    and_(
+                        audit_log.c.occurred_at == cursor.occurred_at,
+                        audit_log.c.id < cursor.id,
+                    ),
+                )
+            )
+        tenant = tenant_id if tenant_id is not None else current_tenant()
+        statement = (
+            select(audit_log)
+            .where(audit_log.c.tenant_id.is_not_distinct_from(tenant), *filters)
+            .order_by(audit_log.c.occurred_at.desc(), audit_log.c.id.desc())
+            .limit(limit + 1)
+        )
+        scope = tenant_context(tenant) if tenant is not None else all_tenants()
+        with scope:
+            async with self.db.engine.connect() as conn:
+                rows = list((await conn.execute(statement)).mappings())
+        items = [dict(row) for row in rows[:limit]]
+        following = None
+        if len(rows) > limit:
+            last = items[-1]
+            following = Cursor(last["occurred_at"], last["id"]).encode()
+        return EntryPage(items, following)
+
+    async def failures(self, **filters: Any) -> EntryPage:
+        """Recent entries whose outcome was a failure."""
+        return await self.entries(outcome="failure", **filters)
+
+    async def security_events(self, **filters: Any) -> EntryPage:
+        """Recent sign-ins, lockouts, password, 2FA, role and key changes."""
+        return await self.entries(category=SECURITY, **filters)
+
+
+def entry_values(
+    action: str,
+    *,
+    category: str = "data",
+    outcome: str = "success",
+    resource_type: str | None = None,
+    resource_id: Any = None,
+    description: str | None = None,
+    error: str | None = None,
+    request_data: Any = None,
+    response_data: Any = None,
+    changes: Any = None,
+    tenant_id: uuid.UUID | None = None,
+    actor_id: Any = None,
+    actor_type: str | None = None,
+) -> dict[str, Any]:
+    """The column values of one entry, the context filling in what is not given."""
+    if not action or len(action) > 200:
+        raise InvalidInputError("An audit entry needs an action name of at most 200 characters.")
+    if outcome not in OUTCOMES:
+        raise InvalidInputError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}.")
+    context = audit_context()
+    if actor_id is None:
+        actor_id = context.get("actor_id")
+    tenant = tenant_id if tenant_id is not None else current_tenant()
+    return {
+        "id": uuid.uuid4(),
+        "tenant_id": None if tenant is None else uuid.UUID(str(tenant)),
+        "actor_id": None if actor_id is None else str(actor_id),
+        "actor_type": actor_type
+        or context.get("actor_type")
+        or ("user" if actor_id is not None else "system"),
+        "action": action,
+        "category": category,
+        "resource_type": resource_type,
+        "resource_id": None if resource_id is None else str(resource_id),
+        "description": description,
+        "ip": context.get("ip"),
+        "user_agent": context.get("user_agent"),
+        "request_id": context.get("request_id"),
+        "outcome": outcome,
+        "error": error,
+        "request_data": None if request_data is None else redact(request_data),
+        "response_data": None if response_data is None else redact(response_data),
+        "changes": None if changes is None else redact(changes),
+    }
+
+
+# -- partitions ---------------------------------------------------------------------------
+
+
+def month_start(moment: date | datetime) -> date:
+    """The first day of `moment`'s month (UTC for datetimes)."""
+    if isinstance(moment, datetime):
+        moment = moment.astimezone(UTC).date() if moment.tzinfo else moment.date()
+    return moment.replace(day=1)
+
+
+def add_months(month: date, count: int) -> date:
+    """The first day of the month `count` months after `month`."""
+    index = month.year * 12 + month.month - 1 + count
+    return date(index // 12, index % 12 + 1, 1)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One month's partition of the audit log."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+
+_PARTITIONS_SQL = text(
+    """
+    SELECT c.relname AS name,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]
+               AS start,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]
+               AS end
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'audit_log'::regclass
+    ORDER BY 2
+    """
+)
+
+
+async def partitions(conn: AsyncConnection) -> list[Partition]:
+    """The attached partitions of the audit log, oldest first."""
+    await conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
+    rows: Sequence[Row[Any]] = (await conn.execute(_PARTITIONS_SQL)).all()
+    return [
+        Partition(r.name, datetime.fromisoformat(r.start), datetime.fromisoformat(r.end))
+        for r in rows
+    ]
+
+
+async def maintain(conn: AsyncConnection, *, now: datetime, months_ahead: int = 3) -> list[str]:
+    """Make the partitions of `now`'s month and the `months_ahead` after it; return those made.
+
+    Needs the owner role (DDL): run it from `pgstack audit maintain`, or a scheduled job.
+    """
+    if not 0 <= months_ahead <= 36:
+        raise InvalidInputError("months_ahead must be between 0 and 36.")
+    first = month_start(now)
+    made: list[str] = []
+    for step in range(months_ahead + 1):
+        month = add_months(first, step)
+        name = (
+            await conn.execute(text("SELECT pgstack_audit_partition(:m)"), {"m": month})
+        ).scalar()
+        if name:
+            made.append(str(name))
+    return made
+
+
+async def archive(conn: AsyncConnection, *, before: date | datetime) -> list[Partition]:
+    """Detach every partition that ends on or before `before` (a month's first day).
+
+    The detached tables stay in the database, still refusing changes, and no longer show in
+    the audit log; export them (`pgstack audit archive --export`) and drop them when kept
+    elsewhere. A chain's verification then starts at its first attached entry.
+    """
+    cutoff = datetime.combine(month_start(before), datetime.min.time(), UTC)
+    detached: list[Partition] = []
+    for part in await partitions(conn):
+        if part.end <= cutoff:
+            await conn.execute(text(f'ALTER TABLE audit_log DETACH PARTITION "{part.name}"'))
+            detached.append(part)
+    return detached
+
+
+__all__ = [
+    "OUTCOMES",
+    "SECURITY",
+    "AuditLog",
+    "ChainReport",
+    "Cursor",
+    "EntryPage",
+    "Partition",
+    "archive",
+    "entry_values",
+    "maintain",
+    "partitions",
+    "redact",
+]

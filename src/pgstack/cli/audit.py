@@ -1,0 +1,160 @@
+"""`pgstack audit tail|verify|maintain|archive`: the audit log from the shell."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
+
+audit_app: typer.Typer = group("The audit log: recent entries, chain verification, partitions.")
+
+TenantOpt = Annotated[
+    uuid.UUID | None, typer.Option("--tenant", help="A tenant's id; without it, the global chain.")
+]
+
+
+def _owner(work: Any) -> Any:
+    """Run `work(conn)` in one transaction as the schema owner (DATABASE_MIGRATION_URL)."""
+    from pgstack.config import Settings
+    from pgstack.db.database import Database
+    from pgstack.migrations.api import migration_settings
+
+    async def main() -> Any:
+        async with Database(migration_settings(Settings())) as db, db.engine.begin() as conn:
+            return await work(conn)
+
+    return asyncio.run(main())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime | date | uuid.UUID):
+        return str(value)
+    return value
+
+
+@audit_app.command("tail")
+@expected_failures
+def tail(
+    tenant: TenantOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many entries.")] = 20,
+    category: Annotated[
+        str | None, typer.Option(help="Only this category (security, data).")
+    ] = None,
+    failures: Annotated[bool, typer.Option("--failures", help="Only failures.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The most recent entries, newest first."""
+    from pgstack.audit import AuditLog
+
+    page = on_database(
+        lambda db: AuditLog(db).entries(
+            tenant_id=tenant,
+            category=category,
+            outcome="failure" if failures else None,
+            limit=limit,
+        )
+    )
+    rows = [{k: _plain(v) for k, v in item.items()} for item in page.items]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        typer.echo(
+            f"{row['occurred_at']}  #{row['seq']}  {row['outcome']:<7}  {row['action']}  "
+            f"actor={row['actor_id'] or '-'}  resource={row['resource_type'] or '-'}:"
+            f"{row['resource_id'] or '-'}  request={row['request_id'] or '-'}"
+        )
+    typer.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+
+
+@audit_app.command("verify")
+@expected_failures
+def verify(tenant: TenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Walk a chain and name its first broken entry; exit code 1 when it is broken."""
+    from pgstack.audit import AuditLog
+
+    report = on_database(lambda db: AuditLog(db).verify(tenant))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "chain": report.chain,
+                    "ok": report.ok,
+                    "checked": report.checked,
+                    "first_seq": report.first_seq,
+                    "last_seq": report.last_seq,
+                    "broken_id": _plain(report.broken_id),
+                    "broken_seq": report.broken_seq,
+                    "reason": report.reason,
+                }
+            )
+        )
+    elif report.ok:
+        typer.echo(f"chain {report.chain}: {report.checked} entries, unbroken")
+    else:
+        typer.echo(
+            f"chain {report.chain}: BROKEN at entry #{report.broken_seq} "
+            f"(id {report.broken_id or '-'}): {report.reason}"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("maintain")
+@expected_failures
+def maintain(
+    months_ahead: Annotated[
+        int, typer.Option(min=0, max=36, help="Make partitions this many months ahead.")
+    ] = 3,
+) -> None:
+    """Make the monthly partitions of this month and the coming ones (as the owner role)."""
+    from pgstack.audit import maintain as make
+
+    made = _owner(lambda conn: make(conn, now=datetime.now(UTC), months_ahead=months_ahead))
+    for name in made:
+        typer.echo(f"made {name}")
+    typer.echo(f"{len(made)} partition(s) made")
+
+
+@audit_app.command("archive")
+@expected_failures
+def archive(
+    before: Annotated[
+        datetime, typer.Option(formats=["%Y-%m-%d"], help="Detach months ending by this date.")
+    ],
+    export: Annotated[
+        Path | None, typer.Option(help="Write each detached month here as JSON lines first.")
+    ] = None,
+) -> None:
+    """Detach (and optionally export) the partitions of months that end before `--before`."""
+    from sqlalchemy import text
+
+    from pgstack.audit import archive as detach
+
+    async def work(conn: Any) -> list[Any]:
+        detached = await detach(conn, before=before.date())
+        if export is not None:
+            export.mkdir(parents=True, exist_ok=True)
+        for part in detached:
+            if export is None:
+                continue
+            # Detached, the month is the owner's own table: row-level security is lifted
+            # for the export (every tenant's entries) and forced again before commit.
+            await conn.execute(text(f'ALTER TABLE "{part.name}" NO FORCE ROW LEVEL SECURITY'))
+            rows = await conn.execute(
+                text(f'SELECT to_jsonb(p)::text FROM "{part.name}" p ORDER BY tenant_id, seq')
+            )
+            with (export / f"{part.name}.jsonl").open("w") as out:
+                out.writelines(f"{line}\n" for (line,) in rows)
+            await conn.execute(text(f'ALTER TABLE "{part.name}" FORCE ROW LEVEL SECURITY'))
+        return detached
+
+    for part in _owner(work):
+        typer.echo(f"detached {part.name} ({part.start:%Y-%m})")
