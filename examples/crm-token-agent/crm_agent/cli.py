@@ -1,6 +1,6 @@
 """`python -m crm_agent demo | import-legacy | health`; the refresh worker is pgstack's own.
 
-    pgstack tokens refresh-due --refreshers crm_agent.oauth:REFRESHERS --within-minutes 10
+pgstack tokens refresh-due --refreshers crm_agent.oauth:REFRESHERS --within-minutes 10
 """
 
 from __future__ import annotations

@@ -53,7 +53,9 @@ async def check(db: Database) -> HealthResult:
         name = f"token {token.provider}/{token.account}"
         status = token.status()
         if status == "expired":
-            result.add(CRITICAL, f"{name}: expired; is refresh-due running? {token.last_error or ''}")
+            result.add(
+                CRITICAL, f"{name}: expired; is refresh-due running? {token.last_error or ''}"
+            )
         elif token.refresh_failures:
             result.add(
                 WARNING,

@@ -11,9 +11,9 @@ import base64
 import secrets
 import socket
 import threading
-from urllib.parse import parse_qs
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 import uvicorn
 from fastapi import FastAPI, Header, Request

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from crm_agent import provider
+
 from pgstack.crypto import configure_encryption, generate_key
 from pgstack.migrations import MigrationProject
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import select
-from sqlalchemy.engine import URL
-
 from crm_agent.legacy import import_legacy
 from crm_agent.models import LegacyToken
 from crm_agent.oauth import REFRESHERS, refresh_crm
 from crm_agent.provider import FakeCRM
+from sqlalchemy import select
+from sqlalchemy.engine import URL
+
 from pgstack import Database
 from pgstack.testing import assert_migrations_roundtrip, assert_no_drift
 from pgstack.testing.plugin import asyncpg_dsn
