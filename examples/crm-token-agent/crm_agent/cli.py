@@ -12,19 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
-from sqlalchemy import delete
 
-from crm_agent import provider
 from crm_agent.health import NAMES, check
-from crm_agent.legacy import PROVIDER, import_legacy
-from crm_agent.models import LegacyToken
-from crm_agent.oauth import REFRESHERS, refresh_crm
 from pgstack import Database
-from pgstack.crypto import ENV_VAR, configure_encryption, generate_key
-from pgstack.migrations import MigrationProject, upgrade_async
-from pgstack.tokens import TokenVault
 
 HERE = Path(__file__).resolve().parents[1]
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -33,6 +24,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 @app.command("import-legacy")
 def import_legacy_command() -> None:
     """Move the old agent's plaintext tokens into the vault (run once; safe to run again)."""
+
+    from crm_agent.legacy import import_legacy
+    from pgstack.tokens import TokenVault
 
     async def run() -> None:
         async with Database() as db:
@@ -65,6 +59,8 @@ def health(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def demo() -> None:
     """The whole story on a fake provider: import, concurrent callers, one refresh, the API."""
+    from pgstack.crypto import ENV_VAR, configure_encryption, generate_key
+
     if not os.environ.get(ENV_VAR):
         key_file = HERE / ".pgstack" / "demo-encryption-key"
         if not key_file.exists():
@@ -76,6 +72,17 @@ def demo() -> None:
 
 
 async def _demo() -> None:
+    # The demo's pieces only: the cron commands above start faster without them.
+    import httpx
+    from sqlalchemy import delete
+
+    from crm_agent import provider
+    from crm_agent.legacy import PROVIDER, import_legacy
+    from crm_agent.models import LegacyToken
+    from crm_agent.oauth import REFRESHERS, refresh_crm
+    from pgstack.migrations import MigrationProject, upgrade_async
+    from pgstack.tokens import TokenVault
+
     crm = provider.FakeCRM()
     with provider.ProviderServer(crm) as server:
         os.environ["CRM_TOKEN_URL"] = server.token_url

@@ -6,10 +6,14 @@ Exit codes follow the monitoring-plugin convention: 0 OK, 1 WARNING, 2 CRITICAL.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pgstack import Database, PgStackError
+from pgstack.migrations import MigrationProject, migrations_check
 from pgstack.tokens import TokenVault
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 OK, WARNING, CRITICAL = 0, 1, 2
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL"}
@@ -34,8 +38,9 @@ class HealthResult:
 
 
 async def check(db: Database) -> HealthResult:
-    """Connect, check the database, then look at every token (no secret is read)."""
+    """Connect, check the database and its migrations, then every token (no secret is read)."""
     result = HealthResult()
+    db.health_checks.append(migrations_check(MigrationProject.from_pyproject(PROJECT)))
     try:
         if not db.is_connected:
             await db.connect()
@@ -43,6 +48,8 @@ async def check(db: Database) -> HealthResult:
         for name, probe in report.checks.items():
             level = {"pass": OK, "warn": WARNING}.get(probe.status, CRITICAL)
             result.add(level, f"database {name}: {probe.status} {probe.output or ''}".rstrip())
+        if result.code == CRITICAL:
+            return result
         tokens = await TokenVault(db).list_tokens()
     except PgStackError as exc:
         result.add(CRITICAL, f"database: {exc}")

@@ -10,19 +10,18 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
+from crm_agent.health import CRITICAL, OK, WARNING, check
 from crm_agent.legacy import import_legacy
 from crm_agent.models import LegacyToken
 from crm_agent.oauth import REFRESHERS, refresh_crm
 from crm_agent.provider import FakeCRM
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import URL
 
-from pgstack import Database
+from pgstack import Database, Settings
 from pgstack.testing import assert_migrations_roundtrip, assert_no_drift
-from pgstack.testing.plugin import asyncpg_dsn
 from pgstack.tokens import TokenVault
 
 HERE = Path(__file__).resolve().parents[1]
@@ -82,7 +81,7 @@ async def test_concurrent_callers_refresh_once_through_authlib(
 
 
 async def test_import_legacy_encrypts_blanks_and_keeps_newer_vault_tokens(
-    pgstack_migrated_db: Database, pgstack_migrated_url: URL, encryption_key: str, crm: FakeCRM
+    pgstack_migrated_db: Database, encryption_key: str, crm: FakeCRM
 ) -> None:
     # proves: X0, S0 (the one-off import from the legacy plaintext table), T1
     db = pgstack_migrated_db
@@ -115,15 +114,12 @@ async def test_import_legacy_encrypts_blanks_and_keeps_newer_vault_tokens(
     assert (await vault.get("crm", "portal-b")).refresh_token == newer
 
     # No plaintext secret is left anywhere in the database.
-    conn = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
-    try:
-        legacy = await conn.fetch("SELECT * FROM legacy_crm_tokens")
-        vault_rows = await conn.fetch("SELECT access_token, refresh_token FROM oauth_tokens")
-    finally:
-        await conn.close()
+    async with db.session() as session:
+        legacy = (await session.execute(text("SELECT * FROM legacy_crm_tokens"))).mappings().all()
+        stored = await session.execute(text("SELECT access_token, refresh_token FROM oauth_tokens"))
+        dump = repr(stored.all())
     assert all(r["access_token"] is None and r["refresh_token"] is None for r in legacy)
     assert all(r["imported_at"] is not None for r in legacy)
-    dump = repr([tuple(r) for r in vault_rows])
     assert "legacy-access-a" not in dump and "legacy-refresh-a" not in dump
 
     assert await import_legacy(db, vault) == type(result)(imported=0, kept=0)
@@ -161,33 +157,49 @@ async def test_refresh_due_worker_is_pgstacks_command(
 
 
 async def test_health_script_exit_codes_for_cron(
-    pgstack_migrated_db: Database, pgstack_migrated_url: URL, encryption_key: str, crm: FakeCRM
+    pgstack_migrated_db: Database,
+    pgstack_migrated_settings: Settings,
+    pgstack_migrated_url: URL,
+    pgstack_empty_url: URL,
+    encryption_key: str,
+    crm: FakeCRM,
 ) -> None:
     # proves: X0, C5 (a health check with exit codes for cron: 0 OK, 1 WARNING, 2 CRITICAL)
-    health = [sys.executable, "-m", "crm_agent", "health"]
+    async def level_of(url: URL) -> tuple[int, str]:
+        async with Database(pgstack_migrated_settings.with_url(url)) as db:
+            result = await check(db)
+        return result.code, "\n".join(message for _, message in result.findings)
+
     vault = TokenVault(pgstack_migrated_db)
-
-    empty = run(health, pgstack_migrated_url, encryption_key)
-    assert empty.returncode == 1 and "no tokens stored" in empty.stdout
-
+    code, text_ = await level_of(pgstack_migrated_url)
+    assert code == WARNING and "no tokens stored" in text_
     await save_due(vault, crm, "portal-1", minutes=60)
-    ok = run([*health, "--json"], pgstack_migrated_url, encryption_key)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert json.loads(ok.stdout)["status"] == "OK"
-
+    assert (await level_of(pgstack_migrated_url))[0] == OK
     await save_due(vault, crm, "portal-2", minutes=2)
-    assert run(health, pgstack_migrated_url, encryption_key).returncode == 1
-
+    code, text_ = await level_of(pgstack_migrated_url)
+    assert code == WARNING and "portal-2: expires in" in text_
     grant = crm.grant("portal-3")
     await vault.save("crm", "portal-3", grant["access_token"], expires_in=-60)
-    expired = run(health, pgstack_migrated_url, encryption_key)
-    assert expired.returncode == 2 and "portal-3: expired" in expired.stdout
-    assert grant["access_token"] not in expired.stdout
+    code, text_ = await level_of(pgstack_migrated_url)
+    assert code == CRITICAL and "portal-3: expired" in text_
+    assert grant["access_token"] not in text_
+    code, text_ = await level_of(pgstack_empty_url)  # never migrated
+    assert code == CRITICAL and "run `pgstack db upgrade`" in text_
 
+    # As cron runs it: the level is the exit code.
+    health = [sys.executable, "-m", "crm_agent", "health"]
+    expired = run([*health, "--json"], pgstack_migrated_url, encryption_key)
+    assert expired.returncode == 2, expired.stdout + expired.stderr
+    body = json.loads(expired.stdout)
+    assert body["status"] == "CRITICAL" and grant["access_token"] not in expired.stdout
+    await vault.delete("crm", "portal-3")
+    warning = run(health, pgstack_migrated_url, encryption_key)
+    assert warning.returncode == 1 and "WARNING  token crm/portal-2" in warning.stdout
     down = pgstack_migrated_url.set(host="127.0.0.1", port=1, query={})
     unreachable = run(health, down, encryption_key)
     assert unreachable.returncode == 2, unreachable.stdout + unreachable.stderr
-    assert "CRITICAL" in unreachable.stdout and "Traceback" not in unreachable.stderr
+    assert "CRITICAL database: Cannot connect" in unreachable.stdout
+    assert "Traceback" not in unreachable.stderr
 
 
 @pytest.mark.parametrize("check", ["roundtrip", "drift"])
