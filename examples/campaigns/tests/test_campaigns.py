@@ -133,6 +133,7 @@ async def test_a_campaign_launches_once_under_concurrent_launches(
         ("patch", "/campaigns/{id}", {"name": "no version"}, 422),
         ("post", "/campaigns/{id}/members", [{"email": "not an address"}], 422),
         ("post", "/campaigns/{id}/members", {"email": "a@b.c"}, 422),
+        ("post", "/campaigns/{id}/members", [{"email": "\uff41@b.c"}, {"email": "A@b.c"}], 422),
     ],
 )
 async def test_hostile_input_is_a_4xx_problem(
