@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -35,8 +35,11 @@ async def client(pgstack_migrated_db: Database) -> AsyncIterator[httpx.AsyncClie
         yield http
 
 
+MakeUser = Callable[[str], Awaitable[tuple[str, dict[str, str]]]]
+
+
 @pytest.fixture
-def make_user(pgstack_migrated_db: Database):  # type: ignore[no-untyped-def]
+def make_user(pgstack_migrated_db: Database) -> MakeUser:
     """Make a user with an API key; the user's id and the headers to send."""
     identity = Identity(pgstack_migrated_db)
 

@@ -15,7 +15,7 @@ import pytest
 from crm_agent.health import CRITICAL, OK, WARNING, check
 from crm_agent.legacy import import_legacy
 from crm_agent.models import LegacyToken
-from crm_agent.oauth import REFRESHERS, refresh_crm
+from crm_agent.oauth import refresh_crm
 from crm_agent.provider import FakeCRM
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL
@@ -153,7 +153,6 @@ async def test_refresh_due_worker_is_pgstacks_command(
     [info] = [t for t in await vault.list_tokens() if t.account == "portal-1"]
     assert info.refresh_failures == 1 and "invalid_grant" in (info.last_error or "")
     assert revoked.refresh_token not in (info.last_error or "")
-    assert REFRESHERS["crm"] is refresh_crm
 
 
 async def test_health_script_exit_codes_for_cron(
