@@ -1,0 +1,1 @@
+"""A campaigns service on pgstack: campaigns, their members, and launching them."""

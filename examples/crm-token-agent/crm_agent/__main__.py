@@ -1,0 +1,3 @@
+from crm_agent.cli import app
+
+app(prog_name="crm-agent")
