@@ -33,10 +33,12 @@ from pgstack.errors import BackupError, ConflictError
 #: Called with (tables dumped or restored so far, tables in all).
 Progress = Callable[[int, int], None]
 
+# Tables that hold rows: a partitioned table's rows are its partitions' (counted, and dumped,
+# once each), so the parent itself is left out.
 _TABLES = """
 SELECT format('%I.%I', n.nspname, c.relname) AS name FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 AND n.nspname !~ '^pg_' ORDER BY 1
 """
 _PROGRESS_LINE = re.compile(r"(dumping contents of table|processing data for table) ")
