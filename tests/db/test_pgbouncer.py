@@ -159,7 +159,11 @@ async def test_migrations_run_through_pgbouncer_under_a_transaction_lock(
         assert applied, "nothing was migrated"
         assert await upgrade_async(settings, project=project) == []
         # The lock went with its transaction: no advisory lock is left on any connection.
-        locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        # This test's database only: other tests (other workers) may hold their own.
+        locks = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
         assert await holder.fetchval(locks) == 0
     finally:
         await holder.close()
