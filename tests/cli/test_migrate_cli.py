@@ -376,6 +376,21 @@ def test_reset_asks_then_drops_and_migrates_afresh(sample_url: URL) -> None:
     assert status(sample_url, project=MigrationProject.from_pyproject(SAMPLE)).at_head
 
 
+def test_reset_names_every_host_of_a_multi_host_url(sample_url: URL) -> None:
+    # proves: G5 (the question names each server a multi-host URL could reach)
+    add_author(sample_url)
+    port = sample_url.port or 5432
+    host = sample_url.host or "127.0.0.1"
+    both = (
+        f"postgresql://{sample_url.username}@/{sample_url.database}"
+        f"?host={host}:{port}&host=localhost:{port}"
+    )
+    declined = cli(both, "reset", "--project", str(SAMPLE), input="n\n")
+    assert declined.exit_code == 1
+    assert f"{host}:{port},localhost:{port}" in declined.output, declined.output
+    assert query(sample_url, "SELECT count(*) FROM sample_authors") == 1
+
+
 def test_clear_is_refused_in_production_and_touches_nothing(sample_url: URL) -> None:
     # proves: G6
     add_author(sample_url)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pgstack.cli.main import JsonOpt, db_app, expected_failures
+from pgstack.config import hosts_text
 from pgstack.errors import MigrationError
 
 if TYPE_CHECKING:
@@ -456,5 +457,4 @@ def _where(settings: Settings) -> str:
     url = settings.url
     if url is None:
         return "the database"
-    host = url.host or url.query.get("host") or "localhost"
-    return f"database {url.database!r} on {host}"
+    return f"database {url.database!r} on {hosts_text(url)}"
