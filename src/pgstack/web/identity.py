@@ -45,6 +45,7 @@ from pgstack.identity import (
 from pgstack.identity.text import has_control_characters
 from pgstack.orm.context import note_request, set_actor
 from pgstack.web.deps import Offset, get_database
+from pgstack.web.pages import PageOut
 from pgstack.web.ratelimit import enforce_caller_limit
 
 logger = logging.getLogger("pgstack.web")
@@ -340,17 +341,8 @@ class ProfileIn(_Body):
     bio: _Bio | None = None
 
 
-class UserPageOut(BaseModel):
+class UserPageOut(PageOut[UserOut]):
     """One page; `total` is the planner's estimate when `total_is_estimate` is true."""
-
-    items: list[UserOut]
-    total: int | None = Field(description="How many rows match in all.")
-    limit: int
-    offset: int
-    total_is_estimate: bool = Field(
-        description="Whether `total` is the planner's estimate rather than a count (big lists)."
-    )
-    has_more: bool = Field(description="Whether rows follow this page (always exact).")
 
 
 class StatisticsOut(BaseModel):
@@ -579,14 +571,7 @@ def identity_router(
             limit=limit,
             offset=offset,
         )
-        return UserPageOut(
-            items=[UserOut.model_validate(u) for u in page.items],
-            total=page.total,
-            limit=page.limit,
-            offset=page.offset,
-            total_is_estimate=page.total_is_estimate,
-            has_more=page.has_more,
-        )
+        return UserPageOut.from_page(page, UserOut)
 
     @router.get("/admin/users/statistics", dependencies=[Depends(admin)])
     async def user_statistics(

@@ -30,6 +30,7 @@ from pgstack.orm.context import acting_as, tenant_context
 from pgstack.tenancy import Tenancy, Tenant, TenantMembership, TenantRole, TenantStatus
 from pgstack.web.deps import Offset, get_database
 from pgstack.web.identity import Principal, PrincipalDep, require_roles
+from pgstack.web.pages import PageOut
 from pgstack.web.ratelimit import enforce_tenant_limit
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -235,17 +236,8 @@ class MyTenantOut(BaseModel):
     role: str
 
 
-class TenantPageOut(BaseModel):
+class TenantPageOut(PageOut[TenantOut]):
     """One page; `total` is the planner's estimate when `total_is_estimate` is true."""
-
-    items: list[TenantOut]
-    total: int | None = Field(description="How many rows match in all.")
-    limit: int
-    offset: int
-    total_is_estimate: bool = Field(
-        description="Whether `total` is the planner's estimate rather than a count (big lists)."
-    )
-    has_more: bool = Field(description="Whether rows follow this page (always exact).")
 
 
 class TenantIn(_Body):
@@ -496,14 +488,7 @@ def tenancy_router(*, admin_role: str = "admin", tags: Sequence[str] = ("tenancy
             limit=limit,
             offset=offset,
         )
-        return TenantPageOut(
-            items=[TenantOut.model_validate(t) for t in page.items],
-            total=page.total,
-            limit=page.limit,
-            offset=page.offset,
-            total_is_estimate=page.total_is_estimate,
-            has_more=page.has_more,
-        )
+        return TenantPageOut.from_page(page, TenantOut)
 
     @router.get("/admin/tenants/by-external-id/{external_id}", dependencies=admin)
     async def tenant_by_external_id(
