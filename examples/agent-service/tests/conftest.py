@@ -28,6 +28,7 @@ pytest_plugins = ["pgstack.testing.plugin"]
 HERE = Path(__file__).resolve().parents[1]
 PASSWORD = "violet Harbour 42 lanterns drift"
 PROBLEM = "application/problem+json"
+AGENT_BUILDERS = "agent-builders"
 
 
 @pytest.fixture(scope="session")
