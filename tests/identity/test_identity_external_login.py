@@ -44,7 +44,7 @@ async def test_unknown_deactivated_or_local_identities_get_no_session(
 ) -> None:
     # proves: I1, I7 (no session for an identity the provider did not name, or a blocked user)
     register_provider("okta")
-    with pytest.raises(NotFoundError, match="users.create"):
+    with pytest.raises(NotFoundError, match=r"users\.create"):
         await identity.auth.login_external("okta", "nobody")
     with pytest.raises(NotFoundError):  # the same id at another provider is another identity
         await identity.users.create("gh@example.com", provider="github", provider_user_id="7")
