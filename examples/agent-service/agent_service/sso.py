@@ -16,14 +16,23 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import jwt
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from pgstack.errors import AuthenticationError, ConflictError, NotFoundError, PgStackError
+from pgstack.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    PgStackError,
+)
 from pgstack.identity import Identity, LoginResult, register_provider
 from pgstack.web.identity import IdentityDep
+from pgstack.web.ratelimit import rate_limit
 
 PROVIDER = register_provider("okta")
+#: Sign-in attempts per client address (behind a proxy: set TRUSTED_PROXIES).
+SIGN_IN_LIMIT = "30/minute; 300/hour"
 _MAX_GROUPS = 100
 
 
@@ -48,9 +57,15 @@ class SsoConfig:
         issuer = os.environ.get("AGENT_SSO_ISSUER")
         if not issuer:
             return None
+        audience = os.environ.get("AGENT_SSO_AUDIENCE")
+        if not audience:
+            raise ConfigurationError(
+                "AGENT_SSO_ISSUER is set but AGENT_SSO_AUDIENCE is not: set it to the client id "
+                "the provider puts in its ID tokens' `aud`."
+            )
         return cls(
             issuer=issuer,
-            audience=os.environ["AGENT_SSO_AUDIENCE"],
+            audience=audience,
             jwks_url=os.environ.get("AGENT_SSO_JWKS_URL") or f"{issuer.rstrip('/')}/v1/keys",
         )
 
@@ -165,9 +180,12 @@ def sso_router(config: SsoConfig | None) -> APIRouter:
     router = APIRouter(tags=["single sign-on"])
     verifier = IdTokenVerifier(config) if config is not None else None
 
+    # Every unknown key id in a token makes the key client ask the provider again: a limit
+    # per client address keeps anyone from turning this route against the provider.
     @router.post(
         f"/auth/sso/{PROVIDER}",
         responses={401: {"description": "The ID token does not verify."}},
+        dependencies=[Depends(rate_limit(SIGN_IN_LIMIT, resource="sso", per="ip"))],
     )
     async def sso_sign_in(body: IdTokenIn, identity: IdentityDep) -> SessionOut:
         """Sign in with the provider's ID token; 401 when it does not verify."""

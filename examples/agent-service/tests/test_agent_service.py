@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -467,3 +468,20 @@ def test_migrations(check: str, pgstack_empty_url: URL, pgstack_migrated_url: UR
         assert_migrations_roundtrip(pgstack_empty_url, project=project)
     else:
         assert_no_drift(pgstack_migrated_url, project=project)
+
+
+async def test_sign_in_attempts_through_the_provider_are_limited_per_address(
+    client: httpx.AsyncClient, idp: IdentityProvider
+) -> None:
+    # proves: X1, N4 (per-address limit in PostgreSQL), W2 (429 with Retry-After)
+    left = 60 - time.time() % 60
+    if left < 15:  # a minute window must not end in the middle of the burst
+        await asyncio.sleep(left + 0.1)
+    fetches = idp.fetches
+    garbage = {"id_token": "eyJhbGciOiJSUzI1NiIsImtpZCI6Im5vcGUifQ.e30.c2ln"}
+    codes = [(await client.post("/auth/sso/okta", json=garbage)).status_code for _ in range(31)]
+    assert codes == [401] * 30 + [429]
+    limited = await client.post("/auth/sso/okta", json={"id_token": idp.id_token("u", "u@x.io")})
+    body = problem(limited, 429)
+    assert body["violated-policies"] == ["sso"] and int(limited.headers["Retry-After"]) <= 60
+    assert idp.fetches - fetches <= 30  # refused attempts never reach the provider
