@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from pgstack import Database, Settings
-from pgstack.identity import User
+from pgstack.identity import Identity, User
 from pgstack.migrations import MigrationProject
 
 pytest_plugins = ["pgstack.testing.plugin"]
@@ -162,3 +162,19 @@ async def new_workspace(client: httpx.AsyncClient, token: str, slug: str) -> str
     )
     assert made.status_code == 201, made.text
     return str(made.json()["id"])
+
+
+async def builder(
+    client: httpx.AsyncClient, outbox: Outbox, db: Database, email: str, slug: str
+) -> tuple[str, str, User]:
+    """A signed-up owner of a new workspace, put in `agent-builders` by an operator.
+
+    The session token, the workspace id and the user.
+    """
+    token = await sign_up(client, outbox, email)
+    workspace = await new_workspace(client, token, slug)
+    identity = Identity(db)
+    user = await identity.users.get_by_email(email)
+    assert user is not None
+    user = await identity.users.update(user.id, groups=[AGENT_BUILDERS])
+    return token, workspace, user

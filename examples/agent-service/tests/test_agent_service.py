@@ -18,7 +18,16 @@ from pgstack.identity import Identity
 from pgstack.migrations import MigrationProject
 from pgstack.testing import assert_migrations_roundtrip, assert_no_drift
 
-from .conftest import PASSWORD, IdentityProvider, Outbox, bearer, new_workspace, problem, sign_up
+from .conftest import (
+    PASSWORD,
+    IdentityProvider,
+    Outbox,
+    bearer,
+    builder,
+    new_workspace,
+    problem,
+    sign_up,
+)
 
 HERE = Path(__file__).resolve().parents[1]
 AGENT = {"name": "support-bot", "model": "gpt-4o-mini", "tools": ["orders.lookup"]}
@@ -310,11 +319,7 @@ async def test_every_change_is_audited_with_the_request_id_and_the_actor(
     client: httpx.AsyncClient, outbox: Outbox, service_db: Database
 ) -> None:
     # proves: X1, A1 (actor, request id, IP, user agent), A3 (diffs in the same transaction)
-    owner = await sign_up(client, outbox, "owner@example.com")
-    workspace = await new_workspace(client, owner, "acme")
-    user = await Identity(service_db).users.get_by_email("owner@example.com")
-    assert user is not None
-    await Identity(service_db).users.update(user.id, groups=["agent-builders"])
+    owner, workspace, user = await builder(client, outbox, service_db, "owner@example.com", "acme")
     here = {"X-Tenant-ID": workspace, "User-Agent": "agent-cli/1.0"}
 
     made = await client.post(
@@ -430,11 +435,7 @@ async def test_hostile_input_is_a_4xx_problem(
     status: int,
 ) -> None:
     # proves: X1, R2 (declared fields only, never SQL), I8 (no 5xx from any input), W2
-    owner = await sign_up(client, outbox, "owner@example.com")
-    workspace = await new_workspace(client, owner, "acme")
-    user = await Identity(service_db).users.get_by_email("owner@example.com")
-    assert user is not None
-    await Identity(service_db).users.update(user.id, groups=["agent-builders"])
+    owner, workspace, _ = await builder(client, outbox, service_db, "owner@example.com", "acme")
     headers = bearer(owner, **{"X-Tenant-ID": workspace})
     existing = (await client.post("/agents", json=AGENT, headers=headers)).json()
     answer = await client.request(

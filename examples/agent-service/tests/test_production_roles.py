@@ -21,9 +21,8 @@ from agent_service.app import build_app, service_settings
 from sqlalchemy.engine import URL
 
 from pgstack import Database, Settings
-from pgstack.identity import Identity
 
-from .conftest import AGENT_BUILDERS, Outbox, bearer, new_workspace, sign_up
+from .conftest import Outbox, bearer, builder
 
 HERE = Path(__file__).resolve().parents[1]
 PGSTACK = str(Path(sys.executable).parent / "pgstack")
@@ -111,11 +110,7 @@ async def test_the_database_keeps_workspaces_apart_under_the_application_role(
     _, app_url = roles
     workspaces = {}
     for name in ("acme", "globex"):
-        token = await sign_up(client, outbox, f"{name}@example.com")
-        user = await Identity(db).users.get_by_email(f"{name}@example.com")
-        assert user is not None
-        await Identity(db).users.update(user.id, groups=[AGENT_BUILDERS])
-        workspace = await new_workspace(client, token, name)
+        token, workspace, _ = await builder(client, outbox, db, f"{name}@example.com", name)
         headers = bearer(token, **{"X-Tenant-ID": workspace})
         made = await client.post("/agents", json=AGENT, headers=headers)  # same name: per workspace
         assert made.status_code == 201, made.text
