@@ -140,7 +140,7 @@ async def sign_in(identity: Identity, claims: dict[str, Any]) -> LoginResult:
                 str(claims["email"]),
                 provider=PROVIDER,
                 provider_user_id=subject,
-                name=claims.get("name"),
+                name=name if isinstance(name := claims.get("name"), str) else None,
                 groups=groups,
                 verified=claims.get("email_verified") is True,
             )

@@ -149,6 +149,7 @@ async def test_a_user_of_the_external_provider_signs_in_with_its_groups(
         "audience": idp.id_token("00u-lin", "lin@corp.example", aud="another-app"),
         "issuer": idp.id_token("00u-lin", "lin@corp.example", iss="https://evil.example"),
         "groups": idp.id_token("00u-lin", "lin@corp.example", groups="admin"),
+        "no email": idp.id_token("00u-lin", None),  # type: ignore[arg-type]
         "garbage": "eyJhbGciOiJSUzI1NiJ9.bm90IGpzb24.c2ln",
     }
     for what, id_token in bad.items():
@@ -160,6 +161,12 @@ async def test_a_user_of_the_external_provider_signs_in_with_its_groups(
             "detail"
         ]
     )
+
+    # Odd claims from the provider itself are refused as input, never a 5xx.
+    odd = idp.id_token("00u-odd", "odd@corp.example", name=["not", "text"], groups=["a\x00b"])
+    problem(await client.post("/auth/sso/okta", json={"id_token": odd}), 422)
+    odd = idp.id_token("00u-odd", "odd@corp.example", name=["not", "text"])
+    assert (await client.post("/auth/sso/okta", json={"id_token": odd})).status_code == 200
 
     # An address that already signs in with a password is not taken over by the provider.
     await sign_up(client, outbox, "mo@corp.example")
