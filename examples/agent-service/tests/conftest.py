@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -178,3 +179,14 @@ async def builder(
     assert user is not None
     user = await identity.users.update(user.id, groups=[AGENT_BUILDERS])
     return token, workspace, user
+
+
+async def away_from_boundary(seconds: int, margin: float = 15) -> None:
+    """Wait, if needed, until `margin` seconds remain in the current UTC window of `seconds`.
+
+    Rate-limit windows are calendar-aligned: a count that must land in one window must not
+    straddle its end.
+    """
+    left = seconds - time.time() % seconds
+    if left < margin:
+        await asyncio.sleep(left + 0.1)

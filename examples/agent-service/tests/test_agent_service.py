@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -22,6 +21,7 @@ from .conftest import (
     PASSWORD,
     IdentityProvider,
     Outbox,
+    away_from_boundary,
     bearer,
     builder,
     new_workspace,
@@ -243,6 +243,7 @@ async def test_an_api_key_is_held_to_its_scopes_and_its_tier(
     )
     unscoped = await keys.create(uuid.UUID(user["id"]), "no scope", scopes=["tenant:viewer"])
     here = {"X-Tenant-ID": workspace}
+    await away_from_boundary(3600)
 
     refused = problem(await client.get("/agents", headers=bearer(unscoped.key, **here)), 403)
     assert "agents:read" in refused["detail"]
@@ -482,9 +483,7 @@ async def test_sign_in_attempts_through_the_provider_are_limited_per_address(
     client: httpx.AsyncClient, idp: IdentityProvider
 ) -> None:
     # proves: X1, N4 (per-address limit in PostgreSQL), W2 (429 with Retry-After)
-    left = 60 - time.time() % 60
-    if left < 15:  # a minute window must not end in the middle of the burst
-        await asyncio.sleep(left + 0.1)
+    await away_from_boundary(60)
     fetches = idp.fetches
     garbage = {"id_token": "eyJhbGciOiJSUzI1NiIsImtpZCI6Im5vcGUifQ.e30.c2ln"}
     codes = [(await client.post("/auth/sso/okta", json=garbage)).status_code for _ in range(31)]
