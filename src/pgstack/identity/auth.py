@@ -8,14 +8,19 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 
 from pgstack.db.session import Session
-from pgstack.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
+from pgstack.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from pgstack.identity._common import LOGIN_FAILED, ServiceBase, digest, security_event, utcnow
 from pgstack.identity._rows import read_one, write_one
 from pgstack.identity.lockout import Outcome
-from pgstack.identity.models import LoginSession, TokenPurpose, User, UserToken
+from pgstack.identity.models import LoginSession, Provider, TokenPurpose, User, UserToken
 from pgstack.identity.passwords import require_strong_password
 from pgstack.identity.text import has_control_characters
 from pgstack.identity.totp import spend_code
@@ -167,7 +172,50 @@ class Authenticator(ServiceBase):
 
     async def login(self, email: str, password: str, *, otp: str | None = None) -> LoginResult:
         """Authenticate and open a session; the returned token is shown once, stored hashed."""
-        user = await self.authenticate(email, password, otp=otp)
+        return await self._open_session(await self.authenticate(email, password, otp=otp))
+
+    async def login_external(self, provider: str, provider_user_id: str) -> LoginResult:
+        """Open a session for the user an external provider vouched for; the token shown once.
+
+        Call it after the application has checked the provider's assertion (an OpenID
+        Connect ID token's signature, issuer, audience and expiry): pgstack trusts the pair
+        as given. The live user with that provider and provider user id is signed in as by
+        `login` (login count, last login, a security entry). A deactivated user is an
+        AuthenticationError; an identity no user has is a NotFoundError: create the user
+        first with `users.create(email, provider=..., provider_user_id=...)`.
+        """
+        async with self.db.transaction() as session:
+            user = await session.scalar(
+                update(User)
+                .where(
+                    User.provider == provider,
+                    User.provider != Provider.LOCAL.value,
+                    User.provider_user_id == provider_user_id,
+                    User.deleted_at.is_(None),
+                )
+                .values(
+                    last_login_at=case((User.is_active, func.now()), else_=User.last_login_at),
+                    login_count=User.login_count + case((User.is_active, 1), else_=0),
+                )
+                .returning(User)
+            )
+        if user is None:
+            raise NotFoundError(
+                f"No user signs in with this {provider[:40]} identity; create one with "
+                "users.create(email, provider=..., provider_user_id=...)."
+            )
+        if not user.is_active:
+            await self._login_failed(f"{provider}:{provider_user_id}", "deactivated account")
+            raise AuthenticationError(
+                "This account is deactivated; ask an administrator to activate it."
+            )
+        logger.info("user %s signed in through %s", user.id, user.provider)
+        await security_event(
+            self.db, "auth.login", user_id=user.id, request_data={"provider": user.provider}
+        )
+        return await self._open_session(user)
+
+    async def _open_session(self, user: User) -> LoginResult:
         token = "pgss_" + secrets.token_urlsafe(32)
         expires = utcnow() + self.config.session_ttl
         # One INSERT by itself (see `write_one`); the id is made here, as the model's default.

@@ -132,21 +132,35 @@ def require_roles(*roles: str, any_of: bool = False) -> Callable[..., Awaitable[
     A key's scopes bound what it reaches: with an API key, each role used must also be one
     of the key's scopes, named as such (`*` does not grant roles). A session needs none.
     """
+    return _require_held("role", lambda user: user.roles, roles, any_of)
 
+
+def require_groups(*groups: str, any_of: bool = False) -> Callable[..., Awaitable[User]]:
+    """A dependency: the user must be in every one of `groups` (or one, with `any_of=True`).
+
+    Groups bound API keys as roles do: with a key, each group used must also be one of the
+    key's scopes, named as such (`*` does not grant groups). A session needs none.
+    """
+    return _require_held("group", lambda user: user.groups, groups, any_of)
+
+
+def _require_held(
+    kind: str, held_by: Callable[[User], Sequence[str]], needed: Sequence[str], any_of: bool
+) -> Callable[..., Awaitable[User]]:
     async def dependency(principal: PrincipalDep) -> User:
-        held = set(principal.user.roles)
+        held = set(held_by(principal.user))
         if principal.api_key is not None:
             held &= set(principal.api_key.scopes)
-        allowed = bool(held & set(roles)) if any_of else set(roles) <= held
+        allowed = bool(held & set(needed)) if any_of else set(needed) <= held
         if not allowed:
-            word = "one of the roles" if any_of else "the role(s)"
+            word = f"one of the {kind}s" if any_of else f"the {kind}(s)"
             via = (
                 ", and an API key must also carry it as a scope"
                 if principal.api_key is not None
                 else ""
             )
             raise PermissionDeniedError(
-                f"This needs {word} {', '.join(roles)}{via}; ask an administrator for access."
+                f"This needs {word} {', '.join(needed)}{via}; ask an administrator for access."
             )
         return principal.user
 

@@ -23,6 +23,7 @@ from fastapi import Request, Response
 
 from pgstack.config import Settings
 from pgstack.errors import ConfigurationError
+from pgstack.orm.context import current_request
 from pgstack.tenancy.ratelimit import (
     InvalidRateLimitError,
     RateLimit,
@@ -138,7 +139,12 @@ def rate_limit(
     if per == "ip":
 
         async def by_address(request: Request, response: Response) -> None:
-            address = request.client.host if request.client else "unknown"
+            # The client's address as the request context resolved it (X-Forwarded-For
+            # believed from TRUSTED_PROXIES only): behind a proxy the peer is the proxy, and
+            # counting it would let one client use up every client's allowance.
+            address = current_request().get("ip") or (
+                request.client.host if request.client else "unknown"
+            )
             await check(request, f"ip:{address}:{resource}", limits, resource, response)
 
         return by_address

@@ -1,0 +1,1 @@
+"""An agent service on pgstack: workspaces, their agents, conversations, keys and audit."""
