@@ -10,7 +10,6 @@ scans each server ran itself), not from pgstack.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -63,14 +62,13 @@ async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
 
 
 def _apart(call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """Run a request in a fresh context, as a server runs each request.
+    """Run a request in a task of its own, as a server runs each request.
 
-    A write marks its request for read-your-writes: its later reads go to the primary for
-    DATABASE_READ_YOUR_WRITES_S. The mark lives in a context variable, and this test's own
-    context inherits one from the fixture that ran the migrations; a request started from it
-    would share that mark with every other request, so each starts from an empty context.
+    A write marks its request for read-your-writes: that request's later reads go to the
+    primary for DATABASE_READ_YOUR_WRITES_S. The mark lives in the task's context, so the
+    sign-in and the new document below mark only the tasks that made them.
     """
-    return asyncio.create_task(call, context=contextvars.Context())
+    return asyncio.create_task(call)
 
 
 @pytest.fixture
