@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from knowledge_platform.models import Document
 from knowledge_platform.site import SITE_TENANT_ID
-from pgstack import InvalidInputError, Repository
+from pgstack import Database, InvalidInputError, Repository
 from pgstack.analytics import QueryAnalytics, QueryEntry
 from pgstack.orm import acting_as, tenant_context
 from pgstack.web import DatabaseDep, SessionDep, TransactionDep
@@ -82,6 +83,13 @@ class Hit(BaseModel):
     rank: float
 
 
+@contextmanager
+def query_log(db: Database) -> Iterator[QueryAnalytics]:
+    """pgstack's query log, in the site's tenant (the log belongs to one)."""
+    with tenant_context(SITE_TENANT_ID):
+        yield QueryAnalytics(db)
+
+
 async def acting_user(user: CurrentUser) -> AsyncIterator[None]:
     """Every write of the request carries the caller's id in created_by / updated_by."""
     with acting_as(user.id):
@@ -138,6 +146,8 @@ def _parse_line(number: int, line: bytes) -> dict[str, Any] | None:
         message = error["msg"]
         if error["type"] == "json_invalid":
             where, message = "the line", "is not one JSON object"
+        elif error["type"] == "extra_forbidden":  # the unknown name is not echoed
+            where, message = "fields", "only slug, title and body are accepted"
     raise InvalidInputError(
         f"Import line {number}: {where}: {message}. Nothing was imported; "
         "fix the line and send the whole file again."
@@ -175,7 +185,8 @@ async def import_documents(request: Request, session: TransactionDep) -> dict[st
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != NDJSON:
         raise InvalidInputError(
-            f"Send the documents as {NDJSON} (one JSON object per line), not {kind or 'nothing'}."
+            f"Send the documents as {NDJSON}: one JSON object per line, with the header "
+            f"content-type: {NDJSON}."
         )
     written = await Documents(session).upsert_many(
         _ndjson_rows(request), on=["slug"], update=["title", "body"], returning=False
@@ -211,11 +222,11 @@ async def search(
 
 
 async def _log(
-    db: Any, user_id: uuid.UUID, text: str, status: str, started: float, error: str | None
+    db: Database, user_id: uuid.UUID, text: str, status: str, started: float, error: str | None
 ) -> None:
     elapsed_ms = (time.perf_counter() - started) * 1000
-    with tenant_context(SITE_TENANT_ID):
-        await QueryAnalytics(db).log(user_id, text, "search", status, elapsed_ms, error=error)
+    with query_log(db) as log:
+        await log.log(user_id, text, "search", status, elapsed_ms, error=error)
 
 
 @router.get("/me/queries")
@@ -226,8 +237,8 @@ async def my_queries(
     before_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """The caller's searches, newest first; the next page starts at `before_id`."""
-    with tenant_context(SITE_TENANT_ID):
-        entries = await QueryAnalytics(db).history(user.id, limit=limit, before_id=before_id)
+    with query_log(db) as log:
+        entries = await log.history(user.id, limit=limit, before_id=before_id)
     return [_entry(e) for e in entries]
 
 
@@ -241,8 +252,8 @@ async def popular(
     db: DatabaseDep, since: Since = None, until: Until = None, limit: int = Query(10, ge=1, le=100)
 ) -> list[dict[str, Any]]:
     """The most searched texts of the period (30 days unless named)."""
-    with tenant_context(SITE_TENANT_ID):
-        found = await QueryAnalytics(db).popular(since=since, until=until, limit=limit)
+    with query_log(db) as log:
+        found = await log.popular(since=since, until=until, limit=limit)
     return [_plain(p) for p in found]
 
 
@@ -254,8 +265,8 @@ async def trends(
     zone: Annotated[str, Query(max_length=64)] = "UTC",
 ) -> list[dict[str, Any]]:
     """Searches, failures, mean time and users per day, as the clock of `zone` reads it."""
-    with tenant_context(SITE_TENANT_ID):
-        found = await QueryAnalytics(db).daily_trends(since=since, until=until, zone=zone)
+    with query_log(db) as log:
+        found = await log.daily_trends(since=since, until=until, zone=zone)
     return [_plain(d) for d in found]
 
 
@@ -264,8 +275,8 @@ async def latency(
     db: DatabaseDep, since: Since = None, until: Until = None
 ) -> list[dict[str, Any]]:
     """p50, p95 and p99 of the response time per query type."""
-    with tenant_context(SITE_TENANT_ID):
-        found = await QueryAnalytics(db).latency(since=since, until=until)
+    with query_log(db) as log:
+        found = await log.latency(since=since, until=until)
     return [_plain(line) for line in found]
 
 
@@ -277,8 +288,8 @@ async def search_queries(
     until: Until = None,
 ) -> list[dict[str, Any]]:
     """Logged searches matching `q`, best first."""
-    with tenant_context(SITE_TENANT_ID):
-        hits = await QueryAnalytics(db).search(q, since=since, until=until)
+    with query_log(db) as log:
+        hits = await log.search(q, since=since, until=until)
     return [{**_entry(h.entry), "rank": h.rank} for h in hits]
 
 
