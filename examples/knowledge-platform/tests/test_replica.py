@@ -10,8 +10,12 @@ scans each server ran itself), not from pgstack.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -28,19 +32,37 @@ from pgstack.testing.cluster import Cluster, Server
 T = TypeVar("T")
 
 
+APP, OWNER, DATABASE = "knowledge", "knowledge_owner", "knowledge"
+
+
+def _plain(server: Server, user: str = "postgres", database: str = "postgres") -> str:
+    url = server.url.set(drivername="postgresql", username=user, database=database)
+    return url.render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    """A primary and a standby, with the database and roles `pgstack db init` makes."""
     with Cluster.start(replicas=1) as started:
+        pgstack = Path(sys.executable).with_name("pgstack")
+        environment = {
+            **os.environ,
+            "DATABASE_URL": _plain(started.primary, APP, DATABASE),
+            "DATABASE_MIGRATION_URL": _plain(started.primary, OWNER, DATABASE),
+        }
+        subprocess.run(
+            [str(pgstack), "db", "init", "--admin-url", _plain(started.primary)],
+            env=environment,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         yield started
-
-
-def _plain(server: Server) -> str:
-    return server.url.render_as_string().replace("postgresql+asyncpg", "postgresql")
 
 
 async def _scans(server: Server) -> int:
     """Scans of `documents` that this server itself ran (a standby counts its own)."""
-    conn = await asyncpg.connect(_plain(server))
+    conn = await asyncpg.connect(_plain(server, database=DATABASE))
     try:
         return int(
             await conn.fetchval(
@@ -73,9 +95,12 @@ def _apart(call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
 
 @pytest.fixture
 async def served(cluster: Cluster) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
+    # as in production: the service connects as the application role (rows only, no DDL),
+    # the migrations in the lifespan run as the owner
     settings = Settings(
-        database_url=_plain(cluster.primary),
-        database_replica_urls=_plain(cluster.replicas[0]),
+        database_url=_plain(cluster.primary, APP, DATABASE),
+        database_migration_url=_plain(cluster.primary, OWNER, DATABASE),
+        database_replica_urls=_plain(cluster.replicas[0], APP, DATABASE),
         database_replica_check_interval_s=0.2,
         environment="test",
         _env_file=None,
@@ -147,6 +172,9 @@ async def test_reads_are_served_by_the_standby(
     async with db.session(readonly=True) as session:
         assert await session.scalar(text("SELECT pg_is_in_recovery()")) is True
         assert await session.scalar(text("SELECT inet_server_port()")) == cluster.replicas[0].port
+        assert await session.scalar(text("SELECT current_user")) == APP
+        owner = text("SELECT tableowner FROM pg_tables WHERE tablename = 'documents'")
+        assert await session.scalar(owner) == OWNER  # the service's role owns no table
 
     ready = await client.get("/ready")
     assert ready.json()["checks"]["postgres:replica:replica1"][0]["status"] == "pass", ready.text
