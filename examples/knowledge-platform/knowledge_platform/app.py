@@ -25,12 +25,15 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
     """The app; it applies pending migrations (pgstack's and ours) before it reports started.
 
     With `DATABASE_REPLICA_URLS` set, pgstack sends the reads of these routes to a replica.
+    Outside production, verification and reset tokens are printed; in production, pass your
+    mailer to `identity_router(send_token=...)` here (until then they are not delivered).
     """
+    db = database if database is not None else Database(settings)
+    development = db.settings.environment != "production"
     return create_app(
-        settings,
-        database=database,
+        database=db,
         title="knowledge-platform",
         migrations=MigrationProject.from_pyproject(PROJECT),
         migrate=True,
-        routers=[identity_router(send_token=print_token), router, admin],
+        routers=[identity_router(send_token=print_token if development else None), router, admin],
     )
