@@ -1,17 +1,21 @@
-"""Bookkeeping writes (a rate-limit count) do not send the request's reads to the primary."""
+"""Bookkeeping writes (a rate-limit count, a key's last use) leave reads on the replicas."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy import text
 
 from pgstack import Database, Settings
 from pgstack.db.replicas import wrote_within
+from pgstack.identity import Identity
 from pgstack.tenancy import RateLimiter
+
+PASSWORD = "a long and unusual passphrase 7"
 
 
 def _fresh(fn: Callable[[], Awaitable[bool]]) -> Awaitable[bool]:
@@ -19,7 +23,7 @@ def _fresh(fn: Callable[[], Awaitable[bool]]) -> Awaitable[bool]:
     return asyncio.create_task(fn(), context=contextvars.Context())
 
 
-async def test_a_rate_limit_hit_leaves_the_requests_reads_on_the_replicas(
+async def test_bookkeeping_writes_leave_the_requests_reads_on_the_replicas(
     pgstack_migrated_settings: Settings,
 ) -> None:
     # proves: C6 (reads go to replicas), N4: every authenticated request counts a rate-limit
@@ -50,6 +54,19 @@ async def test_a_rate_limit_hit_leaves_the_requests_reads_on_the_replicas(
                 await session.execute(text("CREATE TEMP TABLE written (n int)"))
             return wrote_within(60)
 
+        async def a_key_used() -> bool:
+            await Identity(db).api_keys.verify(issued.key)  # first use: last_used_at written
+            return wrote_within(60)
+
+        async def issue() -> bool:
+            nonlocal issued
+            user = await Identity(db).users.create("keys@example.com", PASSWORD, verified=True)
+            issued = await Identity(db).api_keys.create(user.id, "bookkeeping")
+            return wrote_within(60)
+
+        issued: Any = None
+        assert await _fresh(issue) is True
+        assert await _fresh(a_key_used) is False
         assert await _fresh(one_limit) is False
         assert await _fresh(two_limits) is False
         assert await _fresh(refused) is False
