@@ -159,6 +159,22 @@ class _LastWrite:
 
 
 _last_write: ContextVar[_LastWrite | None] = ContextVar("pgstack_last_write", default=None)
+_bookkeeping: ContextVar[bool] = ContextVar("pgstack_bookkeeping", default=False)
+
+
+@contextmanager
+def bookkeeping() -> Iterator[None]:
+    """Writes in the block are pgstack's own records (a rate-limit count), not the request's.
+
+    They go to the primary like any write, but do not send the request's later reads to the
+    primary: nothing the request reads depends on them. Without this, the rate-limit count
+    of every authenticated request would keep every authenticated route off the replicas.
+    """
+    token = _bookkeeping.set(True)
+    try:
+        yield
+    finally:
+        _bookkeeping.reset(token)
 
 
 def note_write() -> None:
@@ -193,7 +209,7 @@ def read_your_writes_scope() -> Iterator[None]:
 def _after_execute(
     conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any
 ) -> None:
-    if is_write_sql(statement):
+    if is_write_sql(statement) and not _bookkeeping.get():
         note_write()
         conn.info[_WROTE] = True
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, or_, select, update
 
+from pgstack.db.replicas import bookkeeping
 from pgstack.db.session import Session
 from pgstack.errors import (
     AuthenticationError,
@@ -266,7 +267,9 @@ class ApiKeys(ServiceBase):
         interval = self.config.api_key_touch_interval
         rehash = None if current else self._digest(key)
         if rehash or api_key.last_used_at is None or api_key.last_used_at <= now - interval:
-            await self._touch(api_key, interval, rehash)
+            # Bookkeeping, not the caller's data: the request's reads may stay on replicas.
+            with bookkeeping():
+                await self._touch(api_key, interval, rehash)
             api_key.last_used_at = now
         return VerifiedKey(api_key, user)
 

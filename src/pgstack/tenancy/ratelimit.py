@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pgstack.db.metrics import sqlstate_of
+from pgstack.db.replicas import bookkeeping
 from pgstack.db.session import translated_errors
 from pgstack.errors import DatabaseUnavailableError, InvalidInputError, RateLimitedError
 from pgstack.orm import Base
@@ -351,7 +352,9 @@ class RateLimiter:
                         session, len(limits) > 1, key, seconds, quotas, cost
                     )
                 else:
-                    records = await self._hit(len(limits) > 1, key, seconds, quotas, cost)
+                    # A count, not the caller's data: the caller's reads may stay on replicas.
+                    with bookkeeping():
+                        records = await self._hit(len(limits) > 1, key, seconds, quotas, cost)
         except Exception as exc:
             if sqlstate_of(exc) == _LOCK_NOT_AVAILABLE:
                 raise DatabaseUnavailableError(
