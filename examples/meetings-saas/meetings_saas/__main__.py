@@ -43,7 +43,9 @@ async def prepare(db: Database) -> tuple[str, str]:
     """Migrate, make the dev user and workspace (idempotent); a key and the workspace id."""
     try:
         await db.connect()
-        await upgrade_async(db.settings.with_url(db.url), project=MigrationProject.from_pyproject(PROJECT))
+        await upgrade_async(
+            db.settings.with_url(db.url), project=MigrationProject.from_pyproject(PROJECT)
+        )
         identity = Identity(db)
         user = await identity.users.get_by_email(DEV_USER)
         if user is None:
@@ -58,13 +60,13 @@ async def prepare(db: Database) -> tuple[str, str]:
         await db.disconnect()
 
 
-async def import_file(db: Database, team_id: str, path: Path) -> int:
+async def import_file(db: Database, team_id: str, data: bytes) -> int:
     try:
         await db.connect()
         workspace = await Tenancy(db).tenants.get_by_external_id(team_id)
         with tenant(workspace.id):
             async with db.transaction() as session:
-                return await import_mappings(session, path.read_bytes())
+                return await import_mappings(session, data)
     finally:
         await db.disconnect()
 
@@ -84,7 +86,7 @@ def main() -> None:
     db = Database(settings)
     if args.command == "import-mappings":
         try:
-            written = asyncio.run(import_file(db, args.team_id, args.file))
+            written = asyncio.run(import_file(db, args.team_id, args.file.read_bytes()))
         except (PgStackError, OSError) as exc:
             sys.exit(f"import-mappings: {exc}")
         print(f"{written} mapping(s) written")

@@ -8,11 +8,19 @@ and PostgreSQL's row-level security holds every statement to it.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 from sqlalchemy import func, select
 
 from meetings_saas.models import AccountMapping, CrmConnection, Meeting
@@ -251,16 +259,17 @@ async def retry(session: Session, meeting_id: uuid.UUID) -> Meeting:
 # -- account mappings ----------------------------------------------------------------------
 
 MAX_IMPORT_BYTES = 5_000_000
-Domain = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True,
-        to_lower=True,
-        min_length=3,
-        max_length=253,
-        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$",
-    ),
-]
+DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+")
+
+
+def _domain(value: str) -> str:
+    domain = value.strip().lower()
+    if len(domain) > 253 or not DOMAIN.fullmatch(domain):
+        raise ValueError("not a domain name such as example.com")
+    return domain
+
+
+Domain = Annotated[str, AfterValidator(_domain)]
 Printable = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]

@@ -187,7 +187,11 @@ def install(client: httpx.AsyncClient) -> Install:
     """Install the Slack app for a new team, as `caller`: the new workspace."""
 
     async def run(caller: Caller) -> dict[str, Any]:
-        body = {"team_id": team_id(), "team_name": "Team", "slack_user_id": "U" + uuid.uuid4().hex[:10].upper()}
+        body = {
+            "team_id": team_id(),
+            "team_name": "Team",
+            "slack_user_id": "U" + uuid.uuid4().hex[:10].upper(),
+        }
         answer = await client.post("/workspaces/install", json=body, headers=caller.headers)
         assert answer.status_code == 201, answer.text
         return dict(answer.json())
