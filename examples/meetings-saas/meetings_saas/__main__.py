@@ -80,7 +80,10 @@ def main() -> None:
     imports = commands.add_parser("import-mappings", help="import account mappings from JSON")
     imports.add_argument("team_id", help="the workspace's Slack team id, such as T0DEV")
     imports.add_argument("file", type=Path, help="a JSON array of mappings")
-    args = parser.parse_args(sys.argv[1:] or ["serve"])
+    argv = sys.argv[1:]
+    if not argv or argv[0] not in (*commands.choices, "-h", "--help"):
+        argv = ["serve", *argv]  # `python -m meetings_saas [--port N]` serves
+    args = parser.parse_args(argv)
     settings = Settings()
     dev_encryption_key(settings)
     db = Database(settings)

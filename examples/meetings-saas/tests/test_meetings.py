@@ -8,12 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import Caller, Install, MakeUser, team_id
+from conftest import HERE, Caller, Install, MakeUser, asyncpg_dsn, team_id
 
 from pgstack import Database
 from pgstack.audit import AuditLog
@@ -420,3 +424,44 @@ async def test_hostile_input_gets_clear_4xx_never_5xx(
     # No credentials: 401 everywhere.
     assert (await client.get(f"{base}/meetings")).status_code == 401
     assert (await client.post("/workspaces/install", json={})).status_code == 401
+
+
+async def test_mappings_import_from_a_file_on_the_command_line(
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    deployment: Any,
+    encryption_key: str,
+    tmp_path: Path,
+) -> None:
+    # proves: X3 (bulk import from a JSON file: clear error, nothing stored; idempotent)
+    ada = await make_user("ada")
+    team = team_id()
+    body = {"team_id": team, "team_name": "Files", "slack_user_id": "U0FILES"}
+    ws = (await client.post("/workspaces/install", json=body, headers=ada.headers)).json()["id"]
+    env = {
+        **os.environ,
+        "DATABASE_URL": asyncpg_dsn(deployment.app),
+        "PGSTACK_ENCRYPTION_KEYS": encryption_key,
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "meetings_saas", "import-mappings", *args]
+        return subprocess.run(
+            command, cwd=HERE, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"domain": "acme.com", "crm_account_id": "001A"},\n  {"domain": ')
+    refused = run(team, str(broken))
+    assert refused.returncode == 1
+    assert "not valid JSON at line 2" in refused.stderr and "Nothing was imported" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    good = tmp_path / "mappings.json"
+    good.write_text(json.dumps(MAPPINGS))
+    for _ in range(2):  # the second run changes nothing
+        done = run(team, str(good))
+        assert (done.returncode, done.stdout.strip()) == (0, "2 mapping(s) written"), done.stderr
+    listed = await client.get(f"/workspaces/{ws}/account-mappings", headers=ada.headers)
+    assert [m["domain"] for m in listed.json()["items"]] == ["acme.com", "globex.io"]
+    unknown = run("T0NOSUCHTEAM", str(good))
+    assert unknown.returncode == 1 and "No tenant has the external id" in unknown.stderr
