@@ -47,16 +47,22 @@ async def install_workspace(
     try:
         workspace = await tenancy.tenants.get_by_external_id(team_id)
     except NotFoundError:
-        workspace = await tenancy.tenants.create(team_id, team_name, owner_id=installer.id)
-        await tenancy.memberships.link_identity(workspace.id, installer.id, "slack", slack_user_id)
-        with tenant(workspace.id):
-            await AuditLog(db).record(
-                "workspace.installed",
-                resource_type="workspace",
-                resource_id=team_id,
-                description=f"Installed by {slack_user_id}",
+        try:
+            workspace = await tenancy.tenants.create(team_id, team_name, owner_id=installer.id)
+        except ConflictError:  # installed at this very moment by another request
+            workspace = await tenancy.tenants.get_by_external_id(team_id)
+        else:
+            await tenancy.memberships.link_identity(
+                workspace.id, installer.id, "slack", slack_user_id
             )
-        return workspace, True
+            with tenant(workspace.id):
+                await AuditLog(db).record(
+                    "workspace.installed",
+                    resource_type="workspace",
+                    resource_id=team_id,
+                    description=f"Installed by {slack_user_id}",
+                )
+            return workspace, True
     if await tenancy.memberships.role_of(workspace.id, installer.id) is None:
         raise ConflictError(
             "This Slack team is installed already; ask one of its admins to invite you."

@@ -61,6 +61,17 @@ async def test_a_slack_install_makes_a_workspace_with_its_installer_as_owner(
         await client.post("/workspaces/install", json=body, headers=eve.headers), 409
     )
 
+    # The installer's double click, and a stranger at the same moment, on a new team.
+    race = {**body, "team_id": team_id()}
+    answers = await asyncio.gather(
+        *(client.post("/workspaces/install", json=race, headers=c.headers) for c in [ada] * 4),
+        client.post("/workspaces/install", json=race, headers=eve.headers),
+    )
+    codes = sorted(a.status_code for a in answers)
+    # One install made it (201); the others see it: the owner's own 200, the other side 409.
+    assert codes in ([200, 200, 200, 201, 409], [201, 409, 409, 409, 409]), codes
+    assert len({a.json()["id"] for a in answers if a.status_code < 300}) == 1
+
     tenancy = Tenancy(db)
     ws = uuid.UUID(workspace["id"])
     assert await tenancy.memberships.role_of(ws, ada.user_id) == "owner"
