@@ -302,7 +302,8 @@ def parse_mappings(data: bytes) -> list[MappingIn]:
     """The entries of an import file (a JSON array), all checked before anything is written."""
     if len(data) > MAX_IMPORT_BYTES:
         raise InvalidInputError(
-            f"The import file is over {MAX_IMPORT_BYTES // 1_000_000} MB; split it."
+            f"The import file is over {MAX_IMPORT_BYTES // 1_000_000} MB; split it. "
+            "Nothing was imported."
         )
     try:
         raw = json.loads(data)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from conftest import HERE, Caller, Install, MakeUser, asyncpg_dsn, team_id
+from meetings_saas.service import MAX_IMPORT_BYTES
 
 from pgstack import Database
 from pgstack.audit import AuditLog
@@ -77,8 +78,20 @@ async def test_a_slack_install_makes_a_workspace_with_its_installer_as_owner(
     assert await tenancy.memberships.role_of(ws, ada.user_id) == "owner"
     found = await tenancy.memberships.find_by_identity(ws, "slack", "U0ADA")
     assert found is not None and found.id == ada.user_id
-    # Roles: bob joins as a viewer (reads only).
-    await tenancy.memberships.add(ws, bob.user_id, "viewer")
+    # Roles, through pgstack's tenancy routes: the owner invites bob as a viewer (reads only).
+    invited = await client.post(
+        f"/tenants/{ws}/invitations",
+        json={"email": bob.email, "role": "viewer"},
+        headers=ada.headers,
+    )
+    assert invited.status_code == 201, invited.text
+    token = {"token": invited.json()["token"]}
+    # Only the invited address accepts: for anyone else the token is no credential (401).
+    assert "for another e-mail address" in problem(
+        await client.post("/tenants/invitations/accept", json=token, headers=eve.headers), 401
+    )
+    joined = await client.post("/tenants/invitations/accept", json=token, headers=bob.headers)
+    assert joined.status_code == 200 and joined.json()["role"] == "viewer", joined.text
     base = f"/workspaces/{ws}"
     assert (await client.get(f"{base}/meetings", headers=bob.headers)).status_code == 200
     assert "Viewers can only read" in problem(
@@ -300,6 +313,10 @@ async def test_account_mappings_import_is_all_or_nothing_and_idempotent(
             ).encode(),
             "Extra inputs",
         ),
+        (b"[1]", "Entry 1 of the import file: entry"),
+        (b'[{"domain": "a.io", "crm_account_id": "6", "confidence": NaN}]', "Entry 1"),
+        (b'[{"domain": "a.io", "crm_account_id": "7\\u0000"}]', "Entry 1"),
+        (b"[" + b" " * MAX_IMPORT_BYTES + b"]", "over 5 MB"),
     ]:
         detail = problem(await upload(bad), 422)
         assert says in detail and "Nothing was imported" in detail, detail
