@@ -1,20 +1,18 @@
-"""The production shape for every HTTP test: `pgstack db init` roles, migrations by the owner.
+"""The production shape for every HTTP test: `db init` roles, migrations by the owner.
 
-Once per run, `pgstack db init` makes a database with an owner role (runs the migrations)
-and an application role (rows only: owns nothing, no BYPASSRLS), and `pgstack db upgrade`
-migrates it as the owner, as a deployment does. The app and the raw-SQL attacks connect as
-the application role, so row-level security holds them. Each test makes its own workspaces.
+pgstack's test kit (`pgstack_app_role_database`) makes, once per run, a database with an
+owner role (runs the migrations) and an application role (rows only: owns nothing, no
+BYPASSRLS), migrated by the owner as a deployment is. The app and the raw-SQL attacks connect
+as the application role, so row-level security holds them. Each test makes its own
+workspaces.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +20,11 @@ from typing import Any
 # A small per-workspace limit, so the rate-limit test need not send a hundred meetings.
 os.environ["MEETINGS_RATE_LIMIT"] = "5/minute"
 
-import asyncpg
 import httpx
 import pytest
 from meetings_saas.app import build_app
-from sqlalchemy.engine import URL
 
-from pgstack import Database, Settings
+from pgstack import Database
 from pgstack.crypto import configure_encryption, generate_key
 from pgstack.identity import Identity
 from pgstack.migrations import MigrationProject
@@ -53,90 +49,10 @@ def encryption_key() -> Iterator[str]:
     configure_encryption(None)
 
 
-@dataclass(frozen=True)
-class Deployment:
-    """The roles' URLs on a database set up as in production."""
-
-    owner: URL
-    app: URL
-
-    def settings(self) -> Settings:
-        return Settings(
-            database_url=asyncpg_dsn(self.app),
-            database_migration_url=asyncpg_dsn(self.owner),
-            database_pool_size=6,
-            database_max_overflow=4,
-            environment="test",
-            _env_file=None,
-        )
-
-
-def asyncpg_dsn(url: URL) -> str:
-    """A URL asyncpg and the pgstack command accept (no `+asyncpg` driver suffix)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _admin(url: URL, *statements: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(url))
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, run()).result()
-
-
-def pgstack_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PGSTACK, *args], cwd=HERE, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-@pytest.fixture(scope="session")
-def deployment(pgstack_server_url: URL) -> Iterator[Deployment]:
-    tag = uuid.uuid4().hex[:10]
-    database = f"meetings_{tag}"
-    found = Deployment(
-        owner=pgstack_server_url.set(
-            username=f"meetings_owner_{tag}", password=f"o-{tag}", database=database
-        ),
-        app=pgstack_server_url.set(
-            username=f"meetings_app_{tag}", password=f"a-{tag}", database=database
-        ),
-    )
-    env = {
-        **os.environ,
-        "DATABASE_URL": asyncpg_dsn(found.app),
-        "DATABASE_MIGRATION_URL": asyncpg_dsn(found.owner),
-        "PGSTACK_ENV": "development",
-    }
-    try:
-        made = pgstack_cli("db", "init", "--admin-url", asyncpg_dsn(pgstack_server_url), env=env)
-        assert made.returncode == 0, made.stdout + made.stderr
-        migrated = pgstack_cli("db", "upgrade", env=env)
-        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-        yield found
-    finally:
-        _admin(
-            pgstack_server_url,
-            f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
-            f'DROP ROLE IF EXISTS "{found.app.username}"',
-            f'DROP ROLE IF EXISTS "{found.owner.username}"',
-        )
-
-
 @pytest.fixture
-async def db(deployment: Deployment) -> AsyncIterator[Database]:
-    """The service's Database: the application role."""
-    database = Database(deployment.settings())
-    await database.connect()
-    try:
-        yield database
-    finally:
-        await database.disconnect(timeout=1)
+def db(pgstack_app_role_db: Database) -> Database:
+    """The service's Database: the application role (pgstack's test kit sets it up)."""
+    return pgstack_app_role_db
 
 
 @pytest.fixture

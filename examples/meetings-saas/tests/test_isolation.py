@@ -1,6 +1,6 @@
 """Row-level security and the immutable audit, as an attacker with raw SQL meets them.
 
-The connections are the service's own: the application role of `pgstack db init`, which owns
+The connections are the service's own: the application role of `db init`, which owns
 no table and has no BYPASSRLS (a superuser or the owner would bypass what is tested here).
 """
 
@@ -13,13 +13,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from conftest import Deployment, Install, MakeUser, asyncpg_dsn
+from conftest import Install, MakeUser
 from sqlalchemy.engine import URL
 
 from pgstack import Database
 from pgstack.audit import AuditLog
 from pgstack.migrations import MigrationProject
 from pgstack.testing import assert_migrations_roundtrip, assert_no_drift
+from pgstack.testing.plugin import AppRoleDatabase, asyncpg_dsn
 
 HERE = Path(__file__).resolve().parents[1]
 SET_TENANT = "SELECT set_config('pgstack.tenant_id', $1, true)"
@@ -51,8 +52,10 @@ async def fill_workspace(client: httpx.AsyncClient, make_user: MakeUser, install
 
 
 @pytest.fixture
-async def as_app(deployment: Deployment) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(asyncpg_dsn(deployment.app))
+async def as_app(
+    pgstack_app_role_database: AppRoleDatabase,
+) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(asyncpg_dsn(pgstack_app_role_database.app))
     try:
         yield conn
     finally:

@@ -1,6 +1,6 @@
 """The meetings service as users and hostile callers meet it: HTTP against real PostgreSQL.
 
-The app connects as the application role of `pgstack db init` (see conftest.py).
+The app connects as the application role of `db init` (see conftest.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import HERE, Caller, Install, MakeUser, asyncpg_dsn, team_id
+from conftest import HERE, Caller, Install, MakeUser, team_id
 from meetings_saas.service import MAX_IMPORT_BYTES
 
 from pgstack import Database
 from pgstack.audit import AuditLog
 from pgstack.tenancy import Tenancy, tenant
+from pgstack.testing.plugin import AppRoleDatabase, asyncpg_dsn
 from pgstack.tokens import TokenVault
 
 PROBLEM = "application/problem+json"
@@ -457,7 +458,7 @@ async def test_hostile_input_gets_clear_4xx_never_5xx(
 async def test_mappings_import_from_a_file_on_the_command_line(
     client: httpx.AsyncClient,
     make_user: MakeUser,
-    deployment: Any,
+    pgstack_app_role_database: AppRoleDatabase,
     encryption_key: str,
     tmp_path: Path,
 ) -> None:
@@ -468,7 +469,7 @@ async def test_mappings_import_from_a_file_on_the_command_line(
     ws = (await client.post("/workspaces/install", json=body, headers=ada.headers)).json()["id"]
     env = {
         **os.environ,
-        "DATABASE_URL": asyncpg_dsn(deployment.app),
+        "DATABASE_URL": asyncpg_dsn(pgstack_app_role_database.app),
         "PGSTACK_ENCRYPTION_KEYS": encryption_key,
     }
 
