@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meetings_saas import service
 from meetings_saas.models import AccountMapping, CrmConnection, Meeting
-from pgstack.web import DatabaseDep, TransactionDep
+from pgstack.web import DatabaseDep, SessionDep, TransactionDep
 from pgstack.web.identity import CurrentUser
 from pgstack.web.ratelimit import rate_limit
 from pgstack.web.tenancy import TenantAccess, TenantAccessDep, require_tenant_role
@@ -122,7 +122,14 @@ class PageOut(BaseModel, Generic[T]):
     offset: int
 
 
-def _page(page: Any, out: type[BaseModel]) -> dict[str, Any]:
+async def _listed(
+    repository: Any, request: Request, default_sort: str, out: type[BaseModel]
+) -> dict[str, Any]:
+    """A page of rows, filtered and sorted from the query string on declared fields only."""
+    query = repository.parse_query(request.query_params)
+    page = await repository.page(
+        *query.filters, sort=query.sort or [default_sort], limit=query.limit, offset=query.offset
+    )
     items = [out.model_validate(item) for item in page.items]
     return {"items": items, "total": page.total, "limit": page.limit, "offset": page.offset}
 
@@ -166,14 +173,9 @@ async def connect(
 
 @workspace.get("/crm-connections", response_model=PageOut[ConnectionOut])
 async def list_connections(
-    request: Request, access: TenantAccessDep, session: TransactionDep
+    request: Request, access: TenantAccessDep, session: SessionDep
 ) -> dict[str, Any]:
-    connections = service.CrmConnections(session)
-    query = connections.parse_query(request.query_params)
-    page = await connections.page(
-        *query.filters, sort=query.sort or ["provider"], limit=query.limit, offset=query.offset
-    )
-    return _page(page, ConnectionOut)
+    return await _listed(service.CrmConnections(session), request, "provider", ConnectionOut)
 
 
 @workspace.post("/crm-connections/{connection_id}/default", response_model=ConnectionOut)
@@ -215,20 +217,15 @@ async def create_meeting(body: MeetingIn, access: Member, session: TransactionDe
 
 @workspace.get("/meetings", response_model=PageOut[MeetingOut])
 async def list_meetings(
-    request: Request, access: TenantAccessDep, session: TransactionDep
+    request: Request, access: TenantAccessDep, session: SessionDep
 ) -> dict[str, Any]:
     """Filter and sort: `status=failed&sort=-created_at&limit=20`."""
-    meetings = service.Meetings(session)
-    query = meetings.parse_query(request.query_params)
-    page = await meetings.page(
-        *query.filters, sort=query.sort or ["-created_at"], limit=query.limit, offset=query.offset
-    )
-    return _page(page, MeetingOut)
+    return await _listed(service.Meetings(session), request, "-created_at", MeetingOut)
 
 
 @workspace.get("/meetings/{meeting_id}", response_model=MeetingOut)
 async def get_meeting(
-    meeting_id: uuid.UUID, access: TenantAccessDep, session: TransactionDep
+    meeting_id: uuid.UUID, access: TenantAccessDep, session: SessionDep
 ) -> Meeting:
     return await service.Meetings(session).get(meeting_id)
 
@@ -270,14 +267,9 @@ async def retry(meeting_id: uuid.UUID, access: Member, session: TransactionDep) 
 
 @workspace.get("/account-mappings", response_model=PageOut[MappingOut])
 async def list_mappings(
-    request: Request, access: TenantAccessDep, session: TransactionDep
+    request: Request, access: TenantAccessDep, session: SessionDep
 ) -> dict[str, Any]:
-    mappings = service.AccountMappings(session)
-    query = mappings.parse_query(request.query_params)
-    page = await mappings.page(
-        *query.filters, sort=query.sort or ["domain"], limit=query.limit, offset=query.offset
-    )
-    return _page(page, MappingOut)
+    return await _listed(service.AccountMappings(session), request, "domain", MappingOut)
 
 
 IMPORT_BODY = {
