@@ -124,7 +124,8 @@ async def set_default_connection(session: Session, connection_id: uuid.UUID) -> 
     chosen = await connections.get(connection_id)
     if chosen.status != "connected":
         raise ConflictError(
-            f"The {chosen.provider} connection is {chosen.status}: reconnect it first."
+            f"The {chosen.provider} connection's status is {chosen.status}: "
+            "connect the account again first."
         )
     await session.execute(
         select(CrmConnection.id)

@@ -260,7 +260,7 @@ async def test_crm_connections_keep_tokens_in_the_vault_with_one_default(
     assert (gone.json()["status"], gone.json()["is_default"]) == ("revoked", False)
     with tenant(uuid.UUID(acme["id"])):
         assert [t.provider for t in await TokenVault(db).list_tokens()] == ["salesforce"]
-    assert "is revoked: reconnect it first" in problem(
+    assert "status is revoked: connect the account again first" in problem(
         await client.post(f"{base}/crm-connections/{hubspot['id']}/default", headers=ada.headers),
         409,
     )
@@ -450,6 +450,10 @@ async def test_hostile_input_gets_clear_4xx_never_5xx(
         answer = await client.request(method, url, json=body, headers=ada.headers)
         assert answer.status_code == status, (url, body, answer.text)
         assert answer.headers["content-type"].startswith(PROBLEM), url
+    # The OpenAPI document describes the import body (the file) and every route.
+    document = (await client.get("/openapi.json")).json()
+    body = document["paths"]["/workspaces/{tenant_id}/account-mappings/import"]["post"]
+    assert body["requestBody"]["content"]["application/json"]["schema"]["type"] == "array"
     # No credentials: 401 everywhere.
     assert (await client.get(f"{base}/meetings")).status_code == 401
     assert (await client.post("/workspaces/install", json={})).status_code == 401
