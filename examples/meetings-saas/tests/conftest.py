@@ -10,7 +10,6 @@ workspaces.
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from pgstack.migrations import MigrationProject
 pytest_plugins = ["pgstack.testing.plugin"]
 
 HERE = Path(__file__).resolve().parents[1]
-PGSTACK = str(Path(sys.executable).parent / "pgstack")
 PASSWORD = "a long and unusual passphrase 7"
 
 
