@@ -91,25 +91,23 @@ async def connect_crm(
 ) -> CrmConnection:
     """Store the tokens in the vault (encrypted, this workspace's) and the connection's row.
 
-    Connecting an account again replaces its tokens and marks it connected. The first
-    connection of a workspace becomes its default.
+    Connecting an account again replaces its tokens and marks it connected. A workspace
+    without a default connection gets this one as its default: when several are connected
+    at once, the partial unique index lets one win and the others stay non-default.
     """
     await TokenVault(db).save(provider, account, access_token, refresh_token, expires_in=expires_in)
     connections = CrmConnections(session)
-    has_default = await connections.exists(is_default=True)
     [row] = await connections.upsert_many(
-        [
-            {
-                "provider": provider,
-                "account": account,
-                "status": "connected",
-                "last_error": None,
-                "is_default": not has_default,
-            }
-        ],
+        [{"provider": provider, "account": account, "status": "connected", "last_error": None}],
         on=["tenant_id", "provider", "account"],
         update=["status", "last_error"],
     )
+    if not await connections.exists(is_default=True):
+        try:
+            async with session.begin_nested():  # a lost race undoes this step only
+                row = await connections.update(row.id, is_default=True)
+        except ConflictError:
+            pass  # another connection became the default at this moment
     return row
 
 

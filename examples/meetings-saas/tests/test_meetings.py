@@ -222,6 +222,21 @@ async def test_crm_connections_keep_tokens_in_the_vault_with_one_default(
         assert "secret" not in answer.text
         return dict(answer.json())
 
+    # A new workspace's first connections, made at the same moment: one becomes the default.
+    fresh = f"/workspaces/{(await install(ada))['id']}"
+    first = await asyncio.gather(
+        *(
+            client.post(
+                f"{fresh}/crm-connections",
+                json={"provider": "pipedrive", "account": f"a{n}", "access_token": "t"},
+                headers=ada.headers,
+            )
+            for n in range(8)
+        )
+    )
+    assert [a.status_code for a in first] == [201] * 8, [a.text for a in first]
+    assert sum(a.json()["is_default"] for a in first) == 1
+
     hubspot = await connect("hubspot", "portal-1")
     salesforce = await connect("salesforce", "org-1")
     assert (hubspot["is_default"], salesforce["is_default"]) == (True, False)
