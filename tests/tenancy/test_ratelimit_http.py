@@ -17,9 +17,11 @@ from pgstack.config import Settings
 from pgstack.db.database import Database
 from pgstack.errors import ConfigurationError
 from pgstack.identity import Identity, User
+from pgstack.tenancy import Tenancy
 from pgstack.web import create_app
 from pgstack.web.identity import CurrentUser, identity_router
 from pgstack.web.ratelimit import RateLimitPolicies, enforce_tenant_limit, rate_limit
+from pgstack.web.tenancy import TenantAccessDep
 
 from .test_ratelimit import away_from_boundary
 
@@ -38,6 +40,13 @@ def build_app(settings: Settings) -> FastAPI:
     @app.get("/public", dependencies=[Depends(rate_limit("2/minute", resource="pub", per="ip"))])
     async def public() -> dict[str, bool]:
         return {"ok": True}
+
+    @app.post(
+        "/workspaces/{tenant_id}/exports",
+        dependencies=[Depends(rate_limit("2/minute", resource="export", per="tenant"))],
+    )
+    async def workspace_export(access: TenantAccessDep) -> dict[str, str]:
+        return {"tenant": str(access.tenant.id)}
 
     @app.get("/tenants/{tenant_id}/ping")
     async def tenant_ping(tenant_id: uuid.UUID, plan: str, request: Request) -> dict[str, int]:
@@ -167,6 +176,41 @@ async def test_a_key_of_an_unknown_tier_gets_the_standard_limits(
     assert statuses == [200, 200, 429]
 
 
+async def test_a_per_tenant_limit_is_shared_by_the_tenants_members_only(
+    app_client: AppClient, pgstack_migrated_db: Database, bob: User
+) -> None:
+    # proves: N4, W2 (a route's limit counted per tenant, not per caller)
+    identity, tenancy = Identity(pgstack_migrated_db), Tenancy(pgstack_migrated_db)
+    carol = await identity.users.create("carol@example.com", PASSWORD)
+    acme = await tenancy.tenants.create("T0ACME", "Acme", owner_id=bob.id)
+    globex = await tenancy.tenants.create("T0GLOBEX", "Globex", owner_id=carol.id)
+    await tenancy.memberships.add(acme.id, carol.id, "member")
+    keys = {
+        user.email: (await identity.api_keys.create(user.id, "ci", scopes=["tenant:owner"])).key
+        for user in (bob, carol)
+    }
+    await away_from_boundary(60, margin=10)
+    async with app_client() as client:
+
+        async def export(email: str, tenant_id: uuid.UUID) -> httpx.Response:
+            return await client.post(
+                f"/workspaces/{tenant_id}/exports", headers=bearer(keys[email])
+            )
+
+        first = await export("bob@example.com", acme.id)
+        assert first.status_code == 200, first.text
+        assert first.headers["ratelimit-policy"] == '"export";q=2;w=60'
+        assert (await export("carol@example.com", acme.id)).status_code == 200
+        # Two members, one count: the tenant's third export is refused, whoever asks.
+        assert_429(await export("bob@example.com", acme.id), "export", 2, 60)
+        assert_429(await export("carol@example.com", acme.id), "export", 2, 60)
+        # Another tenant has its own count, for the same caller.
+        assert (await export("carol@example.com", globex.id)).status_code == 200
+        # A tenant the caller is not a member of is a 404 and counts nothing.
+        assert (await export("bob@example.com", globex.id)).status_code == 404
+        assert (await export("carol@example.com", globex.id)).status_code == 200
+
+
 async def test_enforce_tenant_limit_counts_per_tenant_by_plan(app_client: AppClient) -> None:
     # proves: N4
     plans = {"default": "3/hour", "free": "1/hour", "enterprise": ""}
@@ -235,3 +279,9 @@ def test_the_default_tiers_leave_room_for_a_normal_client() -> None:
     policies = RateLimitPolicies.from_settings(settings)
     assert all(limit.quota / limit.seconds >= 50 for limit in policies.tier("standard"))
     assert all(limit.quota / limit.seconds >= 50 for limit in policies.tier("session"))
+
+
+def test_an_unknown_per_is_refused_when_the_route_is_declared() -> None:
+    # proves: N4 (a typo never silently falls back to per-caller counting)
+    with pytest.raises(ValueError, match="'caller', 'ip' or 'tenant'"):
+        rate_limit("2/minute", resource="export", per="workspace")  # type: ignore[arg-type]

@@ -7,12 +7,19 @@ is shared, with a count of its users, by pytest-xdist workers).
 
 The migrated fixtures build from `pgstack_migration_project`: the `[tool.pgstack]` of the
 test run's pyproject.toml, else pgstack's own migrations. Override that fixture to choose.
+
+`pgstack_app_role_database` and `pgstack_app_role_db` give the production shape instead: a
+database made by `db init` (an owner role and an application role), migrated by the owner,
+with the service connected as the application role, which row-level security holds.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,11 +27,13 @@ from sqlalchemy.engine import URL
 
 from pgstack.config import Settings, to_asyncpg_url
 from pgstack.db.admin import asyncpg_dsn as asyncpg_dsn  # for tests that connect on their own
+from pgstack.db.admin import init_database
 from pgstack.db.database import Database
 from pgstack.db.embedded import EmbeddedPostgres
 from pgstack.db.session import Session
+from pgstack.migrations.api import upgrade_async
 from pgstack.migrations.project import MigrationProject
-from pgstack.testing.templates import TemplateDatabases
+from pgstack.testing.templates import TemplateDatabases, _admin, run_async
 
 _TEMPLATES = pytest.StashKey[TemplateDatabases]()
 
@@ -71,18 +80,21 @@ def through_pooler(url: URL) -> URL:
     return url.set(host=via.host, port=via.port)
 
 
-def settings_for(url: URL) -> Settings:
+def settings_for(url: URL, migration_url: URL | None = None) -> Settings:
     """Settings for a test database: a small pool, quick retries, no `.env`.
 
-    Migrations run on the test database too: a DATABASE_MIGRATION_URL in the environment
-    does not apply. With PGSTACK_TEST_POOLER_URL set, the test server's databases are reached
-    through that PgBouncer (transaction pooling mode).
+    Migrations run on the test database too, as `migration_url` when given: a
+    DATABASE_MIGRATION_URL in the environment does not apply. With PGSTACK_TEST_POOLER_URL
+    set, the test server's databases are reached through that PgBouncer (transaction pooling
+    mode).
     """
     pooled = through_pooler(url)
     return Settings(
         database_url=pooled.render_as_string(hide_password=False),
         database_pooler="pgbouncer-transaction" if pooled is not url else "none",
-        database_migration_url=None,
+        database_migration_url=(
+            None if migration_url is None else migration_url.render_as_string(hide_password=False)
+        ),
         database_pool_size=5,
         database_max_overflow=2,
         database_pool_timeout=5,
@@ -182,6 +194,70 @@ async def pgstack_session(pgstack_migrated_db: Database) -> AsyncIterator[Sessio
     """A session on this test's migrated database; commit what you want to keep."""
     async with pgstack_migrated_db.session() as session:
         yield session
+
+
+# -- the production shape: an owner role and an application role ----------------------------
+
+
+@dataclass(frozen=True)
+class AppRoleDatabase:
+    """A database made by `db init` and migrated by its owner, as a deployment makes it.
+
+    `owner` owns the schema and the tables and runs the migrations; `app` is the service's
+    role: rows only, no DDL, owns nothing, no BYPASSRLS, so row-level security holds it.
+    """
+
+    owner: URL
+    app: URL
+
+    def settings(self) -> Settings:
+        """The service's settings: the application role; migrations as the owner."""
+        return settings_for(self.app, migration_url=self.owner)
+
+
+@pytest.fixture(scope="session")
+def pgstack_app_role_database(
+    pgstack_server_url: URL, pgstack_migration_project: MigrationProject
+) -> Iterator[AppRoleDatabase]:
+    """A database with `db init`'s two roles, migrated to head by the owner; one per run.
+
+    Its tests share it (make the tenants and rows each test needs); it and both roles are
+    dropped at the end of the run.
+    """
+    tag = uuid.uuid4().hex[:10]
+    name = f"pgstack_roles_{tag}"
+    made = AppRoleDatabase(
+        owner=pgstack_server_url.set(
+            username=f"pgstack_owner_{tag}", password=secrets.token_urlsafe(18), database=name
+        ),
+        app=pgstack_server_url.set(
+            username=f"pgstack_app_{tag}", password=secrets.token_urlsafe(18), database=name
+        ),
+    )
+    admin = pgstack_server_url.render_as_string(hide_password=False)
+    try:
+        run_async(lambda: init_database(admin, made.app, made.owner))
+        owner = settings_for(made.owner)
+        run_async(lambda: upgrade_async(owner, project=pgstack_migration_project))
+        yield made
+    finally:
+        run_async(
+            lambda: _admin(
+                pgstack_server_url,
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+                f'DROP ROLE IF EXISTS "{made.app.username}"',
+                f'DROP ROLE IF EXISTS "{made.owner.username}"',
+            )
+        )
+
+
+@pytest.fixture
+async def pgstack_app_role_db(
+    pgstack_app_role_database: AppRoleDatabase,
+) -> AsyncIterator[Database]:
+    """A connected Database as the application role on `pgstack_app_role_database`."""
+    async for db in _connected(pgstack_app_role_database.settings()):
+        yield db
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -128,12 +128,14 @@ async def check(
 
 
 def rate_limit(
-    limit: str, *, resource: str, per: Literal["caller", "ip"] = "caller"
+    limit: str, *, resource: str, per: Literal["caller", "ip", "tenant"] = "caller"
 ) -> Callable[..., Awaitable[None]]:
     """A dependency that counts each request against `limit` ("100/minute") for `resource`.
 
-    Per caller (the authenticated user's API key or session; the route then needs one), or
-    per client address with `per="ip"` (for routes open to anyone).
+    Per caller (the authenticated user's API key or session; the route then needs one), per
+    client address with `per="ip"` (for routes open to anyone), or per tenant with
+    `per="tenant"`: every member of the request's tenant (`TenantAccessDep`, which the route
+    then needs) shares one count, kept under the key `tenant:<id>:<resource>`.
     """
     limits = parse_limits(limit)  # a bad limit fails when the route is declared
     if per == "ip":
@@ -148,6 +150,19 @@ def rate_limit(
             await check(request, f"ip:{address}:{resource}", limits, resource, response)
 
         return by_address
+
+    if per == "tenant":
+        from pgstack.web.tenancy import TenantAccess, TenantAccessDep
+
+        async def by_tenant(request: Request, response: Response, access: TenantAccess) -> None:
+            key = f"tenant:{access.tenant.id}:{resource}"
+            await check(request, key, limits, resource, response)
+
+        by_tenant.__annotations__["access"] = TenantAccessDep
+        return by_tenant
+
+    if per != "caller":
+        raise ValueError(f"rate_limit(per=...) is 'caller', 'ip' or 'tenant', not {per!r}")
 
     from pgstack.web.identity import PrincipalDep
 

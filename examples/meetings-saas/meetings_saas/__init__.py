@@ -1,0 +1,1 @@
+"""A multi-tenant meetings service on pgstack: workspaces, CRM connections, meetings, mappings."""
