@@ -134,11 +134,24 @@ async def test_the_application_role_reaches_one_tenants_conversations_only(
                 "UPDATE conversation_sessions SET message_count = 0 WHERE id = $1", chat.id
             )
             assert updated == "UPDATE 0"
+        # The append function runs as its caller: naming GLOBEX finds no ACME session, and
+        # naming ACME inside a GLOBEX transaction is refused, not moved to ACME.
+        append = (
+            "SELECT seq FROM pgstack_conversation_append($1, $2, $3, 'user', 'forged', 1, "
+            "NULL, NULL, NULL)"
+        )
+        assert await conn.fetch(append, chat.id, ada.id, GLOBEX) == []
+        async with conn.transaction():
+            await conn.execute(SET_TENANT, str(GLOBEX))
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="another tenant"):
+                await conn.fetch(append, chat.id, ada.id, ACME)
         async with conn.transaction():
             await conn.execute(SET_TENANT, str(ACME))
             assert await conn.fetchval("SELECT content FROM conversation_messages") == (
                 "acme secret"
             )
+            totals = "SELECT message_count, token_count FROM conversation_sessions"
+            assert tuple(await conn.fetchrow(totals)) == (1, 4)
     finally:
         await conn.close()
 

@@ -4,10 +4,12 @@ Every verb runs in the tenant of `tenant_context` and for one user, the owner: a
 another user, or of another tenant, is not found. Row-level security holds the tables to the
 tenant as well (pgstack_0008_conversations).
 
-Appending is one statement: a data-modifying CTE bumps the session's totals and takes the new
-total as the message's `seq`, then inserts the message. The session row's lock orders
-concurrent appends, so sequence numbers run 1, 2, 3 ... with no gap and no duplicate, the
-totals always equal the messages, and message 10,000 costs what message 10 does.
+Appending is one statement and one round trip: `pgstack_conversation_append`
+(pgstack_0010_conversation_append) sets the tenant for its own transaction, bumps the
+session's totals and takes the new total as the message's `seq`, then inserts the message.
+The session row's lock orders concurrent appends, so sequence numbers run 1, 2, 3 ... with
+no gap and no duplicate, the totals always equal the messages, and message 10,000 costs what
+message 10 does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pgstack.db.database import Database
 from pgstack.db.session import translated_errors
 from pgstack.db.tenant import entered, maintenance_scopes, tenant_value
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError, TenantScopeError
+from pgstack.orm.context import audit_context
 from pgstack.orm.mixins import new_uuid7
 from pgstack.orm.types import UTCDateTime
 
@@ -93,20 +96,13 @@ _TRANSITION = _sql(
     f"WHERE {_OWNED} AND status = 'active' RETURNING {_SESSION_COLUMNS}",
     _SESSION_TYPES,
 )
-_APPEND = _sql(
-    "WITH bumped AS ("
-    " UPDATE conversation_sessions SET message_count = message_count + 1,"
-    " token_count = token_count + :tokens, last_activity_at = now(),"
-    " expires_at = now() + :idle"
-    f" WHERE {_OWNED} AND status = 'active' AND (expires_at IS NULL OR expires_at > now())"
-    " RETURNING id, tenant_id, message_count) "
-    "INSERT INTO conversation_messages "
-    "(session_id, tenant_id, seq, role, content, tokens, tool_calls) "
-    "SELECT id, tenant_id, message_count, :role, :content, :tokens, :tool_calls FROM bumped "
-    "RETURNING session_id, seq, role, content, tokens, tool_calls, created_at",
-    _MESSAGE_TYPES,
-    tool_calls=JSONB,
-    idle=Interval(),
+# One statement, one round trip: the function (pgstack_0010_conversation_append) sets the
+# tenant and the audit context for its own transaction, bumps the session's totals and
+# inserts the message numbered by the new total. Run by itself it needs no BEGIN, no
+# `set_config` and no COMMIT around it; the session row's lock orders concurrent appends.
+_APPEND = (
+    "SELECT session_id, seq, role, content, tokens, tool_calls, created_at "
+    "FROM pgstack_conversation_append($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)"
 )
 # The newest `limit` messages before `before` (all, when NULL), newest first; the caller
 # turns the page round. Keyset on the primary key: the same cost on any page.
@@ -341,20 +337,29 @@ class Conversations:
             raise InvalidInputError("tokens must be a whole number from 0 to 2,147,483,647.")
         if not isinstance(content, str) or "\x00" in content:
             raise InvalidInputError("content must be text without NUL characters.")
-        _json(tool_calls, "tool_calls")
-        params = {
-            **self._owner(session_id, user_id),
-            "role": role,
-            "content": content,
-            "tokens": tokens,
-            "tool_calls": tool_calls,
-            "idle": self.idle_timeout,
-        }
-        # In a transaction of its own (which sets the tenant) rather than `db.run`: the
-        # statement leaves no session state, so the connection needs no reset afterwards.
+        calls = None if tool_calls is None else _json(tool_calls, "tool_calls")
+        tenant = self._owner(session_id, user_id)["tenant_id"]
+        context = audit_context()
+        args = (
+            session_id,
+            user_id,
+            tenant,
+            role,
+            content,
+            tokens,
+            calls,
+            self.idle_timeout,
+            json.dumps(context) if context else None,
+        )
         with translated_errors():
-            async with self.db.engine.begin() as conn:
-                row = (await conn.execute(_APPEND, params)).first()
+            lane = self.db.read_lane
+            if lane is not None and not lane.echo:
+                # Never sent twice: a lost connection is an error, the append may have landed.
+                records = await lane.fetch(_APPEND, args, retry=False)
+            else:
+                async with self.db.engine.begin() as conn:
+                    records = list(await conn.exec_driver_sql(_APPEND, args))
+        row = records[0] if records else None
         if row is not None:
             return Message(*row)
         current = await self.get(session_id, user_id)
@@ -431,8 +436,8 @@ def _object(value: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
     return value
 
 
-def _json(value: Any, name: str) -> Any:
-    """`value` if PostgreSQL's jsonb can hold it: JSON types, finite numbers, no NUL."""
+def _json(value: Any, name: str) -> str:
+    """`value` as JSON text, if PostgreSQL's jsonb can hold it: finite numbers, no NUL."""
     try:
         dumped = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -441,7 +446,7 @@ def _json(value: Any, name: str) -> Any:
         ) from None
     if "\\u0000" in dumped:
         raise InvalidInputError(f"{name} must not contain NUL characters.")
-    return value
+    return dumped
 
 
 def _text(value: Any, name: str, *, required: bool = False) -> Any:
