@@ -1,6 +1,6 @@
-"""pgstack conversations: append a message in one statement, tenant and all
+"""pgstack conversations and analytics: one-statement appends, a search configuration per entry
 
-Revision ID: pgstack_0010_conversation_append
+Revision ID: pgstack_0010_append_search
 Revises: pgstack_0008_conversations
 Create Date: 2026-12-01
 
@@ -10,13 +10,20 @@ total, returning the message. Called by itself, it is one round trip with no BEG
 `set_config` and no COMMIT of its own around it. It runs as its caller (SECURITY INVOKER):
 row-level security holds its statements as it holds the caller's, and a caller inside a
 transaction already scoped to another tenant is refused rather than moved to this one.
+
+`query_logs.text_search_config` (a `regconfig`: the one the writer names, per row or in the
+transaction's `pgstack.text_search_config` setting, else `english`)
+records the text search configuration of each entry; `search_vector` is generated with it,
+so a log in French stems French words. Changing the generated column rewrites `query_logs`.
 """
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
-revision: str = "pgstack_0010_conversation_append"
+revision: str = "pgstack_0010_append_search"
 down_revision: str | Sequence[str] | None = "pgstack_0008_conversations"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -90,9 +97,45 @@ _SIGNATURE = (
 )
 
 
+_VECTOR_INDEX = "ix_query_logs_search_vector"
+
+
+def _search_vector(expression: str) -> None:
+    op.add_column(
+        "query_logs",
+        sa.Column(
+            "search_vector",
+            postgresql.TSVECTOR(),
+            sa.Computed(expression, persisted=True),
+            nullable=True,
+        ),
+    )
+    op.create_index(_VECTOR_INDEX, "query_logs", ["search_vector"], postgresql_using="gin")
+
+
 def upgrade() -> None:
     op.execute(_APPEND)
+    op.add_column(
+        "query_logs",
+        sa.Column(
+            "text_search_config",
+            postgresql.REGCONFIG(),
+            # The configuration a transaction names (QueryAnalytics.log_many), else english.
+            server_default=sa.text(
+                "(COALESCE(NULLIF(current_setting('pgstack.text_search_config', true), ''), "
+                "'english'))::regconfig"
+            ),
+            nullable=False,
+        ),
+    )
+    op.drop_index(_VECTOR_INDEX, table_name="query_logs")
+    op.drop_column("query_logs", "search_vector")
+    _search_vector("to_tsvector(text_search_config, query_text)")
 
 
 def downgrade() -> None:
+    op.drop_index(_VECTOR_INDEX, table_name="query_logs")
+    op.drop_column("query_logs", "search_vector")
+    op.drop_column("query_logs", "text_search_config")
+    _search_vector("to_tsvector('english'::regconfig, query_text)")
     op.execute(f"DROP FUNCTION {_SIGNATURE}")
