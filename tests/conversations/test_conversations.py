@@ -13,6 +13,7 @@ from sqlalchemy import text
 from pgstack.config import Settings
 from pgstack.conversations import Conversations
 from pgstack.db.database import Database
+from pgstack.db.replicas import read_your_writes_scope, wrote_within
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError, TenantScopeError
 from pgstack.orm import tenant_context
 from pgstack.orm.context import request_context, set_actor
@@ -70,8 +71,9 @@ async def test_message_ten_thousand_sends_the_statements_of_message_ten(
         chat = await conversations.start(people.ada.id, "bot")
         for _ in range(9):
             await conversations.append(chat.id, people.ada.id, "user", "x", tokens=1)
-        with record_statements(db) as tenth:
+        with record_statements(db) as tenth, read_your_writes_scope():
             await conversations.append(chat.id, people.ada.id, "assistant", "ten", tokens=1)
+            assert wrote_within(60)  # the reads that follow go to the primary, not a replica
         # one statement: the function that sets the tenant, bumps the totals and inserts
         assert len(tenth) == 1 and "pgstack_conversation_append" in tenth[0]
         # 9,989 more rows in one statement, then the totals they stand for

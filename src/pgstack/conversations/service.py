@@ -27,6 +27,7 @@ from sqlalchemy.types import Text as TextType
 
 from pgstack.conversations.models import ROLES, TRANSITIONS
 from pgstack.db.database import Database
+from pgstack.db.replicas import note_write
 from pgstack.db.session import translated_errors
 from pgstack.db.tenant import entered, maintenance_scopes, tenant_value
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError, TenantScopeError
@@ -359,9 +360,11 @@ class Conversations:
             else:
                 async with self.db.engine.begin() as conn:
                     records = list(await conn.exec_driver_sql(_APPEND, args))
-        row = records[0] if records else None
-        if row is not None:
-            return Message(*row)
+        if records:
+            # The statement reads as a SELECT: note the write, so this task's reads that
+            # follow go to the primary rather than a replica that may not have it yet.
+            note_write()
+            return Message(*records[0])
         current = await self.get(session_id, user_id)
         state = "expired" if current.is_open else current.status
         raise ConflictError(
