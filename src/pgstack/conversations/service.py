@@ -5,7 +5,7 @@ another user, or of another tenant, is not found. Row-level security holds the t
 tenant as well (pgstack_0008_conversations).
 
 Appending is one statement and one round trip: `pgstack_conversation_append`
-(pgstack_0010_conversation_append) sets the tenant for its own transaction, bumps the
+(pgstack_0010_append_search) sets the tenant for its own transaction, bumps the
 session's totals and takes the new total as the message's `seq`, then inserts the message.
 The session row's lock orders concurrent appends, so sequence numbers run 1, 2, 3 ... with
 no gap and no duplicate, the totals always equal the messages, and message 10,000 costs what
@@ -97,7 +97,7 @@ _TRANSITION = _sql(
     f"WHERE {_OWNED} AND status = 'active' RETURNING {_SESSION_COLUMNS}",
     _SESSION_TYPES,
 )
-# One statement, one round trip: the function (pgstack_0010_conversation_append) sets the
+# One statement, one round trip: the function (pgstack_0010_append_search) sets the
 # tenant and the audit context for its own transaction, bumps the session's totals and
 # inserts the message numbered by the new total. Run by itself it needs no BEGIN, no
 # `set_config` and no COMMIT around it; the session row's lock orders concurrent appends.
