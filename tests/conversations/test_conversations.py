@@ -460,3 +460,51 @@ async def test_appends_without_the_read_lane_take_the_same_statement_in_a_transa
                 await conversations.append(chat.id, people.ada.id, "user", "late")
     finally:
         await db.disconnect()
+
+
+async def test_the_sweep_reads_the_tenant_expiry_index_and_closes_only_the_due(
+    people: People, conversations: Conversations, pgstack_migrated_db: Database
+) -> None:
+    # proves: V1
+    from pgstack.conversations import service as conversations_service
+
+    db = pgstack_migrated_db
+    for tenant, user in ((people.a.id, people.ada.id), (people.b.id, people.cy.id)):
+        await db.run(
+            text(
+                "INSERT INTO conversation_sessions (id, user_id, tenant_id, agent_id, expires_at) "
+                "SELECT gen_random_uuid(), :user, :tenant, 'bot', now() + CASE WHEN g <= 30 "
+                "THEN interval '-1 hour' ELSE interval '1 day' END FROM generate_series(1, 3000) g"
+            ),
+            {"user": user, "tenant": tenant},
+        )
+    await db.run(text("ANALYZE conversation_sessions"))
+    sweep = "EXPLAIN (FORMAT JSON) " + conversations_service._SWEEP.element.text
+    with tenant_context(people.a.id):
+        async with db.transaction() as session:
+            plan = (
+                await session.execute(text(sweep), {"tenant_id": people.a.id, "batch": 500})
+            ).scalar_one()
+
+    def subplan(node: object, name: str) -> object:
+        if isinstance(node, dict):
+            if node.get("Subplan Name") == name:
+                return node
+            node = list(node.values())
+        if isinstance(node, list):
+            for child in node:
+                found = subplan(child, name)
+                if found is not None:
+                    return found
+        return None
+
+    # The search for due sessions (the part that grows with the table) is an index range
+    # read; the UPDATE then joins its few ids back by whatever the planner finds cheapest.
+    due = json.dumps(subplan(plan, "CTE due"))
+    assert "ix_conversation_sessions_tenant_id_expires_at" in due
+    assert '"Seq Scan"' not in due
+    assert await conversations.expire(batch_size=7) == 60
+    rows = await db.run(
+        text("SELECT status, count(*) FROM conversation_sessions GROUP BY status ORDER BY 1")
+    )
+    assert rows == [("active", 5940), ("expired", 60)]
