@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 
+from pgstack.config import Settings
 from pgstack.conversations import Conversations
 from pgstack.db.database import Database
+from pgstack.db.replicas import read_your_writes_scope, wrote_within
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError, TenantScopeError
 from pgstack.orm import tenant_context
+from pgstack.orm.context import request_context, set_actor
 from pgstack.testing import assert_max_queries, record_statements
 
 from .conftest import People
@@ -67,8 +71,11 @@ async def test_message_ten_thousand_sends_the_statements_of_message_ten(
         chat = await conversations.start(people.ada.id, "bot")
         for _ in range(9):
             await conversations.append(chat.id, people.ada.id, "user", "x", tokens=1)
-        with record_statements(db) as tenth:
+        with record_statements(db) as tenth, read_your_writes_scope():
             await conversations.append(chat.id, people.ada.id, "assistant", "ten", tokens=1)
+            assert wrote_within(60)  # the reads that follow go to the primary, not a replica
+        # one statement: the function that sets the tenant, bumps the totals and inserts
+        assert len(tenth) == 1 and "pgstack_conversation_append" in tenth[0]
         # 9,989 more rows in one statement, then the totals they stand for
         await db.run(
             text(
@@ -359,3 +366,145 @@ async def test_a_session_past_its_expiry_refuses_messages_before_the_sweep(
         assert (await forever.get(kept.id, people.ada.id)).status == "active"
     with pytest.raises(InvalidInputError):
         Conversations(db, idle_timeout=timedelta(0))
+
+
+async def test_an_append_carries_the_tenant_and_who_acts_into_the_database(
+    people: People, conversations: Conversations, pgstack_migrated_db: Database
+) -> None:
+    # proves: V1, N3
+    db = pgstack_migrated_db
+    # What an audit trigger on the messages would read while the append's INSERT runs.
+    for ddl in (
+        "CREATE TABLE seen (tenant text, context text)",
+        "CREATE FUNCTION note_context() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO seen VALUES (current_setting('pgstack.tenant_id', true), "
+        "current_setting('pgstack.audit_context', true)); RETURN NEW; END $$",
+        "CREATE TRIGGER note AFTER INSERT ON conversation_messages "
+        "FOR EACH ROW EXECUTE FUNCTION note_context()",
+    ):
+        await db.run(text(ddl))
+
+    async def as_ada_in_a_request() -> None:
+        with tenant_context(people.a.id), request_context(request_id="req-15"):
+            set_actor(people.ada.id)
+            chat = await conversations.start(people.ada.id, "bot")
+            await conversations.append(chat.id, people.ada.id, "user", "hello")
+
+    await asyncio.create_task(as_ada_in_a_request())
+    with tenant_context(people.b.id):
+        other = await conversations.start(people.cy.id, "bot")
+        await conversations.append(other.id, people.cy.id, "user", "no request")
+    rows = await db.run(text("SELECT tenant, context FROM seen"))
+    assert rows[0][0] == str(people.a.id)
+    assert json.loads(rows[0][1]) == {
+        "request_id": "req-15",
+        "actor_id": str(people.ada.id),
+        "actor_type": "user",
+    }
+    assert rows[1][0] == str(people.b.id)
+    assert rows[1][1] in (None, "")
+
+
+async def test_the_append_function_refuses_a_transaction_scoped_to_another_tenant(
+    people: People, conversations: Conversations, pgstack_migrated_db: Database
+) -> None:
+    # proves: V1, N3
+    db = pgstack_migrated_db
+    with tenant_context(people.a.id):
+        chat = await conversations.start(people.ada.id, "bot")
+    call = text(
+        "SELECT seq FROM pgstack_conversation_append(:id, :user, :tenant, 'user', 'x', 1, "
+        "NULL, NULL, NULL)"
+    )
+    # A transaction of tenant B that names tenant A in the call: refused, not moved to A.
+    with tenant_context(people.b.id), pytest.raises(TenantScopeError):
+        async with db.transaction() as session:
+            await session.execute(
+                call, {"id": chat.id, "user": people.ada.id, "tenant": people.a.id}
+            )
+    # Naming tenant B for tenant A's session: nothing matches, nothing is written.
+    rows = await db.run(call, {"id": chat.id, "user": people.ada.id, "tenant": people.b.id})
+    assert rows == []
+    with tenant_context(people.a.id):
+        after = await conversations.get(chat.id, people.ada.id)
+        assert (after.message_count, after.token_count) == (0, 0)
+
+
+async def test_appends_without_the_read_lane_take_the_same_statement_in_a_transaction(
+    people: People, pgstack_migrated_settings: Settings
+) -> None:
+    # proves: V1
+    settings = pgstack_migrated_settings.model_copy(update={"database_read_pool_size": 0})
+    db = Database(settings)
+    await db.connect()
+    try:
+        assert db.read_lane is None
+        conversations = Conversations(db)
+        with tenant_context(people.a.id):
+            chat = await conversations.start(people.ada.id, "bot")
+
+            async def writer(n: int) -> list[int]:
+                return [
+                    (
+                        await conversations.append(chat.id, people.ada.id, "user", f"{n}", tokens=2)
+                    ).seq
+                    for _ in range(10)
+                ]
+
+            results = await asyncio.gather(*(writer(n) for n in range(8)))
+            assert sorted(s for r in results for s in r) == list(range(1, 81))
+            after = await conversations.get(chat.id, people.ada.id)
+            assert (after.message_count, after.token_count) == (80, 160)
+            await conversations.cancel(chat.id, people.ada.id)
+            with pytest.raises(ConflictError, match="cancelled and takes no new messages"):
+                await conversations.append(chat.id, people.ada.id, "user", "late")
+    finally:
+        await db.disconnect()
+
+
+async def test_the_sweep_reads_the_tenant_expiry_index_and_closes_only_the_due(
+    people: People, conversations: Conversations, pgstack_migrated_db: Database
+) -> None:
+    # proves: V1
+    from pgstack.conversations import service as conversations_service
+
+    db = pgstack_migrated_db
+    for tenant, user in ((people.a.id, people.ada.id), (people.b.id, people.cy.id)):
+        await db.run(
+            text(
+                "INSERT INTO conversation_sessions (id, user_id, tenant_id, agent_id, expires_at) "
+                "SELECT gen_random_uuid(), :user, :tenant, 'bot', now() + CASE WHEN g <= 30 "
+                "THEN interval '-1 hour' ELSE interval '1 day' END FROM generate_series(1, 3000) g"
+            ),
+            {"user": user, "tenant": tenant},
+        )
+    await db.run(text("ANALYZE conversation_sessions"))
+    sweep = "EXPLAIN (FORMAT JSON) " + conversations_service._SWEEP.element.text
+    with tenant_context(people.a.id):
+        async with db.transaction() as session:
+            plan = (
+                await session.execute(text(sweep), {"tenant_id": people.a.id, "batch": 500})
+            ).scalar_one()
+
+    def subplan(node: object, name: str) -> object:
+        if isinstance(node, dict):
+            if node.get("Subplan Name") == name:
+                return node
+            node = list(node.values())
+        if isinstance(node, list):
+            for child in node:
+                found = subplan(child, name)
+                if found is not None:
+                    return found
+        return None
+
+    # The search for due sessions (the part that grows with the table) is an index range
+    # read; the UPDATE then joins its few ids back by whatever the planner finds cheapest.
+    due = json.dumps(subplan(plan, "CTE due"))
+    assert "ix_conversation_sessions_tenant_id_expires_at" in due
+    assert '"Seq Scan"' not in due
+    assert await conversations.expire(batch_size=7) == 60
+    rows = await db.run(
+        text("SELECT status, count(*) FROM conversation_sessions GROUP BY status ORDER BY 1")
+    )
+    assert rows == [("active", 5940), ("expired", 60)]

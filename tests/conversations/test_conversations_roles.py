@@ -25,6 +25,7 @@ from pgstack.config import Settings
 from pgstack.conversations import Conversations
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
+from pgstack.errors import NotFoundError
 from pgstack.identity import Identity, User
 from pgstack.orm import tenant_context
 from pgstack.testing.templates import _admin, run_async
@@ -134,11 +135,24 @@ async def test_the_application_role_reaches_one_tenants_conversations_only(
                 "UPDATE conversation_sessions SET message_count = 0 WHERE id = $1", chat.id
             )
             assert updated == "UPDATE 0"
+        # The append function runs as its caller: naming GLOBEX finds no ACME session, and
+        # naming ACME inside a GLOBEX transaction is refused, not moved to ACME.
+        append = (
+            "SELECT seq FROM pgstack_conversation_append($1, $2, $3, 'user', 'forged', 1, "
+            "NULL, NULL, NULL)"
+        )
+        assert await conn.fetch(append, chat.id, ada.id, GLOBEX) == []
+        async with conn.transaction():
+            await conn.execute(SET_TENANT, str(GLOBEX))
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="another tenant"):
+                await conn.fetch(append, chat.id, ada.id, ACME)
         async with conn.transaction():
             await conn.execute(SET_TENANT, str(ACME))
             assert await conn.fetchval("SELECT content FROM conversation_messages") == (
                 "acme secret"
             )
+            totals = "SELECT message_count, token_count FROM conversation_sessions"
+            assert tuple(await conn.fetchrow(totals)) == (1, 4)
     finally:
         await conn.close()
 
@@ -203,3 +217,27 @@ async def test_the_commands_expire_and_clean_up_every_tenant_as_the_application_
         cli, "analytics", "cleanup", "--older-than-days", "0", env=env
     )
     assert refused.exit_code != 0
+
+
+async def test_concurrent_appends_as_the_application_role_number_without_gaps(
+    app_db: Database,
+) -> None:
+    # proves: V1, N3
+    ada = await _user(app_db, "ada@acme.example")
+    conversations = Conversations(app_db)
+    assert app_db.read_lane is not None  # the one-statement path, under row-level security
+    with tenant_context(ACME):
+        chat = await conversations.start(ada.id, "bot")
+
+        async def writer(n: int) -> list[int]:
+            return [
+                (await conversations.append(chat.id, ada.id, "user", f"{n}", tokens=3)).seq
+                for _ in range(10)
+            ]
+
+        results = await asyncio.gather(*(writer(n) for n in range(8)))
+        assert sorted(s for r in results for s in r) == list(range(1, 81))
+        after = await conversations.get(chat.id, ada.id)
+        assert (after.message_count, after.token_count) == (80, 240)
+    with tenant_context(GLOBEX), pytest.raises(NotFoundError):
+        await conversations.append(chat.id, ada.id, "user", "cross-tenant")

@@ -8,7 +8,7 @@ with tenant_context(tenant_id):
     print(await analytics.latency())
 """
 
-from pgstack.analytics.models import STATUSES, QueryLog
+from pgstack.analytics.models import STATUSES, TEXT_SEARCH_CONFIG, QueryLog
 from pgstack.analytics.service import (
     DEFAULT_PERIOD,
     MAX_LIMIT,
@@ -18,12 +18,14 @@ from pgstack.analytics.service import (
     QueryAnalytics,
     QueryEntry,
     SearchHit,
+    text_search_config_name,
 )
 
 __all__ = [
     "DEFAULT_PERIOD",
     "MAX_LIMIT",
     "STATUSES",
+    "TEXT_SEARCH_CONFIG",
     "DailyTrend",
     "Latency",
     "PopularQuery",
@@ -31,4 +33,5 @@ __all__ = [
     "QueryEntry",
     "QueryLog",
     "SearchHit",
+    "text_search_config_name",
 ]

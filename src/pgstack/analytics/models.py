@@ -22,7 +22,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.dialects.postgresql import REGCONFIG, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pgstack.identity import models as _users  # noqa: F401 - the table user_id refers to
@@ -33,9 +33,17 @@ from pgstack.tenancy import models as _tenants  # noqa: F401 - the table tenant_
 STATUSES = ("success", "error", "timeout", "cancelled")
 #: Lower case, each run of white space made one space, then outer spaces trimmed.
 NORMALIZED_SQL = r"lower(btrim(regexp_replace(query_text, '\s+', ' ', 'g')))"
-#: The text search configuration of `search_vector` and of the search queries.
+#: The text search configuration an entry is logged with when the writer names none.
 TEXT_SEARCH_CONFIG = "english"
-VECTOR_SQL = f"to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, query_text)"
+#: The setting a transaction names its entries' configuration in when it does not give it
+#: per row (`QueryAnalytics.log_many`: COPY has no binary form of `regconfig`).
+CONFIG_SETTING = "pgstack.text_search_config"
+CONFIG_DEFAULT_SQL = (
+    f"(COALESCE(NULLIF(current_setting('{CONFIG_SETTING}', true), ''), "
+    f"'{TEXT_SEARCH_CONFIG}'))::regconfig"
+)
+#: Each entry's vector by the entry's own configuration (pgstack_0010).
+VECTOR_SQL = "to_tsvector(text_search_config, query_text)"
 
 
 class QueryLog(Base):
@@ -66,5 +74,9 @@ class QueryLog(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, server_default=text("now()")
+    )
+    #: The text search configuration `search_vector` is made with (`english`, `french`, ...).
+    text_search_config: Mapped[str] = mapped_column(
+        REGCONFIG, nullable=False, server_default=text(CONFIG_DEFAULT_SQL)
     )
     search_vector: Mapped[str] = mapped_column(TSVECTOR, Computed(VECTOR_SQL, persisted=True))

@@ -8,7 +8,9 @@ search ranked by `ts_rank_cd`. Old entries go in batches (`cleanup`).
 
 from __future__ import annotations
 
+import re
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -17,10 +19,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Interval, TextualSelect, bindparam, text
 
-from pgstack.analytics.models import STATUSES, TEXT_SEARCH_CONFIG, QueryLog
+from pgstack.analytics.models import CONFIG_SETTING, STATUSES, TEXT_SEARCH_CONFIG, QueryLog
 from pgstack.db.database import Database
-from pgstack.db.tenant import entered, maintenance_scopes, tenant_value
+from pgstack.db.tenant import tenant_value
 from pgstack.errors import InvalidInputError, TenantScopeError
+from pgstack.orm import tenant_context
 from pgstack.orm.types import UTCDateTime
 from pgstack.repository import Repository
 
@@ -46,8 +49,9 @@ def _sql(sql: str, columns: Mapping[str, Any] | None = None, **binds: Any) -> Te
 
 _LOG = _sql(
     "INSERT INTO query_logs (tenant_id, user_id, query_text, query_type, status, "
-    "response_time_ms, error) VALUES (:tenant_id, :user_id, :query_text, :query_type, "
-    f":status, :response_time_ms, :error) RETURNING {_ENTRY_COLUMNS}",
+    "response_time_ms, error, text_search_config) VALUES (:tenant_id, :user_id, :query_text, "
+    ":query_type, :status, :response_time_ms, :error, CAST(:text_search_config AS regconfig)) "
+    f"RETURNING {_ENTRY_COLUMNS}",
     _AT,
 )
 # Newest first; keyset on (created_at, id) from the entry `before` names.
@@ -60,7 +64,7 @@ _HISTORY = _sql(
 )
 _SEARCH = _sql(
     f"SELECT {_ENTRY_COLUMNS}, ts_rank_cd(search_vector, q) AS rank "
-    f"FROM query_logs, websearch_to_tsquery('{TEXT_SEARCH_CONFIG}', :terms) AS q "
+    "FROM query_logs, websearch_to_tsquery(CAST(:config AS regconfig), :terms) AS q "
     f"WHERE {_RANGE} AND search_vector @@ q "
     "AND (CAST(:user_id AS uuid) IS NULL OR user_id = :user_id) "
     "ORDER BY rank DESC, created_at DESC, id DESC LIMIT :limit",
@@ -86,13 +90,31 @@ _LATENCY = _sql(
     f"WHERE {_RANGE} GROUP BY query_type ORDER BY query_type",
 )
 _CUTOFF = _sql("SELECT now() - :age AS cutoff", {"cutoff": UTCDateTime()}, age=Interval())
-# SKIP LOCKED: cleanups running at once share the rows instead of waiting on each other.
+# SKIP LOCKED: cleanups running at once share the rows instead of waiting on each other. The
+# tenant is named as well as held by row-level security: a role that bypasses it (the owner
+# of a database without FORCE, a superuser) still reads the (tenant_id, created_at) index.
 _CLEANUP = _sql(
     "WITH gone AS (DELETE FROM query_logs WHERE id IN (SELECT id FROM query_logs "
-    "WHERE created_at < :cutoff ORDER BY created_at LIMIT :batch FOR UPDATE SKIP LOCKED) "
-    "RETURNING 1) SELECT count(*) FROM gone",
+    "WHERE tenant_id = :tenant_id AND created_at < :cutoff ORDER BY created_at LIMIT :batch "
+    "FOR UPDATE SKIP LOCKED) RETURNING 1) SELECT count(*) FROM gone",
     cutoff=UTCDateTime(),
 )
+_SET_CONFIG = _sql(f"SELECT set_config('{CONFIG_SETTING}', :config, true)")
+_TENANTS = _sql("SELECT id FROM tenants ORDER BY id")
+# The configurations a name may mean: unqualified, those on the search path.
+_CONFIG = _sql(
+    "SELECT c.oid::regconfig::text FROM pg_ts_config c JOIN pg_namespace n "
+    "ON n.oid = c.cfgnamespace WHERE c.cfgname = :name "
+    "AND (n.nspname = :schema OR (CAST(:schema AS text) IS NULL "
+    "AND pg_ts_config_is_visible(c.oid)))"
+)
+_CONFIGS = _sql(
+    "SELECT string_agg(cfgname, ', ' ORDER BY cfgname) FROM pg_ts_config "
+    "WHERE pg_ts_config_is_visible(oid)"
+)
+_CONFIG_NAME = re.compile(r"(?:([a-z_][a-z0-9_]{0,62})\.)?([a-z_][a-z0-9_]{0,62})")
+# The configurations each Database's server was found to have: checked once per name.
+_KNOWN_CONFIGS: weakref.WeakKeyDictionary[Database, set[str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -161,11 +183,12 @@ class QueryAnalytics:
         top = await analytics.popular(limit=10)
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, text_search_config: str = TEXT_SEARCH_CONFIG) -> None:
         self.db = db
+        self.text_search_config = text_search_config_name(text_search_config)
 
     def __repr__(self) -> str:
-        return "QueryAnalytics()"
+        return f"QueryAnalytics(text_search_config={self.text_search_config!r})"
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -181,6 +204,7 @@ class QueryAnalytics:
     ) -> QueryEntry:
         """Record one query; the normalized text and search vector are computed by PostgreSQL."""
         row = self._entry_row(user_id, query_text, query_type, status, response_time_ms, error)
+        row["text_search_config"] = await self._config()
         rows = await self.db.run(_LOG, row)
         return QueryEntry(*rows[0])
 
@@ -190,6 +214,7 @@ class QueryAnalytics:
         Each entry has the keys of `log` (`user_id`, `query_text`, `query_type`, `status`,
         `response_time_ms`, optionally `error`) and may give `created_at` (imports).
         """
+        config = await self._config()
         rows = []
         for entry in entries:
             row = self._entry_row(
@@ -204,6 +229,8 @@ class QueryAnalytics:
                 row["created_at"] = entry["created_at"]
             rows.append(row)
         async with self.db.transaction() as session:
+            # The column's default reads it: COPY cannot carry a regconfig value itself.
+            await session.execute(_SET_CONFIG, {"config": config})
             return await Repository(session, QueryLog).create_many(rows)
 
     # -- reading -----------------------------------------------------------------------------
@@ -227,11 +254,14 @@ class QueryAnalytics:
     ) -> list[SearchHit]:
         """Logged queries matching `terms` (web search syntax: words, "phrases", -not, or).
 
-        Ranked by `ts_rank_cd`, best first; ties newest first.
+        The terms are parsed with this instance's `text_search_config`: entries logged with
+        the same configuration match by their stems. Ranked by `ts_rank_cd`, best first; ties
+        newest first.
         """
         if not isinstance(terms, str) or not terms.strip() or len(terms) > 1000:
             raise InvalidInputError("Search terms must be 1 to 1000 characters of text.")
         params = {**self._range(since, until), "terms": terms, "user_id": user_id}
+        params["config"] = await self._config()
         params["limit"] = _limit(limit)
         rows = await self.db.run(_SEARCH, params)
         return [SearchHit(QueryEntry(*row[:-1]), float(row[-1])) for row in rows]
@@ -284,17 +314,43 @@ class QueryAnalytics:
         if batch_size < 1:
             raise InvalidInputError("batch_size must be 1 or more.")
         cutoff = (await self.db.run(_CUTOFF, {"age": older_than}))[0][0]
+        # Every entry belongs to a tenant of `tenants` (a foreign key): visit each in turn.
+        tenant = tenant_value()
+        if tenant is not None:
+            scopes = [uuid.UUID(tenant)]
+        else:
+            scopes = [row[0] for row in await self.db.run(_TENANTS)]
         removed = 0
-        for scope in await maintenance_scopes(self.db):
-            with entered(scope):
+        for scope in scopes:
+            with tenant_context(scope):
                 while True:
-                    rows = await self.db.run(_CLEANUP, {"cutoff": cutoff, "batch": batch_size})
+                    rows = await self.db.run(
+                        _CLEANUP, {"tenant_id": scope, "cutoff": cutoff, "batch": batch_size}
+                    )
                     removed += rows[0][0]
                     if rows[0][0] < batch_size:
                         break
         return removed
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _config(self) -> str:
+        """The instance's text search configuration, once found on the server."""
+        name = self.text_search_config
+        known = _KNOWN_CONFIGS.setdefault(self.db, set())
+        if name in known:
+            return name
+        match = _CONFIG_NAME.fullmatch(name)
+        assert match is not None  # checked in __init__
+        schema, bare = match.groups()
+        if not await self.db.run(_CONFIG, {"name": bare, "schema": schema}):
+            available = (await self.db.run(_CONFIGS))[0][0] or "none"
+            raise InvalidInputError(
+                f"This PostgreSQL server has no text search configuration {name!r}; it has: "
+                f"{available}. Pass one of those as text_search_config."
+            )
+        known.add(name)
+        return name
 
     def _entry_row(
         self,
@@ -355,6 +411,20 @@ class QueryAnalytics:
         if start >= end:
             raise InvalidInputError("since must be before until.")
         return {**self._tenant(), "since": start, "until": end}
+
+
+def text_search_config_name(name: str) -> str:
+    """`name` if it can name a text search configuration; InvalidInputError otherwise.
+
+    Whether the server has it is checked on first use, against `pg_ts_config`; the name only
+    ever reaches SQL as a parameter cast to `regconfig`.
+    """
+    if not isinstance(name, str) or not _CONFIG_NAME.fullmatch(name):
+        raise InvalidInputError(
+            "text_search_config must name a text search configuration, such as english, "
+            "french or simple (lower-case letters, digits and _, optionally schema.name)."
+        )
+    return name
 
 
 def _limit(limit: int) -> int:

@@ -4,10 +4,12 @@ Every verb runs in the tenant of `tenant_context` and for one user, the owner: a
 another user, or of another tenant, is not found. Row-level security holds the tables to the
 tenant as well (pgstack_0008_conversations).
 
-Appending is one statement: a data-modifying CTE bumps the session's totals and takes the new
-total as the message's `seq`, then inserts the message. The session row's lock orders
-concurrent appends, so sequence numbers run 1, 2, 3 ... with no gap and no duplicate, the
-totals always equal the messages, and message 10,000 costs what message 10 does.
+Appending is one statement and one round trip: `pgstack_conversation_append`
+(pgstack_0010_append_search) sets the tenant for its own transaction, bumps the
+session's totals and takes the new total as the message's `seq`, then inserts the message.
+The session row's lock orders concurrent appends, so sequence numbers run 1, 2, 3 ... with
+no gap and no duplicate, the totals always equal the messages, and message 10,000 costs what
+message 10 does.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from sqlalchemy.types import Text as TextType
 
 from pgstack.conversations.models import ROLES, TRANSITIONS
 from pgstack.db.database import Database
+from pgstack.db.replicas import note_write
 from pgstack.db.session import translated_errors
-from pgstack.db.tenant import entered, maintenance_scopes, tenant_value
+from pgstack.db.tenant import tenant_value
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError, TenantScopeError
+from pgstack.orm import tenant_context
+from pgstack.orm.context import audit_context
 from pgstack.orm.mixins import new_uuid7
 from pgstack.orm.types import UTCDateTime
 
@@ -93,20 +98,13 @@ _TRANSITION = _sql(
     f"WHERE {_OWNED} AND status = 'active' RETURNING {_SESSION_COLUMNS}",
     _SESSION_TYPES,
 )
-_APPEND = _sql(
-    "WITH bumped AS ("
-    " UPDATE conversation_sessions SET message_count = message_count + 1,"
-    " token_count = token_count + :tokens, last_activity_at = now(),"
-    " expires_at = now() + :idle"
-    f" WHERE {_OWNED} AND status = 'active' AND (expires_at IS NULL OR expires_at > now())"
-    " RETURNING id, tenant_id, message_count) "
-    "INSERT INTO conversation_messages "
-    "(session_id, tenant_id, seq, role, content, tokens, tool_calls) "
-    "SELECT id, tenant_id, message_count, :role, :content, :tokens, :tool_calls FROM bumped "
-    "RETURNING session_id, seq, role, content, tokens, tool_calls, created_at",
-    _MESSAGE_TYPES,
-    tool_calls=JSONB,
-    idle=Interval(),
+# One statement, one round trip: the function (pgstack_0010_append_search) sets the
+# tenant and the audit context for its own transaction, bumps the session's totals and
+# inserts the message numbered by the new total. Run by itself it needs no BEGIN, no
+# `set_config` and no COMMIT around it; the session row's lock orders concurrent appends.
+_APPEND = (
+    "SELECT session_id, seq, role, content, tokens, tool_calls, created_at "
+    "FROM pgstack_conversation_append($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)"
 )
 # The newest `limit` messages before `before` (all, when NULL), newest first; the caller
 # turns the page round. Keyset on the primary key: the same cost on any page.
@@ -118,12 +116,16 @@ _HISTORY = _sql(
     "AND m.seq > :after ORDER BY m.seq DESC LIMIT :limit",
     _MESSAGE_TYPES,
 )
+_TENANTS = _sql("SELECT id FROM tenants ORDER BY id", {})
 _DELETE = _sql(f"DELETE FROM conversation_sessions WHERE {_OWNED} RETURNING id", {})
 # SKIP LOCKED: several sweepers share the due rows; one that finds a row already swept by
 # another re-checks `status` on the new version and leaves it.
+# The tenant is named as well as held by row-level security, so a role that bypasses it
+# still reads the (tenant_id, expires_at) index instead of scanning every session.
 _SWEEP = _sql(
-    "WITH due AS (SELECT id FROM conversation_sessions WHERE status = 'active' "
-    "AND expires_at <= now() ORDER BY expires_at LIMIT :batch FOR UPDATE SKIP LOCKED) "
+    "WITH due AS (SELECT id FROM conversation_sessions WHERE tenant_id = :tenant_id "
+    "AND status = 'active' AND expires_at <= now() ORDER BY expires_at LIMIT :batch "
+    "FOR UPDATE SKIP LOCKED) "
     "UPDATE conversation_sessions s SET status = 'expired', ended_at = now() "
     "FROM due WHERE s.id = due.id RETURNING s.id",
     {},
@@ -341,22 +343,33 @@ class Conversations:
             raise InvalidInputError("tokens must be a whole number from 0 to 2,147,483,647.")
         if not isinstance(content, str) or "\x00" in content:
             raise InvalidInputError("content must be text without NUL characters.")
-        _json(tool_calls, "tool_calls")
-        params = {
-            **self._owner(session_id, user_id),
-            "role": role,
-            "content": content,
-            "tokens": tokens,
-            "tool_calls": tool_calls,
-            "idle": self.idle_timeout,
-        }
-        # In a transaction of its own (which sets the tenant) rather than `db.run`: the
-        # statement leaves no session state, so the connection needs no reset afterwards.
+        calls = None if tool_calls is None else _json(tool_calls, "tool_calls")
+        tenant = self._owner(session_id, user_id)["tenant_id"]
+        context = audit_context()
+        args = (
+            session_id,
+            user_id,
+            tenant,
+            role,
+            content,
+            tokens,
+            calls,
+            self.idle_timeout,
+            json.dumps(context) if context else None,
+        )
         with translated_errors():
-            async with self.db.engine.begin() as conn:
-                row = (await conn.execute(_APPEND, params)).first()
-        if row is not None:
-            return Message(*row)
+            lane = self.db.read_lane
+            if lane is not None and not lane.echo:
+                # Never sent twice: a lost connection is an error, the append may have landed.
+                records = await lane.fetch(_APPEND, args, retry=False)
+            else:
+                async with self.db.engine.begin() as conn:
+                    records = list(await conn.exec_driver_sql(_APPEND, args))
+        if records:
+            # The statement reads as a SELECT: note the write, so this task's reads that
+            # follow go to the primary rather than a replica that may not have it yet.
+            note_write()
+            return Message(*records[0])
         current = await self.get(session_id, user_id)
         state = "expired" if current.is_open else current.status
         raise ConflictError(
@@ -403,10 +416,17 @@ class Conversations:
         if batch_size < 1:
             raise InvalidInputError("batch_size must be 1 or more.")
         closed = 0
-        for scope in await maintenance_scopes(self.db):
-            with entered(scope):
+        # Every session belongs to a tenant of `tenants` (a foreign key): visit each in turn.
+        tenant = tenant_value()
+        if tenant is not None:
+            scopes = [uuid.UUID(tenant)]
+        else:
+            scopes = [row[0] for row in await self.db.run(_TENANTS)]
+        for scope in scopes:
+            with tenant_context(scope):
                 while True:
-                    done = len(await self.db.run(_SWEEP, {"batch": batch_size}))
+                    params = {"tenant_id": scope, "batch": batch_size}
+                    done = len(await self.db.run(_SWEEP, params))
                     closed += done
                     if done < batch_size:
                         break
@@ -431,8 +451,8 @@ def _object(value: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
     return value
 
 
-def _json(value: Any, name: str) -> Any:
-    """`value` if PostgreSQL's jsonb can hold it: JSON types, finite numbers, no NUL."""
+def _json(value: Any, name: str) -> str:
+    """`value` as JSON text, if PostgreSQL's jsonb can hold it: finite numbers, no NUL."""
     try:
         dumped = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -441,7 +461,7 @@ def _json(value: Any, name: str) -> Any:
         ) from None
     if "\\u0000" in dumped:
         raise InvalidInputError(f"{name} must not contain NUL characters.")
-    return value
+    return dumped
 
 
 def _text(value: Any, name: str, *, required: bool = False) -> Any:

@@ -23,7 +23,9 @@ from pgstack.analytics import (
     QueryAnalytics,
     QueryEntry,
 )
-from pgstack.analytics.service import MAX_QUERY_LENGTH
+from pgstack.analytics.models import TEXT_SEARCH_CONFIG
+from pgstack.analytics.service import MAX_QUERY_LENGTH, text_search_config_name
+from pgstack.db.database import Database
 from pgstack.web.deps import DatabaseDep
 from pgstack.web.tenancy import TenantAccessDep, require_tenant_role
 
@@ -115,15 +117,29 @@ def _latency(x: Latency) -> LatencyOut:
     return LatencyOut(query_type=x.query_type, total=x.total, p50=x.p50, p95=x.p95, p99=x.p99)
 
 
-def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -> APIRouter:
-    """The query log's routes; figures and search need the tenant role `admin_role`."""
+def analytics_router(
+    *,
+    prefix: str = "/analytics",
+    admin_role: str = "admin",
+    text_search_config: str = TEXT_SEARCH_CONFIG,
+) -> APIRouter:
+    """The query log's routes; figures and search need the tenant role `admin_role`.
+
+    Queries are logged, and searched, with `text_search_config` (a configuration of the
+    server's `pg_ts_config`: english, french, simple, ...).
+    """
+    config = text_search_config_name(text_search_config)
     router = APIRouter(prefix=prefix, tags=["analytics"])
+
+    def service(db: Database) -> QueryAnalytics:
+        return QueryAnalytics(db, text_search_config=config)
+
     # The figures: the same tenant access, checked for the admin role first.
     admin = APIRouter(dependencies=[Depends(require_tenant_role(admin_role))])
 
     @router.post("/queries", status_code=201)
     async def log_query(body: QueryIn, access: TenantAccessDep, db: DatabaseDep) -> QueryOut:
-        entry = await QueryAnalytics(db).log(
+        entry = await service(db).log(
             access.principal.user.id,
             body.query_text,
             body.query_type,
@@ -140,7 +156,7 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         limit: _Limit = 50,
         before_id: Annotated[int | None, Query(ge=1)] = None,
     ) -> list[QueryOut]:
-        entries = await QueryAnalytics(db).history(
+        entries = await service(db).history(
             access.principal.user.id, limit=limit, before_id=before_id
         )
         return [_entry(e) for e in entries]
@@ -153,7 +169,7 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         limit: _Limit = 50,
         before_id: Annotated[int | None, Query(ge=1)] = None,
     ) -> list[QueryOut]:
-        entries = await QueryAnalytics(db).history(user_id, limit=limit, before_id=before_id)
+        entries = await service(db).history(user_id, limit=limit, before_id=before_id)
         return [_entry(e) for e in entries]
 
     @admin.get("/search")
@@ -166,9 +182,7 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         user_id: uuid.UUID | None = None,
         limit: _Limit = 20,
     ) -> list[SearchHitOut]:
-        hits = await QueryAnalytics(db).search(
-            q, since=since, until=until, user_id=user_id, limit=limit
-        )
+        hits = await service(db).search(q, since=since, until=until, user_id=user_id, limit=limit)
         return [SearchHitOut(entry=_entry(h.entry), rank=h.rank) for h in hits]
 
     @admin.get("/popular")
@@ -180,7 +194,7 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         query_type: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
         limit: _Limit = 10,
     ) -> list[PopularOut]:
-        rows = await QueryAnalytics(db).popular(
+        rows = await service(db).popular(
             since=since, until=until, query_type=query_type, limit=limit
         )
         return [_popular(p) for p in rows]
@@ -193,14 +207,14 @@ def analytics_router(*, prefix: str = "/analytics", admin_role: str = "admin") -
         until: _Until = None,
         zone: Annotated[str, Query(min_length=1, max_length=64)] = "UTC",
     ) -> list[TrendOut]:
-        rows = await QueryAnalytics(db).daily_trends(since=since, until=until, zone=zone)
+        rows = await service(db).daily_trends(since=since, until=until, zone=zone)
         return [_trend(t) for t in rows]
 
     @admin.get("/latency")
     async def latency(
         access: TenantAccessDep, db: DatabaseDep, since: _Since = None, until: _Until = None
     ) -> list[LatencyOut]:
-        return [_latency(x) for x in await QueryAnalytics(db).latency(since=since, until=until)]
+        return [_latency(x) for x in await service(db).latency(since=since, until=until)]
 
     router.include_router(admin)
     return router
