@@ -1,9 +1,11 @@
 """schemathesis against `pgstack serve`: no 5xx, no undocumented status or content type.
 
 A loopback `pgstack serve` on a migrated database of the test's own, fuzzed from its own
-OpenAPI document with every check, a fixed seed, once signed in with a session and once
-with an API key of an admin. Slow (minutes on two cores): behind the `fuzz` marker, which
-`.ci/run` runs on its own (`uv run pytest -m fuzz`).
+OpenAPI document (every module under `/v1`) with every check, a fixed seed, once signed in
+with a session and once with an API key of an admin. Each admin owns a tenant, named in
+every `tenant_id` path parameter and `X-Tenant-ID` header, so the tenant routes run their
+bodies rather than answering 404. Slow (minutes on two cores): behind the `fuzz` marker,
+which `.ci/run` runs on its own (`uv run pytest -m fuzz`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pgstack.config import Settings
 from pgstack.crypto import generate_key
 from pgstack.db.database import Database
 from pgstack.identity import Identity, User
+from pgstack.tenancy import Tenancy
 
 pytestmark = pytest.mark.fuzz
 
@@ -37,7 +40,7 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 SESSION_RUN_EXCLUDES = [
     # Logging out ends the very session the run authenticates with; the API-key run
     # covers the route.
-    "^/auth/logout$",
+    "^/v1/auth/logout$",
 ]
 
 
@@ -102,22 +105,32 @@ async def _admin(identity: Identity, email: str) -> User:
     return await identity.users.create(email, ADMIN_PASSWORD, roles=["admin"], verified=True)
 
 
-async def _credentials(settings: Settings) -> tuple[str, str]:
-    """A session token of one admin and an API key of another, made through the library.
+async def _credentials(settings: Settings) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(API key, tenant id) of one admin and (session token, tenant id) of another, made
+    through the library; each admin owns a tenant of its own.
 
-    Two admins: a run may deactivate or demote the admin it signs in as (it learns its id
-    from /auth/me), which must not leave the other run with nothing but 401s.
+    Two admins and two tenants: a run may deactivate or demote the admin it signs in as (it
+    learns its id from /v1/auth/me), or suspend its tenant, which must not leave the other
+    run with nothing but 401s and 403s.
     """
     async with Database(settings) as db:
         identity = Identity(db)
-        await _admin(identity, "fuzz-session@example.com")
-        session = await identity.auth.login("fuzz-session@example.com", ADMIN_PASSWORD)
+        tenancy = Tenancy(db)
         owner = await _admin(identity, "fuzz-key@example.com")
-        key = await identity.api_keys.create(owner.id, "fuzz", scopes=["admin"])
-        return session.token, key.key
+        key = await identity.api_keys.create(owner.id, "fuzz", scopes=["admin", "tenant:owner"])
+        key_tenant = await tenancy.tenants.create("fuzz-key", "Fuzz (key)", owner_id=owner.id)
+        user = await _admin(identity, "fuzz-session@example.com")
+        session = await identity.auth.login("fuzz-session@example.com", ADMIN_PASSWORD)
+        session_tenant = await tenancy.tenants.create(
+            "fuzz-session", "Fuzz (session)", owner_id=user.id
+        )
+        return (key.key, str(key_tenant.id)), (session.token, str(session_tenant.id))
 
 
-def _schemathesis(base: str, token: str, excludes: list[str], report: Path) -> None:
+def _schemathesis(
+    base: str, credentials: tuple[str, str], excludes: list[str], report: Path
+) -> None:
+    token, tenant = credentials
     command = [
         str(SCHEMATHESIS),
         "--config-file",
@@ -139,8 +152,16 @@ def _schemathesis(base: str, token: str, excludes: list[str], report: Path) -> N
     for pattern in excludes:
         command += ["--exclude-path-regex", pattern]
     # In the test's folder: schemathesis keeps a cache where it runs.
+    # The config names the tenant in `tenant_id` and X-Tenant-ID (see schemathesis.toml).
+    env = {**os.environ, "PGSTACK_FUZZ_TENANT": tenant}
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=1500, check=False, cwd=report.parent
+        command,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+        cwd=report.parent,
+        env=env,
     )
     report.write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-12000:]
@@ -150,6 +171,6 @@ def test_schemathesis_finds_nothing_with_session_or_api_key(
     server: str, pgstack_migrated_settings: Settings, tmp_path: Path
 ) -> None:
     # proves: W3, W2, I8
-    session, api_key = asyncio.run(_credentials(pgstack_migrated_settings))
+    api_key, session = asyncio.run(_credentials(pgstack_migrated_settings))
     _schemathesis(server, api_key, [], tmp_path / "api-key.txt")
     _schemathesis(server, session, SESSION_RUN_EXCLUDES, tmp_path / "session.txt")

@@ -24,11 +24,11 @@ from pgstack.analytics import (
     QueryEntry,
 )
 from pgstack.analytics.service import MAX_QUERY_LENGTH
-from pgstack.web.deps import DatabaseDep
+from pgstack.web.deps import DatabaseDep, Timestamp
 from pgstack.web.tenancy import TenantAccessDep, require_tenant_role
 
-_Since = Annotated[datetime | None, Query(description="Start of the period (inclusive).")]
-_Until = Annotated[datetime | None, Query(description="End of the period (exclusive).")]
+_Since = Annotated[Timestamp | None, Query(description="Start of the period (inclusive).")]
+_Until = Annotated[Timestamp | None, Query(description="End of the period (exclusive).")]
 _Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
