@@ -292,9 +292,9 @@ def test_serve_with_a_configured_database(
     assert ready.json()["status"] == "pass"
     assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
     paths = httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["paths"]
-    assert "/auth/login" in paths and "/admin/tokens" in paths  # module routers are mounted
+    assert "/v1/auth/login" in paths and "/v1/admin/tokens" in paths  # modules, under /v1
     # The token vault's admin routes manage credentials: no caller without the admin role.
-    assert httpx.get(f"http://127.0.0.1:{port}/admin/tokens").status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/admin/tokens").status_code == 401
     out = _stop(proc, signal.SIGTERM)
     assert f"API docs at http://127.0.0.1:{port}/docs" in out
     assert "pgstack: database postgresql+asyncpg://" in out
