@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -105,32 +106,58 @@ async def _admin(identity: Identity, email: str) -> User:
     return await identity.users.create(email, ADMIN_PASSWORD, roles=["admin"], verified=True)
 
 
-async def _credentials(settings: Settings) -> tuple[tuple[str, str], tuple[str, str]]:
-    """(API key, tenant id) of one admin and (session token, tenant id) of another, made
-    through the library; each admin owns a tenant of its own.
+@dataclass(frozen=True)
+class Run:
+    """A fuzz run's bearer token and the ids schemathesis.toml puts in the paths."""
 
-    Two admins and two tenants: a run may deactivate or demote the admin it signs in as (it
-    learns its id from /v1/auth/me), or suspend its tenant, which must not leave the other
-    run with nothing but 401s and 403s.
+    token: str
+    ids: dict[str, str]
+
+
+async def _runs(settings: Settings) -> tuple[Run, Run]:
+    """The API-key run of one admin and the session run of another, made through the library.
+
+    Each admin owns a tenant, named in `tenant_id` and X-Tenant-ID. The admin routes of
+    users, members, keys and tenants act on others, never on the caller: a member of both
+    tenants (`user_id`), a spare key (`key_id`) and a spare tenant (`/admin/tenants/...`).
+    Otherwise the run deactivates its own admin, revokes its own key or suspends its own
+    tenant early on (it learns the ids from earlier answers), and from then on sees only
+    401 and 403.
     """
     async with Database(settings) as db:
         identity = Identity(db)
         tenancy = Tenancy(db)
-        owner = await _admin(identity, "fuzz-key@example.com")
-        key = await identity.api_keys.create(owner.id, "fuzz", scopes=["admin", "tenant:owner"])
-        key_tenant = await tenancy.tenants.create("fuzz-key", "Fuzz (key)", owner_id=owner.id)
-        user = await _admin(identity, "fuzz-session@example.com")
-        session = await identity.auth.login("fuzz-session@example.com", ADMIN_PASSWORD)
-        session_tenant = await tenancy.tenants.create(
-            "fuzz-session", "Fuzz (session)", owner_id=user.id
+        member = await identity.users.create(
+            "fuzz-member@example.com", ADMIN_PASSWORD, verified=True
         )
-        return (key.key, str(key_tenant.id)), (session.token, str(session_tenant.id))
+        spare = await tenancy.tenants.create("fuzz-spare", "Fuzz (spare)", owner_id=member.id)
+        runs = []
+        for name in ("key", "session"):
+            admin = await _admin(identity, f"fuzz-{name}@example.com")
+            tenant = await tenancy.tenants.create(
+                f"fuzz-{name}", f"Fuzz ({name})", owner_id=admin.id
+            )
+            await tenancy.memberships.add(tenant.id, member.id, "member")
+            if name == "key":
+                token = (
+                    await identity.api_keys.create(
+                        admin.id, "fuzz", scopes=["admin", "tenant:owner"]
+                    )
+                ).key
+            else:
+                token = (await identity.auth.login(admin.email, ADMIN_PASSWORD)).token
+            spare_key = await identity.api_keys.create(admin.id, "spare")
+            ids = {
+                "PGSTACK_FUZZ_TENANT": str(tenant.id),
+                "PGSTACK_FUZZ_SPARE_TENANT": str(spare.id),
+                "PGSTACK_FUZZ_USER": str(member.id),
+                "PGSTACK_FUZZ_KEY": str(spare_key.id),
+            }
+            runs.append(Run(token, ids))
+        return runs[0], runs[1]
 
 
-def _schemathesis(
-    base: str, credentials: tuple[str, str], excludes: list[str], report: Path
-) -> None:
-    token, tenant = credentials
+def _schemathesis(base: str, run: Run, excludes: list[str], report: Path) -> None:
     command = [
         str(SCHEMATHESIS),
         "--config-file",
@@ -145,15 +172,15 @@ def _schemathesis(
         "--workers",
         "1",
         "--header",
-        f"Authorization: Bearer {token}",
+        f"Authorization: Bearer {run.token}",
         "--output-truncate",
         "false",
     ]
     for pattern in excludes:
         command += ["--exclude-path-regex", pattern]
     # In the test's folder: schemathesis keeps a cache where it runs.
-    # The config names the tenant in `tenant_id` and X-Tenant-ID (see schemathesis.toml).
-    env = {**os.environ, "PGSTACK_FUZZ_TENANT": tenant}
+    # The config puts the run's ids into the paths and headers (see schemathesis.toml).
+    env = {**os.environ, **run.ids}
     done = subprocess.run(
         command,
         capture_output=True,
@@ -171,6 +198,6 @@ def test_schemathesis_finds_nothing_with_session_or_api_key(
     server: str, pgstack_migrated_settings: Settings, tmp_path: Path
 ) -> None:
     # proves: W3, W2, I8
-    api_key, session = asyncio.run(_credentials(pgstack_migrated_settings))
+    api_key, session = asyncio.run(_runs(pgstack_migrated_settings))
     _schemathesis(server, api_key, [], tmp_path / "api-key.txt")
     _schemathesis(server, session, SESSION_RUN_EXCLUDES, tmp_path / "session.txt")

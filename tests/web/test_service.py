@@ -415,3 +415,28 @@ async def test_time_filters_take_only_rfc3339_date_times_not_numbers(
                 headers=headers,
             )
             assert good.status_code == 200, (path, good.text)
+
+
+async def test_a_logged_query_s_time_is_a_json_number_not_a_boolean_or_text(
+    service: ServiceClient, pgstack_migrated_db: Database, bob: User
+) -> None:
+    # proves: W3
+    # Found by the fuzz run: `"response_time_ms": false` was stored as 0 (a 201).
+    tenant = await Tenancy(pgstack_migrated_db).tenants.create("t2", "T2", owner_id=bob.id)
+    key = await Identity(pgstack_migrated_db).api_keys.create(
+        bob.id, "log", scopes=["tenant:member"]
+    )
+    headers = {**bearer(key.key), "X-Tenant-ID": str(tenant.id)}
+    body = {"query_text": "q", "query_type": "search", "status": "success"}
+    async with service() as client:
+        for bad in (False, True, "12", None):
+            refused = await client.post(
+                "/v1/analytics/queries", json={**body, "response_time_ms": bad}, headers=headers
+            )
+            assert refused.status_code == 422, (bad, refused.text)
+        for good in (0, 12, 12.5):
+            taken = await client.post(
+                "/v1/analytics/queries", json={**body, "response_time_ms": good}, headers=headers
+            )
+            assert taken.status_code == 201, (good, taken.text)
+            assert taken.json()["response_time_ms"] == good

@@ -38,7 +38,8 @@ class QueryIn(BaseModel):
     query_text: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH)]
     query_type: Annotated[str, Field(min_length=1, max_length=64)]
     status: Literal["success", "error", "timeout", "cancelled"]
-    response_time_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    # strict: a boolean or a numeric string is not a time (lax mode read false as 0).
+    response_time_ms: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
     error: Annotated[str | None, Field(max_length=10_000)] = None
 
 
