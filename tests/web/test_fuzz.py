@@ -151,7 +151,7 @@ async def _runs(settings: Settings) -> tuple[Run, Run]:
                 "PGSTACK_FUZZ_TENANT": str(tenant.id),
                 "PGSTACK_FUZZ_SPARE_TENANT": str(spare.id),
                 "PGSTACK_FUZZ_USER": str(member.id),
-                "PGSTACK_FUZZ_KEY": str(spare_key.id),
+                "PGSTACK_FUZZ_KEY": str(spare_key.api_key.id),
             }
             runs.append(Run(token, ids))
         return runs[0], runs[1]
