@@ -371,11 +371,11 @@ def test_user_and_key_commands_reach_the_embedded_server_serve_runs(
     # The administrator exists in the database serve uses: it signs in and uses admin routes.
     base = f"http://127.0.0.1:{port}"
     login = httpx.post(
-        f"{base}/auth/login", json={"email": "root@example.com", "password": password}
+        f"{base}/v1/auth/login", json={"email": "root@example.com", "password": password}
     )
     assert login.status_code == 200, login.text
     bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
-    assert httpx.get(f"{base}/admin/users", headers=bearer).status_code == 200
+    assert httpx.get(f"{base}/v1/admin/users", headers=bearer).status_code == 200
 
     listed = _pgstack(["users", "list", "--json"], tmp_path)
     assert listed.returncode == 0, listed.stderr
