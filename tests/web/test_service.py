@@ -6,6 +6,7 @@ In-process through httpx (`service_app`, the app `pgstack serve` runs); the CLI'
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -440,3 +441,59 @@ async def test_a_logged_query_s_time_is_a_json_number_not_a_boolean_or_text(
             )
             assert taken.status_code == 201, (good, taken.text)
             assert taken.json()["response_time_ms"] == good
+
+
+async def test_a_message_s_token_count_is_a_json_integer_not_text_or_a_boolean(
+    service: ServiceClient, pgstack_migrated_db: Database, bob: User
+) -> None:
+    # proves: W3
+    # Found by the fuzz run: `"tokens": "12"` (and `true`) were stored as numbers (a 201).
+    tenant = await Tenancy(pgstack_migrated_db).tenants.create("t3", "T3", owner_id=bob.id)
+    key = await Identity(pgstack_migrated_db).api_keys.create(
+        bob.id, "chat", scopes=["tenant:member"]
+    )
+    headers = {**bearer(key.key), "X-Tenant-ID": str(tenant.id)}
+    async with service() as client:
+        started = await client.post("/v1/conversations", json={"agent_id": "a"}, headers=headers)
+        assert started.status_code == 201, started.text
+        messages = f"/v1/conversations/{started.json()['id']}/messages"
+        for bad in ("12", True, 1.5):
+            refused = await client.post(
+                messages, json={"role": "user", "content": "hi", "tokens": bad}, headers=headers
+            )
+            assert refused.status_code == 422, (bad, refused.text)
+        taken = await client.post(
+            messages, json={"role": "user", "content": "hi", "tokens": 12}, headers=headers
+        )
+    assert taken.status_code == 201, taken.text
+    assert taken.json()["tokens"] == 12
+
+
+async def test_patching_a_tenant_s_required_field_to_null_is_a_422_not_a_500(
+    service: ServiceClient, pgstack_migrated_db: Database, bob: User
+) -> None:
+    # proves: W3
+    # Found by the fuzz run: `"timezone": null` reached the NOT NULL column (a 500).
+    tenant = await Tenancy(pgstack_migrated_db).tenants.create("t4", "T4", owner_id=bob.id)
+    key = await Identity(pgstack_migrated_db).api_keys.create(
+        bob.id, "t", scopes=["tenant:owner"]
+    )
+    path = f"/v1/tenants/{tenant.id}"
+    async with service() as client:
+        for field in ("name", "locale", "timezone", "settings"):
+            refused = await client.patch(path, json={field: None}, headers=bearer(key.key))
+            assert refused.status_code == 422, (field, refused.text)
+            assert refused.headers["content-type"].startswith(PROBLEM)
+        # The nullable ones clear with null.
+        cleared = await client.patch(
+            path,
+            json={"domain": None, "trial_ends_at": None, "timezone": "Europe/Paris"},
+            headers=bearer(key.key),
+        )
+        document = (await client.get("/openapi.json")).json()
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["domain"] is None and cleared.json()["timezone"] == "Europe/Paris"
+    # The document says the same: null is not offered where it is refused.
+    patch = document["components"]["schemas"]["TenantPatchIn"]["properties"]
+    assert "null" not in json.dumps(patch["timezone"])
+    assert "null" in json.dumps(patch["domain"])
