@@ -276,6 +276,8 @@ def test_import_routers_takes_a_router_a_list_or_a_factory(
         "two = [APIRouter(prefix='/a'), APIRouter(prefix='/b')]\n"
         "def make():\n    return APIRouter(prefix='/made')\n"
         "not_a_router = 42\n"
+        "from fastapi import FastAPI\n"
+        "app = FastAPI()\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert [r.prefix for r in import_routers("svc_routes_x1:one", root=tmp_path)] == ["/one"]
@@ -283,6 +285,7 @@ def test_import_routers_takes_a_router_a_list_or_a_factory(
     assert [r.prefix for r in import_routers("svc_routes_x1:make")] == ["/made"]
     for spec, words in (
         ("svc_routes_x1:not_a_router", "is int, not a fastapi.APIRouter"),
+        ("svc_routes_x1:app", "is FastAPI, not a fastapi.APIRouter"),
         ("svc_routes_x1:missing", "missing"),
         ("no_such_module_x1:router", "no_such_module_x1"),
         ("svc_routes_x1", "module:attribute"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -63,7 +64,7 @@ def import_routers(spec: str, *, root: Path | None = None) -> list[APIRouter]:
             f"--router {spec[:200]!r}: {exc}. Name a router as module:attribute, importable "
             f"from {folder}."
         ) from None
-    if callable(found) and not isinstance(found, APIRouter):
+    if inspect.isroutine(found):
         found = found()
     routers = [found] if isinstance(found, APIRouter) else found
     if not isinstance(routers, Iterable) or isinstance(routers, str | bytes):
