@@ -478,9 +478,7 @@ async def test_patching_a_tenant_s_required_field_to_null_is_a_422_not_a_500(
     # proves: W3
     # Found by the fuzz run: `"timezone": null` reached the NOT NULL column (a 500).
     tenant = await Tenancy(pgstack_migrated_db).tenants.create("t4", "T4", owner_id=bob.id)
-    key = await Identity(pgstack_migrated_db).api_keys.create(
-        bob.id, "t", scopes=["tenant:owner"]
-    )
+    key = await Identity(pgstack_migrated_db).api_keys.create(bob.id, "t", scopes=["tenant:owner"])
     path = f"/v1/tenants/{tenant.id}"
     async with service() as client:
         for field in ("name", "locale", "timezone", "settings"):
