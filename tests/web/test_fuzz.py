@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pgstack.config import Settings
@@ -28,6 +25,8 @@ from pgstack.crypto import generate_key
 from pgstack.db.database import Database
 from pgstack.identity import Identity, User
 from pgstack.tenancy import Tenancy
+
+from .conftest import pgstack_serve
 
 pytestmark = pytest.mark.fuzz
 
@@ -45,61 +44,15 @@ SESSION_RUN_EXCLUDES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def server(pgstack_migrated_settings: Settings, tmp_path: Path) -> Iterator[str]:
     """`pgstack serve` on a free loopback port; its base URL."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": pgstack_migrated_settings.url.render_as_string(hide_password=False),
-        "DATABASE_POOL_SIZE": "5",
-        # Two-factor enrolment encrypts its secret: without keys it is a (correct) 503.
-        "PGSTACK_ENCRYPTION_KEYS": generate_key("fuzz"),
-    }
-    env.pop("PGSTACK_ENV", None)
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from pgstack.cli import main; main()",
-            "serve",
-            "--port",
-            str(port),
-            "--no-migrate",
-        ],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
-            time.sleep(0.3)
+    # Two-factor enrolment encrypts its secret: without keys it is a (correct) 503.
+    env = {"DATABASE_POOL_SIZE": "5", "PGSTACK_ENCRYPTION_KEYS": generate_key("fuzz")}
+    with pgstack_serve(
+        pgstack_migrated_settings, ["--no-migrate"], log=tmp_path / "serve.log", env=env
+    ) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 async def _admin(identity: Identity, email: str) -> User:

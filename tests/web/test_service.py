@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -31,7 +28,7 @@ from pgstack.tenancy import Tenancy
 from pgstack.web.modules import API_PREFIX, builtin_routers, import_routers, service_app
 
 from ..tenancy.test_ratelimit import away_from_boundary
-from .conftest import served
+from .conftest import free_port, pgstack_serve, served
 
 PASSWORD = "violet Harbour 42 lanterns drift"
 PROBLEM = "application/problem+json"
@@ -63,6 +60,13 @@ async def bob(pgstack_migrated_db: Database) -> User:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def in_own_tenant(db: Database, user: User, name: str) -> dict[str, str]:
+    """Headers of a new key of `user` (scope tenant:member) in a new tenant `user` owns."""
+    tenant = await Tenancy(db).tenants.create(name, name.upper(), owner_id=user.id)
+    key = await Identity(db).api_keys.create(user.id, name, scopes=["tenant:member"])
+    return {**bearer(key.key), "X-Tenant-ID": str(tenant.id)}
 
 
 # -- the document ---------------------------------------------------------------------------
@@ -309,54 +313,24 @@ def test_service_app_mounts_the_application_s_routers_under_v1(
     assert "/v1/things" in paths and "/v1/auth/login" in paths and "/things" not in paths
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_mounts_an_application_router_given_with_router(
     pgstack_migrated_settings: Settings, tmp_path: Path
 ) -> None:
     # proves: W1, W2
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": pgstack_migrated_settings.url.render_as_string(hide_password=False),
-        "DATABASE_POOL_SIZE": "3",
-    }
-    env.pop("PGSTACK_ENV", None)
     log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        # The example's folder: its pyproject names its migrations, which serve applies.
-        process = subprocess.Popen(
-            [PGSTACK, "serve", "--port", str(port), "--router", "campaigns.api:router"],
-            cwd=CAMPAIGNS,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.3)
-            key = _api_key(pgstack_migrated_settings)
-            paths = httpx.get(f"{base}/openapi.json").json()["paths"]
-            created = httpx.post(
-                f"{base}/v1/campaigns", json={"name": "Spring"}, headers=bearer(key)
-            )
-            listed = httpx.get(f"{base}/v1/campaigns", headers=bearer(key))
-            anonymous = httpx.get(f"{base}/v1/campaigns")
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=30)
+    # In the example's folder: its pyproject names its migrations, which serve applies.
+    with pgstack_serve(
+        pgstack_migrated_settings,
+        ["--router", "campaigns.api:router"],
+        log=log,
+        cwd=CAMPAIGNS,
+        env={"DATABASE_POOL_SIZE": "3"},
+    ) as base:
+        key = _api_key(pgstack_migrated_settings)
+        paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+        created = httpx.post(f"{base}/v1/campaigns", json={"name": "Spring"}, headers=bearer(key))
+        listed = httpx.get(f"{base}/v1/campaigns", headers=bearer(key))
+        anonymous = httpx.get(f"{base}/v1/campaigns")
     assert "/v1/campaigns" in paths and "/v1/auth/login" in paths, sorted(paths)
     assert created.status_code == 201, created.text
     assert [c["name"] for c in listed.json()["items"]] == ["Spring"]
@@ -380,7 +354,7 @@ def test_serve_refuses_a_router_it_cannot_import_in_one_line(tmp_path: Path) -> 
     # proves: W1
     env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
     done = subprocess.run(
-        [PGSTACK, "serve", "--port", str(_free_port()), "--router", "no_such_app_x1:router"],
+        [PGSTACK, "serve", "--port", str(free_port()), "--router", "no_such_app_x1:router"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -426,11 +400,7 @@ async def test_a_logged_query_s_time_is_a_json_number_not_a_boolean_or_text(
 ) -> None:
     # proves: W3
     # Found by the fuzz run: `"response_time_ms": false` was stored as 0 (a 201).
-    tenant = await Tenancy(pgstack_migrated_db).tenants.create("t2", "T2", owner_id=bob.id)
-    key = await Identity(pgstack_migrated_db).api_keys.create(
-        bob.id, "log", scopes=["tenant:member"]
-    )
-    headers = {**bearer(key.key), "X-Tenant-ID": str(tenant.id)}
+    headers = await in_own_tenant(pgstack_migrated_db, bob, "t2")
     body = {"query_text": "q", "query_type": "search", "status": "success"}
     async with service() as client:
         for bad in (False, True, "12", None):
@@ -451,11 +421,7 @@ async def test_a_message_s_token_count_is_a_json_integer_not_text_or_a_boolean(
 ) -> None:
     # proves: W3
     # Found by the fuzz run: `"tokens": "12"` (and `true`) were stored as numbers (a 201).
-    tenant = await Tenancy(pgstack_migrated_db).tenants.create("t3", "T3", owner_id=bob.id)
-    key = await Identity(pgstack_migrated_db).api_keys.create(
-        bob.id, "chat", scopes=["tenant:member"]
-    )
-    headers = {**bearer(key.key), "X-Tenant-ID": str(tenant.id)}
+    headers = await in_own_tenant(pgstack_migrated_db, bob, "t3")
     async with service() as client:
         started = await client.post("/v1/conversations", json={"agent_id": "a"}, headers=headers)
         assert started.status_code == 201, started.text
