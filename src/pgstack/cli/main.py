@@ -192,6 +192,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--router",
+            metavar="MODULE:ATTR",
             envvar="PGSTACK_ROUTERS",
             help="Your own router as module:attribute (an APIRouter, a list of them, or a "
             "function returning one), mounted under /v1 beside pgstack's; repeatable. "
