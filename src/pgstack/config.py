@@ -209,6 +209,12 @@ class SecretFilesSource(PydanticBaseSettingsSource):
         return values
 
 
+# A browser's Origin header: scheme, host, optional port; nothing after.
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+
+
 class Settings(BaseSettings):
     """pgstack's settings; every field is read from the environment variable of its name."""
 
@@ -308,6 +314,19 @@ class Settings(BaseSettings):
     #: administrator creates the accounts.
     registration: bool = Field(
         default=True, validation_alias=AliasChoices("PGSTACK_REGISTRATION", "registration")
+    )
+    #: Origins whose browser scripts may call the API (CORS), comma-separated, each as
+    #: `scheme://host[:port]`, or `*` for any; empty: no CORS headers (same origin only).
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("PGSTACK_CORS_ORIGINS", "cors_origins"),
+    )
+    #: How long (seconds) a browser may keep a preflight's answer.
+    cors_max_age: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        validation_alias=AliasChoices("PGSTACK_CORS_MAX_AGE", "cors_max_age"),
     )
     # Comma-separated `kid:base64key` AES-256 keys, newest first (see pgstack.crypto).
     encryption_keys: SecretStr | None = Field(
@@ -430,6 +449,20 @@ class Settings(BaseSettings):
                     'must be a JSON object of tier names and limits, such as {"standard": '
                     '"6000/minute", "premium": "10/second; 50000/hour"}'
                 ) from None
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for origin in value:
+                if origin != "*" and not (isinstance(origin, str) and _ORIGIN.fullmatch(origin)):
+                    raise ValueError(
+                        f"{str(origin)[:80]!r} is not an origin: give scheme://host[:port] "
+                        "(no path, no trailing slash), such as https://app.example.com, or *"
+                    )
         return value
 
     @field_validator("database_replica_urls", mode="before")

@@ -292,9 +292,9 @@ def test_serve_with_a_configured_database(
     assert ready.json()["status"] == "pass"
     assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
     paths = httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["paths"]
-    assert "/auth/login" in paths and "/admin/tokens" in paths  # module routers are mounted
+    assert "/v1/auth/login" in paths and "/v1/admin/tokens" in paths  # modules, under /v1
     # The token vault's admin routes manage credentials: no caller without the admin role.
-    assert httpx.get(f"http://127.0.0.1:{port}/admin/tokens").status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/admin/tokens").status_code == 401
     out = _stop(proc, signal.SIGTERM)
     assert f"API docs at http://127.0.0.1:{port}/docs" in out
     assert "pgstack: database postgresql+asyncpg://" in out
@@ -371,11 +371,11 @@ def test_user_and_key_commands_reach_the_embedded_server_serve_runs(
     # The administrator exists in the database serve uses: it signs in and uses admin routes.
     base = f"http://127.0.0.1:{port}"
     login = httpx.post(
-        f"{base}/auth/login", json={"email": "root@example.com", "password": password}
+        f"{base}/v1/auth/login", json={"email": "root@example.com", "password": password}
     )
     assert login.status_code == 200, login.text
     bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
-    assert httpx.get(f"{base}/admin/users", headers=bearer).status_code == 200
+    assert httpx.get(f"{base}/v1/admin/users", headers=bearer).status_code == 200
 
     listed = _pgstack(["users", "list", "--json"], tmp_path)
     assert listed.returncode == 0, listed.stderr

@@ -1,29 +1,32 @@
 """schemathesis against `pgstack serve`: no 5xx, no undocumented status or content type.
 
 A loopback `pgstack serve` on a migrated database of the test's own, fuzzed from its own
-OpenAPI document with every check, a fixed seed, once signed in with a session and once
-with an API key of an admin. Slow (minutes on two cores): behind the `fuzz` marker, which
-`.ci/run` runs on its own (`uv run pytest -m fuzz`).
+OpenAPI document (every module under `/v1`) with every check, a fixed seed, once signed in
+with a session and once with an API key of an admin. Each admin owns a tenant, named in
+every `tenant_id` path parameter and `X-Tenant-ID` header, so the tenant routes run their
+bodies rather than answering 404. Slow (minutes on two cores): behind the `fuzz` marker,
+which `.ci/run` runs on its own (`uv run pytest -m fuzz`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pgstack.config import Settings
 from pgstack.crypto import generate_key
 from pgstack.db.database import Database
 from pgstack.identity import Identity, User
+from pgstack.tenancy import Tenancy
+
+from .conftest import pgstack_serve
 
 pytestmark = pytest.mark.fuzz
 
@@ -37,87 +40,77 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 SESSION_RUN_EXCLUDES = [
     # Logging out ends the very session the run authenticates with; the API-key run
     # covers the route.
-    "^/auth/logout$",
+    "^/v1/auth/logout$",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def server(pgstack_migrated_settings: Settings, tmp_path: Path) -> Iterator[str]:
     """`pgstack serve` on a free loopback port; its base URL."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": pgstack_migrated_settings.url.render_as_string(hide_password=False),
-        "DATABASE_POOL_SIZE": "5",
-        # Two-factor enrolment encrypts its secret: without keys it is a (correct) 503.
-        "PGSTACK_ENCRYPTION_KEYS": generate_key("fuzz"),
-    }
-    env.pop("PGSTACK_ENV", None)
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from pgstack.cli import main; main()",
-            "serve",
-            "--port",
-            str(port),
-            "--no-migrate",
-        ],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
-            time.sleep(0.3)
+    # Two-factor enrolment encrypts its secret: without keys it is a (correct) 503.
+    env = {"DATABASE_POOL_SIZE": "5", "PGSTACK_ENCRYPTION_KEYS": generate_key("fuzz")}
+    with pgstack_serve(
+        pgstack_migrated_settings, ["--no-migrate"], log=tmp_path / "serve.log", env=env
+    ) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 async def _admin(identity: Identity, email: str) -> User:
     return await identity.users.create(email, ADMIN_PASSWORD, roles=["admin"], verified=True)
 
 
-async def _credentials(settings: Settings) -> tuple[str, str]:
-    """A session token of one admin and an API key of another, made through the library.
+@dataclass(frozen=True)
+class Run:
+    """A fuzz run's bearer token and the ids schemathesis.toml puts in the paths."""
 
-    Two admins: a run may deactivate or demote the admin it signs in as (it learns its id
-    from /auth/me), which must not leave the other run with nothing but 401s.
+    token: str
+    ids: dict[str, str]
+
+
+async def _runs(settings: Settings) -> tuple[Run, Run]:
+    """The API-key run of one admin and the session run of another, made through the library.
+
+    Each admin owns a tenant, named in `tenant_id` and X-Tenant-ID. The admin routes of
+    users, members, keys and tenants act on others, never on the caller: a member of both
+    tenants (`user_id`), a spare key (`key_id`) and a spare tenant (`/admin/tenants/...`).
+    Otherwise the run deactivates its own admin, revokes its own key or suspends its own
+    tenant early on (it learns the ids from earlier answers), and from then on sees only
+    401 and 403.
     """
     async with Database(settings) as db:
         identity = Identity(db)
-        await _admin(identity, "fuzz-session@example.com")
-        session = await identity.auth.login("fuzz-session@example.com", ADMIN_PASSWORD)
-        owner = await _admin(identity, "fuzz-key@example.com")
-        key = await identity.api_keys.create(owner.id, "fuzz", scopes=["admin"])
-        return session.token, key.key
+        tenancy = Tenancy(db)
+        member = await identity.users.create(
+            "fuzz-member@example.com", ADMIN_PASSWORD, verified=True
+        )
+        spare = await tenancy.tenants.create("fuzz-spare", "Fuzz (spare)", owner_id=member.id)
+        runs = []
+        for name in ("key", "session"):
+            admin = await _admin(identity, f"fuzz-{name}@example.com")
+            tenant = await tenancy.tenants.create(
+                f"fuzz-{name}", f"Fuzz ({name})", owner_id=admin.id
+            )
+            await tenancy.memberships.add(tenant.id, member.id, "member")
+            if name == "key":
+                token = (
+                    await identity.api_keys.create(
+                        admin.id, "fuzz", scopes=["admin", "tenant:owner"]
+                    )
+                ).key
+            else:
+                token = (await identity.auth.login(admin.email, ADMIN_PASSWORD)).token
+            spare_key = await identity.api_keys.create(admin.id, "spare")
+            ids = {
+                "PGSTACK_FUZZ_TENANT": str(tenant.id),
+                "PGSTACK_FUZZ_SPARE_TENANT": str(spare.id),
+                "PGSTACK_FUZZ_USER": str(member.id),
+                "PGSTACK_FUZZ_KEY": str(spare_key.api_key.id),
+            }
+            runs.append(Run(token, ids))
+        return runs[0], runs[1]
 
 
-def _schemathesis(base: str, token: str, excludes: list[str], report: Path) -> None:
+def _schemathesis(base: str, run: Run, excludes: list[str], report: Path) -> None:
     command = [
         str(SCHEMATHESIS),
         "--config-file",
@@ -132,15 +125,23 @@ def _schemathesis(base: str, token: str, excludes: list[str], report: Path) -> N
         "--workers",
         "1",
         "--header",
-        f"Authorization: Bearer {token}",
+        f"Authorization: Bearer {run.token}",
         "--output-truncate",
         "false",
     ]
     for pattern in excludes:
         command += ["--exclude-path-regex", pattern]
     # In the test's folder: schemathesis keeps a cache where it runs.
+    # The config puts the run's ids into the paths and headers (see schemathesis.toml).
+    env = {**os.environ, **run.ids}
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=1500, check=False, cwd=report.parent
+        command,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+        cwd=report.parent,
+        env=env,
     )
     report.write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-12000:]
@@ -150,6 +151,6 @@ def test_schemathesis_finds_nothing_with_session_or_api_key(
     server: str, pgstack_migrated_settings: Settings, tmp_path: Path
 ) -> None:
     # proves: W3, W2, I8
-    session, api_key = asyncio.run(_credentials(pgstack_migrated_settings))
+    api_key, session = asyncio.run(_runs(pgstack_migrated_settings))
     _schemathesis(server, api_key, [], tmp_path / "api-key.txt")
     _schemathesis(server, session, SESSION_RUN_EXCLUDES, tmp_path / "session.txt")

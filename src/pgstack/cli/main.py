@@ -188,16 +188,26 @@ def serve(
     migrate: Annotated[
         bool, typer.Option(help="Apply pending migrations (pgstack's and the app's) first.")
     ] = True,
+    router: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--router",
+            metavar="MODULE:ATTR",
+            envvar="PGSTACK_ROUTERS",
+            help="Your own router as module:attribute (an APIRouter, a list of them, or a "
+            "function returning one), mounted under /v1 beside pgstack's; repeatable. "
+            "PGSTACK_ROUTERS takes them space-separated.",
+        ),
+    ] = None,
 ) -> None:
-    """Run the pgstack API (embedded PostgreSQL when no database is configured)."""
+    """Run the pgstack API under /v1 (embedded PostgreSQL when no database is configured)."""
     import uvicorn
 
     from pgstack.config import Settings
     from pgstack.db.database import Database
     from pgstack.db.embedded import EmbeddedPostgres
     from pgstack.migrations import MigrationProject, upgrade
-    from pgstack.web import create_app
-    from pgstack.web.modules import builtin_routers
+    from pgstack.web.modules import import_routers, service_app
 
     settings = Settings()
     # Identity (two-factor secrets) and the token vault encrypt; listings page with cursors.
@@ -208,6 +218,9 @@ def serve(
     settings.require_production_secrets()
     for name in settings.missing_secrets():
         typer.echo(f"pgstack: warning: {name} is not set: {_MISSING_SECRET_EFFECTS[name]}")
+    project = MigrationProject.discover()
+    # Before the database starts: a router that does not import is one line, at once.
+    own = [r for spec in router or () for r in import_routers(spec)]
     embedded: EmbeddedPostgres | None = None
     if not settings.is_configured:
         embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
@@ -217,7 +230,6 @@ def serve(
         logging.getLogger("pgstack.embedded").setLevel(logging.INFO)
     try:
         asyncio.run(_preflight(Database(settings)))
-        project = MigrationProject.discover()
         if migrate:
             # Before uvicorn, so a failed migration is one line, not a startup traceback.
             applied = upgrade(settings, project=project)
@@ -227,9 +239,9 @@ def serve(
         # server, before uvicorn re-raises a SIGTERM it caught.
         db.embedded = embedded
         typer.echo(f"pgstack: database {db.safe_url}")
+        typer.echo(f"pgstack: API at http://{host}:{port}/v1")
         typer.echo(f"pgstack: API docs at http://{host}:{port}/docs")
-        routers = builtin_routers(registration=settings.registration)
-        app_ = create_app(database=db, migrations=project, routers=routers)
+        app_ = service_app(database=db, migrations=project, routers=own)
         uvicorn.run(app_, host=host, port=port, log_level="info")
     finally:
         if embedded is not None:

@@ -422,7 +422,6 @@ def seed(
     proj = load_project(project, migrations, seeds=seeds)
     from pgstack import migrations as mig
 
-    proj.import_seeds()
     with database_settings() as settings:
         state = mig.status(settings, project=proj)
         if not state.at_head:
@@ -436,19 +435,21 @@ def seed(
             MofNCompleteColumn(),
             console=console,
         ) as progress:
-            added = asyncio.run(_seed(settings, dataset, progress))
+            added = asyncio.run(_seed(settings, dataset, proj, progress))
     for table, count in added.items():
         typer.echo(f"{table}: {count} row(s) added")
 
 
-async def _seed(settings: Settings, dataset: str, progress: Progress) -> dict[str, int]:
+async def _seed(
+    settings: Settings, dataset: str, project: MigrationProject, progress: Progress
+) -> dict[str, int]:
     from pgstack import migrations as mig
     from pgstack.db.database import Database
 
     db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
     await db.connect()
     try:
-        return await mig.run_seeders(db, dataset, progress=progress)
+        return await mig.run_seeders(db, dataset, project=project, progress=progress)
     finally:
         await db.disconnect()
 

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from pgstack.db.database import Database
 from pgstack.db.session import Session
 from pgstack.errors import ConfigurationError
+from pgstack.migrations.project import MigrationProject
 
 SeedFn = Callable[["SeedContext"], Awaitable[None]]
 DEFAULT_BATCH = 500
@@ -115,15 +116,32 @@ class SeedContext:
 
 
 async def run_seeders(
-    db: Database, dataset: str, *, progress: Progress | None = None
+    db: Database,
+    dataset: str,
+    *,
+    project: MigrationProject | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, int]:
-    """Run a data set's seeders in one transaction; rows added per table."""
+    """Run a data set's seeders in one transaction; rows added per table.
+
+    The `seeds` modules of `project` are imported first, which registers their seeders
+    (default: the project of the nearest pyproject.toml, as `pgstack db seed` finds it).
+    """
+    project = project if project is not None else MigrationProject.discover()
+    project.import_seeds()
     chosen = seeders(dataset)
     if not chosen:
         known = ", ".join(datasets()) or "none"
+        where = (
+            f"the `seeds` modules of [tool.pgstack] in {project.root / 'pyproject.toml'} "
+            f"({', '.join(project.seeds) or 'none listed'})"
+            if project.configured
+            else f"no [tool.pgstack] section in or above {project.root}"
+        )
         raise ConfigurationError(
-            f"No seeder is registered for data set {dataset!r} (registered: {known}). Register "
-            "one with @seeder(...) in a module listed in `seeds` of [tool.pgstack]."
+            f"No seeder is registered for data set {dataset!r} (registered: {known}; looked "
+            f"in {where}). Register one with @seeder({dataset!r}) in a module listed in "
+            "`seeds` of [tool.pgstack], or pass project=MigrationProject.from_pyproject(...)."
         )
     totals: dict[str, int] = {}
     async with db.transaction() as session:

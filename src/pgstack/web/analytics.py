@@ -26,11 +26,11 @@ from pgstack.analytics import (
 from pgstack.analytics.models import TEXT_SEARCH_CONFIG
 from pgstack.analytics.service import MAX_QUERY_LENGTH, text_search_config_name
 from pgstack.db.database import Database
-from pgstack.web.deps import DatabaseDep
+from pgstack.web.deps import DatabaseDep, Timestamp
 from pgstack.web.tenancy import TenantAccessDep, require_tenant_role
 
-_Since = Annotated[datetime | None, Query(description="Start of the period (inclusive).")]
-_Until = Annotated[datetime | None, Query(description="End of the period (exclusive).")]
+_Since = Annotated[Timestamp | None, Query(description="Start of the period (inclusive).")]
+_Until = Annotated[Timestamp | None, Query(description="End of the period (exclusive).")]
 _Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
@@ -40,7 +40,8 @@ class QueryIn(BaseModel):
     query_text: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH)]
     query_type: Annotated[str, Field(min_length=1, max_length=64)]
     status: Literal["success", "error", "timeout", "cancelled"]
-    response_time_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    # strict: a boolean or a numeric string is not a time (lax mode read false as 0).
+    response_time_ms: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
     error: Annotated[str | None, Field(max_length=10_000)] = None
 
 

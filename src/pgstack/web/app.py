@@ -7,11 +7,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from swagger_ui_bundle import swagger_ui_path
 
 import pgstack
@@ -163,6 +166,7 @@ def create_app(
     migrations: MigrationProject | None = None,
     migrate: bool = False,
     routers: Sequence[APIRouter] = (),
+    prefix: str = "",
 ) -> FastAPI:
     """A FastAPI app with pgstack's lifespan, health routes, `/metrics` and problem details.
 
@@ -175,8 +179,13 @@ def create_app(
     pending revisions in the lifespan, under the migration lock, before the app reports
     started (without `migrations`, the nearest pyproject.toml's `[tool.pgstack]` is used).
 
-    `routers` are included after the health routes (pgstack's module routers, or yours).
+    `routers` are included after the health routes (pgstack's module routers, or yours),
+    under `prefix` when given (`pgstack serve` uses "/v1"; the probes, `/metrics` and the
+    docs stay at the root). With a prefix, a request for a route without it is a 404 whose
+    detail names the path to use. `PGSTACK_CORS_ORIGINS` turns on CORS for those origins.
     """
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise ValueError(f"prefix must start with '/' and not end with one, like '/v1': {prefix!r}")
     db = database if database is not None else Database(settings)
     RateLimitPolicies.from_settings(db.settings)  # a malformed tier limit fails here, at start
     project = migrations
@@ -228,7 +237,51 @@ def create_app(
     app.state.pgstack_started = False
     problems.install(app, probes=router)
     app.add_middleware(RequestContextMiddleware, trusted_proxies=db.settings.trusted_proxies)
+    _allow_cors(app, db.settings)
     app.include_router(router)
     for extra in routers:
-        app.include_router(extra)
+        app.include_router(extra, prefix=prefix)
+    if prefix:
+        _point_to_prefix(app, prefix)
     return app
+
+
+# What a browser script may send and read across origins: the headers pgstack's routes
+# read, and the ones they answer with.
+_CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "X-Request-ID", "X-Tenant-ID"]
+_CORS_EXPOSED_HEADERS = ["X-Request-ID", "Location", "Retry-After", "RateLimit", "RateLimit-Policy"]
+
+
+def _allow_cors(app: FastAPI, settings: Settings) -> None:
+    """CORS for `PGSTACK_CORS_ORIGINS` (none: no CORS headers, browsers keep same-origin)."""
+    if not settings.cors_origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=_CORS_REQUEST_HEADERS,
+        expose_headers=_CORS_EXPOSED_HEADERS,
+        max_age=settings.cors_max_age,
+    )
+
+
+def _point_to_prefix(app: FastAPI, prefix: str) -> None:
+    """A 404 for a path that exists under `prefix` says so (the API moved there)."""
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        path = request.url.path
+        if not path.startswith(f"{prefix}/"):
+            scope = {**request.scope, "path": prefix + path}
+            if any(route.matches(scope)[0] is not Match.NONE for route in app.routes):
+                return problems.problem_response(
+                    404,
+                    f"This API is served under {prefix}: send the request to {prefix}{path}.",
+                    instance=path,
+                )
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        headers = dict(exc.headers) if exc.headers else None
+        return problems.problem_response(404, detail, instance=path, headers=headers)
+
+    app.add_exception_handler(404, not_found)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pgstack.audit import AuditLog
 from pgstack.errors import ConfigurationError
 from pgstack.orm.context import request_scope
-from pgstack.web.deps import DatabaseDep
+from pgstack.web.deps import DatabaseDep, Timestamp
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -182,8 +182,8 @@ def audit_router(
         category: _Text = None,
         action: _Text = None,
         outcome: Annotated[Literal["success", "failure", "partial"] | None, Query()] = None,
-        since: Annotated[datetime | None, Query()] = None,
-        until: Annotated[datetime | None, Query()] = None,
+        since: Annotated[Timestamp | None, Query()] = None,
+        until: Annotated[Timestamp | None, Query()] = None,
         after: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> EntryPageOut:

@@ -61,7 +61,8 @@ class StatusIn(_Body):
 class MessageIn(_Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: Annotated[str, Field(max_length=MAX_CONTENT)]
-    tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    # strict: text or a boolean is not a count (lax mode read "12" and true as numbers).
+    tokens: Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)] = 0
     tool_calls: Any = None
 
 

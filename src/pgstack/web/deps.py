@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from pydantic import BeforeValidator
 
 from pgstack.db.database import Database
 from pgstack.db.session import Session
@@ -43,3 +46,20 @@ TransactionDep = Annotated[Session, Depends(get_transaction, scope="function")]
 
 #: A listing's `offset` query parameter, bounded in the schema as the repository bounds it.
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip.")]
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "must be an RFC 3339 date-time with its offset, such as 2026-01-31T09:30:00Z"
+        )
+    return value
+
+
+#: A moment in a query parameter: RFC 3339 text with an offset, as the document's
+#: `date-time` says (pydantic alone would also read a number as seconds since 1970).
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]

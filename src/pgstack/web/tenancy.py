@@ -257,11 +257,14 @@ class TenantIn(_Body):
 class TenantPatchIn(_Body):
     """Only the fields sent change; `settings` replaces the whole object."""
 
-    name: _Text | None = None
+    # Left out, a field stays as it is (its default is never validated, and the route sends
+    # only the fields set); null clears only the nullable ones (`domain`, `trial_ends_at`).
+    # The others refuse null (422) instead of reaching their NOT NULL column.
+    name: _Text = None  # type: ignore[assignment]
     domain: _Text | None = None
-    settings: _Settings | None = None
-    locale: Annotated[str, Field(min_length=1, max_length=35), _Clean] | None = None
-    timezone: Annotated[str, Field(min_length=1, max_length=64), _Clean] | None = None
+    settings: _Settings = None  # type: ignore[assignment]
+    locale: Annotated[str, Field(min_length=1, max_length=35), _Clean] = None  # type: ignore[assignment]
+    timezone: Annotated[str, Field(min_length=1, max_length=64), _Clean] = None  # type: ignore[assignment]
     trial_ends_at: datetime | None = None
 
 
