@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from benchmarks.models import BULK, INSERTS, ITEMS, UPSERTS, PgBase
 from pgstack import Database, Repository, Settings
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.embedded import EmbeddedPostgres
+from pgstack.migrations import MigrationProject
+from pgstack.migrations.api import upgrade_async
 
 CONCURRENCY = 16
 
@@ -128,8 +131,20 @@ async def timed(
     return Sample(done / wall, 100.0 * cpu / wall)
 
 
+async def migrate(url: URL) -> list[str]:
+    """Bring the database to the head of pgstack's own migrations, as a user's database is.
+
+    pgstack's tables (identity, tokens, rate limits, the audit log with its triggers) come
+    from the migrations, not from `create_all`: login writes to the audit log, whose chain
+    and partitions only the migration makes. Nothing is applied to a database already there.
+    """
+    project = MigrationProject(root=Path(__file__).resolve().parent)  # pgstack's alone
+    return await upgrade_async(url, project=project)
+
+
 async def prepare(url: URL, rows: int, data: DataSet) -> None:
-    """Create the tables afresh and fill them (COPY; outside any timing)."""
+    """Migrate, create the bench_* tables afresh and fill them (COPY; outside any timing)."""
+    await migrate(url)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
@@ -186,18 +201,13 @@ async def keyset_points(url: URL, data: DataSet) -> None:
 async def prepare_token(url: URL, data: DataSet) -> None:
     """The vault's tables and one token valid for hours (so W8 measures the read path)."""
     from pgstack.crypto import configure_encryption, generate_key
-    from pgstack.tenancy.models import Tenant
-    from pgstack.tokens import OAuthToken, TokenRefreshAudit, TokenVault
+    from pgstack.tokens import OAuthToken, TokenVault
 
     configure_encryption(generate_key("bench"))
     db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
     await db.connect()
     try:
-        tables = [Tenant.__table__, OAuthToken.__table__, TokenRefreshAudit.__table__]
-        async with db.engine.begin() as conn:
-            await conn.run_sync(lambda c: OAuthToken.metadata.drop_all(c, tables=tables))
-            await conn.run_sync(lambda c: OAuthToken.metadata.create_all(c, tables=tables))
-        vault = TokenVault(db)
+        vault = TokenVault(db)  # its tables are the migrations'; `save` replaces the token
         await vault.save(TOKEN_PROVIDER, TOKEN_ACCOUNT, "access", "refresh", expires_in=6 * 3600)
         async with db.session() as s:
             token = await Repository(s, OAuthToken).get_by(
@@ -209,37 +219,31 @@ async def prepare_token(url: URL, data: DataSet) -> None:
 
 
 async def prepare_ratelimit(url: URL) -> None:
-    """The rate-limit table, empty (W13 counts into it)."""
+    """The rate-limit table (the migrations'), empty (W13 counts into it)."""
     from pgstack.tenancy.ratelimit import RateLimitWindow
 
-    db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
-    await db.connect()
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        table = RateLimitWindow.__table__
-        async with db.engine.begin() as conn:
-            await conn.run_sync(lambda c: table.drop(c, checkfirst=True))
-            await conn.run_sync(lambda c: table.create(c))
+        await conn.execute(f"TRUNCATE {RateLimitWindow.__tablename__}")
     finally:
-        await db.disconnect()
+        await conn.close()
 
 
 async def prepare_identity(url: URL, data: DataSet) -> None:
     """The identity tables, users to sign in, a live session token and an API key (W9-W11)."""
     from benchmarks.contenders import LOGIN_PASSWORD, _login_config
     from pgstack.identity import Identity
-    from pgstack.identity.models import ApiKey, LoginSession, RecoveryCode, User, UserToken
 
     db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
     await db.connect()
     try:
-        tables = [m.__table__ for m in (User, ApiKey, LoginSession, UserToken, RecoveryCode)]
-        async with db.engine.begin() as conn:
-            await conn.run_sync(lambda c: User.metadata.drop_all(c, tables=tables))
-            await conn.run_sync(lambda c: User.metadata.create_all(c, tables=tables))
+        # The tables are the migrations'; accounts of an earlier run on the same database
+        # stay, so this run's have addresses of their own.
+        run_id = uuid.uuid4().hex[:8]
         identity = Identity(db, _login_config())
         emails: asyncio.Queue[str] = asyncio.Queue()
         for n in range(CONCURRENCY):
-            email = f"bench{n}@example.com"
+            email = f"bench{n}-{run_id}@example.com"
             user = await identity.users.create(email, LOGIN_PASSWORD)
             emails.put_nowait(email)
         data.login_emails = emails

@@ -230,7 +230,8 @@ class RawAsyncpg:
         return 1
 
     async def w11_login(self) -> int:
-        # The statements pgstack's login sends (see docs/benchmarks.md), with the same hasher.
+        # The statements pgstack's login sends (see docs/benchmarks.md), with the same hasher:
+        # the lockout's two UPDATEs, the audit log's security entry, the session's INSERT.
         assert self.data.login_emails is not None
         email = await self.data.login_emails.get()
         try:
@@ -238,6 +239,11 @@ class RawAsyncpg:
             ok, _ = await LOGIN_HASHER.averify_and_update(LOGIN_PASSWORD, user["password_hash"])
             assert ok
             user = await self.pool.fetchrow(SETTLE_SQL, user["id"])
+            # The security entry of the sign-in, one statement committed by itself (the audit
+            # log's trigger chains it under its advisory lock, as for pgstack).
+            await self.pool.execute(
+                AUDIT_INSERT_SQL, uuid.uuid4(), str(user["id"]), "auth.login", str(user["id"])
+            )
             token = "pgss_" + secrets.token_urlsafe(32)
             await self.pool.fetchrow(
                 SESSION_INSERT_SQL,
@@ -274,6 +280,12 @@ SETTLE_SQL = (
     "UPDATE users SET last_login_at = now(), login_count = login_count + 1, "
     "failed_login_count = 0, locked_until = NULL, updated_at = now() "
     "WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now()) RETURNING *"
+)
+AUDIT_INSERT_SQL = (
+    "INSERT INTO audit_log (id, tenant_id, actor_id, actor_type, action, category, "
+    "resource_type, resource_id, description, ip, user_agent, request_id, outcome, error, "
+    "request_data, response_data, changes) VALUES ($1, NULL, $2, 'user', $3, 'security', "
+    "'user', $4, NULL, NULL, NULL, NULL, 'success', NULL, NULL, NULL, NULL)"
 )
 SESSION_INSERT_SQL = (
     "INSERT INTO login_sessions (id, user_id, token_hash, expires_at, revoked_at) "
