@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any, ClassVar, Generic, Literal, get_args
+from typing import Any, ClassVar, Generic, Literal, get_args, overload
 
 from sqlalchemy import Integer, and_, bindparam, false, func, literal_column, or_, select, tuple_
 from sqlalchemy.ext.compiler import compiles
@@ -279,6 +279,7 @@ class PaginationOps(RepositoryCore[M]):
     #: rather than a count.
     estimate_total_from: ClassVar[int] = 10_000
 
+    @overload
     async def page(
         self,
         *filters: Filter,
@@ -287,8 +288,34 @@ class PaginationOps(RepositoryCore[M]):
         offset: int | None = 0,
         include_deleted: bool = False,
         total: TotalMode | None = None,
+        plain: Literal[False] = False,
         **equals: Any,
-    ) -> Page[M]:
+    ) -> Page[M]: ...
+
+    @overload
+    async def page(
+        self,
+        *filters: Filter,
+        sort: SortSpec | Iterable[SortSpec] | None = None,
+        limit: int | None = None,
+        offset: int | None = 0,
+        include_deleted: bool = False,
+        total: TotalMode | None = None,
+        plain: Literal[True],
+        **equals: Any,
+    ) -> Page[dict[str, Any]]: ...
+
+    async def page(
+        self,
+        *filters: Filter,
+        sort: SortSpec | Iterable[SortSpec] | None = None,
+        limit: int | None = None,
+        offset: int | None = 0,
+        include_deleted: bool = False,
+        total: TotalMode | None = None,
+        plain: bool = False,
+        **equals: Any,
+    ) -> Page[Any]:
         """One page of matching rows and the total, usually in one round trip.
 
         `total` (default: the class's `page_total`): "exact" counts every matching row in
@@ -298,6 +325,10 @@ class PaginationOps(RepositoryCore[M]):
         "none" counts nothing (`total` is None). Without an exact count the page reads one
         row more, so `has_more` is always exact, and a page that reaches the end reports
         the exact total it then knows.
+
+        With `plain=True` the items are dicts of field name to value (the values the
+        objects would hold) instead of objects of the session: for reading out, as a
+        listing endpoint does; nothing to change and save.
         """
         size = self._limit(limit)
         start = whole_number("offset", offset or 0)
@@ -341,7 +372,7 @@ class PaginationOps(RepositoryCore[M]):
             )
             params = self._shape_params(scoped, pgstack_limit=fetch, pgstack_offset=start)
         if not counted:
-            items: list[M] = await self._read_objects(statement, params, key=key)
+            items: list[Any] = await self._read_objects(statement, params, key=key, plain=plain)
             more = len(items) > size
             del items[size:]
             seen = start + len(items)
@@ -362,7 +393,7 @@ class PaginationOps(RepositoryCore[M]):
                 total_is_estimate=True,
                 more=more,
             )
-        rows = await self._read_objects(statement, params, key=key, extra=1)
+        rows = await self._read_objects(statement, params, key=key, extra=1, plain=plain)
         if rows:
             exact = int(rows[0][1])  # the subquery's count: the same on every row
         elif start == 0:
@@ -444,6 +475,7 @@ class PaginationOps(RepositoryCore[M]):
             .execution_options(**POPULATE)
         )
 
+    @overload
     async def page_after(
         self,
         *filters: Filter,
@@ -451,12 +483,38 @@ class PaginationOps(RepositoryCore[M]):
         sort: SortSpec | Iterable[SortSpec] | None = None,
         limit: int | None = None,
         include_deleted: bool = False,
+        plain: Literal[False] = False,
         **equals: Any,
-    ) -> CursorPage[M]:
+    ) -> CursorPage[M]: ...
+
+    @overload
+    async def page_after(
+        self,
+        *filters: Filter,
+        cursor: str | None = None,
+        sort: SortSpec | Iterable[SortSpec] | None = None,
+        limit: int | None = None,
+        include_deleted: bool = False,
+        plain: Literal[True],
+        **equals: Any,
+    ) -> CursorPage[dict[str, Any]]: ...
+
+    async def page_after(
+        self,
+        *filters: Filter,
+        cursor: str | None = None,
+        sort: SortSpec | Iterable[SortSpec] | None = None,
+        limit: int | None = None,
+        include_deleted: bool = False,
+        plain: bool = False,
+        **equals: Any,
+    ) -> CursorPage[Any]:
         """The rows after `cursor` (from the start without one), in `sort` order.
 
         The primary key ends every sort, so rows that tie on the sort fields still have one
-        place each: walking the cursors forwards visits every row exactly once.
+        place each: walking the cursors forwards visits every row exactly once. With
+        `plain=True` the items are dicts of field name to value, as for `page`; the cursors
+        are the same either way.
         """
         size = self._limit(limit)
         info = self._info
@@ -497,12 +555,13 @@ class PaginationOps(RepositoryCore[M]):
         else:
             conditions = self._where(filters, equals, include_deleted)
             statement = self._after_statement(conditions, fields, order, values, size + 1)
-        items: list[M] = await self._read_objects(statement, params, key=key)
+        items: list[Any] = await self._read_objects(statement, params, key=key, plain=plain)
         next_cursor = None
         if len(items) > size:
             items = items[:size]
             last = items[-1]
-            next_cursor = encode_cursor(query, [getattr(last, s.field) for s in order])
+            sort_values = [last[s.field] if plain else getattr(last, s.field) for s in order]
+            next_cursor = encode_cursor(query, sort_values)
         return CursorPage(items=items, next_cursor=next_cursor, limit=size)
 
     def _after_statement(
