@@ -42,6 +42,7 @@ from pgstack.migrations import MigrationProject
 from pgstack.migrations.api import upgrade_async
 
 CONCURRENCY = 16
+HERE = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,15 @@ WORKLOADS = (
     Workload(
         "w4e", "W4e page of 50 at offset 1,000 + estimated total (auto)", "pages/s", True, 0.95
     ),
+    Workload(
+        "w4p", "W4p page of 50 at offset 1,000 + total count, plain rows", "pages/s", True, 0.95
+    ),
     Workload("w5", "W5 upsert {upsert:,} rows, half new", "rows/s", False, 0.9),
     Workload("w6", "W6 atomic counter INSERT ... ON CONFLICT ... RETURNING", "ops/s", True, 0.6),
     Workload("w7", "W7 keyset page of 50 (page_after)", "pages/s", True, 0.8),
+    Workload(
+        "w7p", "W7p keyset page of 50, plain rows (page_after(plain=True))", "pages/s", True, 0.8
+    ),
     Workload("w8", "W8 get_valid_token hot path (vs raw PK read)", "ops/s", True, 0.5),
     Workload("w9", "W9 session-token check (user_for_session)", "checks/s", True, 0.8),
     Workload("w10", "W10 API-key check (api_keys.verify)", "checks/s", True, 0.8),
@@ -83,9 +90,11 @@ METHODS = {
     "w3": "w3_bulk",
     "w4": "w4_page",
     "w4e": "w4e_page_estimated",
+    "w4p": "w4p_page_plain",
     "w5": "w5_upsert",
     "w6": "w6_counter",
     "w7": "w7_keyset",
+    "w7p": "w7p_keyset_plain",
     "w8": "w8_token",
     "w9": "w9_session",
     "w10": "w10_api_key",
@@ -138,7 +147,7 @@ async def migrate(url: URL) -> list[str]:
     from the migrations, not from `create_all`: login writes to the audit log, whose chain
     and partitions only the migration makes. Nothing is applied to a database already there.
     """
-    project = MigrationProject(root=Path(__file__).resolve().parent)  # pgstack's alone
+    project = MigrationProject(root=HERE)  # a folder without [tool.pgstack]: pgstack's alone
     return await upgrade_async(url, project=project)
 
 

@@ -143,6 +143,10 @@ class RawAsyncpg:
         assert len(rows) == PAGE
         return 1
 
+    async def w4p_page_plain(self) -> int:
+        # W4 returns plain records already: pgstack's plain page is measured against it.
+        return await self.w4_page()
+
     async def w4e_page_estimated(self) -> int:
         # The same page without count(*): the planner's row estimate of the query (EXPLAIN),
         # then one row more than the page to know whether rows follow.
@@ -188,6 +192,9 @@ class RawAsyncpg:
         )
         assert len(rows) == PAGE + 1
         return 1
+
+    async def w7p_keyset_plain(self) -> int:
+        return await self.w7_keyset()  # plain records already, as W7
 
     async def w8_token(self) -> int:
         # The limit for W8: a primary-key read of the same token row.
@@ -376,6 +383,14 @@ class Pgstack:
         assert len(page.items) == PAGE
         return 1
 
+    async def w4p_page_plain(self) -> int:
+        async with self.db.session() as s:
+            page = await Repository(s, PgItem).page(
+                sort="id", limit=PAGE, offset=OFFSET, plain=True
+            )
+        assert len(page.items) == PAGE
+        return 1
+
     async def w4e_page_estimated(self) -> int:
         async with self.db.session() as s:
             page = await EstimatedItems(s).page(sort="id", limit=PAGE, offset=OFFSET, total="auto")
@@ -398,6 +413,15 @@ class Pgstack:
         cursor = random.choice(self.data.keyset_cursors)  # noqa: S311
         async with self.db.session() as s:
             page = await Repository(s, PgItem).page_after(cursor=cursor, sort="id", limit=PAGE)
+        assert len(page.items) == PAGE
+        return 1
+
+    async def w7p_keyset_plain(self) -> int:
+        cursor = random.choice(self.data.keyset_cursors)  # noqa: S311
+        async with self.db.session() as s:
+            page = await Repository(s, PgItem).page_after(
+                cursor=cursor, sort="id", limit=PAGE, plain=True
+            )
         assert len(page.items) == PAGE
         return 1
 

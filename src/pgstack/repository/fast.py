@@ -314,14 +314,12 @@ def plain_rows(plan: ReadPlan, records: list[Any]) -> list[Any]:
     """Records as dicts of attribute name to value: the values an object would hold
     (the same result processors), with no object, state or identity map."""
     keys, converted = plan.keys, plan.converted
-    rows = []
-    for record in records:
-        values = dict(zip(keys, record, strict=False))  # stops at the model's columns
-        for index, key, processor in converted:
-            value = record[index]
+    rows = [dict(zip(keys, record, strict=False)) for record in records]  # the model's columns
+    for _, key, processor in converted:
+        for values in rows:
+            value = values[key]
             if value is not None:
                 values[key] = processor(value)
-        rows.append(values)
     return _with_extras(plan, rows, records)
 
 

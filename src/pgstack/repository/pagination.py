@@ -31,7 +31,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from pgstack.db.lane import driver_arguments
+from pgstack.db.lane import cached, driver_arguments
 from pgstack.db.tenant import tenant_value
 from pgstack.errors import InvalidQueryError
 from pgstack.repository import fast
@@ -584,6 +584,22 @@ class PaginationOps(RepositoryCore[M]):
         )
 
     def _query_digest(
+        self,
+        order: Sequence[Sort],
+        filters: Sequence[Filter],
+        equals: dict[str, Any],
+        include_deleted: bool,
+    ) -> str:
+        if not filters and not equals:  # the same for every call of this sort: kept
+            digest: str = cached(
+                self._info.statements.setdefault("digests", {}),
+                (_shape_of(order), include_deleted),
+                lambda: self._describe(order, filters, equals, include_deleted),
+            )
+            return digest
+        return self._describe(order, filters, equals, include_deleted)
+
+    def _describe(
         self,
         order: Sequence[Sort],
         filters: Sequence[Filter],
