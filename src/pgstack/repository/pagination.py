@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import hashlib
 import hmac
 import json
@@ -255,6 +256,12 @@ def _row_comparable(
         and not any(f.nullable for f in fields)
         and len({s.descending for s in order}) == 1
     )
+
+
+@functools.cache
+def _after_names(count: int) -> tuple[str, ...]:
+    """Parameter names of a keyset page's `count` sort values, in sort order."""
+    return tuple(f"pgstack_after_{i}" for i in range(count))
 
 
 def _shape_of(order: Sequence[Sort]) -> tuple[tuple[str, bool], ...]:
@@ -536,22 +543,22 @@ class PaginationOps(RepositoryCore[M]):
             # No filters and a plain row comparison: the statement is built once per sort.
             scoped = self._scoped()
             key = ("after", _shape_of(order), include_deleted, scoped, bool(values))
-            bound = [
-                bindparam(f"pgstack_after_{i}", type_=field.column.type)
-                for i, field in enumerate(fields[: len(values)])
-            ]
+            names = _after_names(len(values))
             statement = self._shaped(
                 key,
                 lambda: self._after_statement(
                     self._scope(include_deleted, shaped=True),
                     fields,
                     order,
-                    bound,
+                    [
+                        bindparam(name, type_=field.column.type)
+                        for name, field in zip(names, fields, strict=False)
+                    ],
                     bindparam("pgstack_limit", type_=Integer),
                 ),
             )
             params = self._shape_params(scoped, pgstack_limit=size + 1)
-            params.update((b.key, v) for b, v in zip(bound, values, strict=True))
+            params.update(zip(names, values, strict=True))
         else:
             conditions = self._where(filters, equals, include_deleted)
             statement = self._after_statement(conditions, fields, order, values, size + 1)
