@@ -104,6 +104,16 @@ async def make(db: Database, **values: Any) -> Gadget:
         return await Repository(session, Gadget).create(**values)
 
 
+async def book(db: Database, *, a1_a3: bool) -> None:
+    """Bookings a1, a2 (and a3) for ACME and g1 for GLOBEX."""
+    acme = ["a1", "a2", "a3"] if a1_a3 else ["a1", "a2"]
+    for tenant, titles in ((ACME, acme), (GLOBEX, ["g1"])):
+        with tenant_context(tenant):
+            async with db.transaction() as session:
+                for title in titles:
+                    await Repository(session, Booking).create(title=title)
+
+
 async def test_get_returns_the_row_as_a_loaded_object(
     pgstack_db: Database, path: list[bool]
 ) -> None:
@@ -342,11 +352,7 @@ async def test_keyset_pages_visit_every_row_once(pgstack_db: Database, path: lis
 
 async def test_lists_are_scoped_to_the_tenant(pgstack_db: Database, path: list[bool]) -> None:
     # proves: R7
-    for tenant, titles in ((ACME, ["a1", "a2"]), (GLOBEX, ["g1"])):
-        with tenant_context(tenant):
-            async with pgstack_db.transaction() as session:
-                for title in titles:
-                    await Repository(session, Booking).create(title=title)
+    await book(pgstack_db, a1_a3=False)
     with tenant_context(ACME):
         async with pgstack_db.session() as session:
             listed = await Repository(session, Booking).list(sort="title")
@@ -390,11 +396,7 @@ async def test_offset_pages_are_scoped_to_the_tenant(
     pgstack_db: Database, path: list[bool]
 ) -> None:
     # proves: R7
-    for tenant, titles in ((ACME, ["a1", "a2", "a3"]), (GLOBEX, ["g1"])):
-        with tenant_context(tenant):
-            async with pgstack_db.transaction() as session:
-                for title in titles:
-                    await Repository(session, Booking).create(title=title)
+    await book(pgstack_db, a1_a3=True)
     with tenant_context(ACME):
         async with pgstack_db.session() as session:
             page = await Repository(session, Booking).page(sort="title", limit=2)
@@ -462,11 +464,7 @@ async def test_plain_pages_hold_what_the_objects_hold(
 
 async def test_plain_pages_are_scoped_to_the_tenant(pgstack_db: Database, path: list[bool]) -> None:
     # proves: R7
-    for tenant, titles in ((ACME, ["a1", "a2", "a3"]), (GLOBEX, ["g1"])):
-        with tenant_context(tenant):
-            async with pgstack_db.transaction() as session:
-                for title in titles:
-                    await Repository(session, Booking).create(title=title)
+    await book(pgstack_db, a1_a3=True)
     with tenant_context(GLOBEX):
         async with pgstack_db.session() as session:
             page = await Repository(session, Booking).page(sort="title", plain=True)
