@@ -34,15 +34,12 @@ from benchmarks.contenders import (
     Pgstack,
     RawAsyncpg,
 )
-from benchmarks.models import BULK, INSERTS, ITEMS, UPSERTS, PgBase
+from benchmarks.models import BULK, INSERTS, ITEMS, UPSERTS, PgBase, migrate
 from pgstack import Database, Repository, Settings
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.embedded import EmbeddedPostgres
-from pgstack.migrations import MigrationProject
-from pgstack.migrations.api import upgrade_async
 
 CONCURRENCY = 16
-HERE = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -138,17 +135,6 @@ async def timed(
     wall = time.perf_counter() - start_wall
     cpu = time.process_time() - start_cpu
     return Sample(done / wall, 100.0 * cpu / wall)
-
-
-async def migrate(url: URL) -> list[str]:
-    """Bring the database to the head of pgstack's own migrations, as a user's database is.
-
-    pgstack's tables (identity, tokens, rate limits, the audit log with its triggers) come
-    from the migrations, not from `create_all`: login writes to the audit log, whose chain
-    and partitions only the migration makes. Nothing is applied to a database already there.
-    """
-    project = MigrationProject(root=HERE)  # a folder without [tool.pgstack]: pgstack's alone
-    return await upgrade_async(url, project=project)
 
 
 async def prepare(url: URL, rows: int, data: DataSet) -> None:
