@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from benchmarks.contenders import (
     Pgstack,
     RawAsyncpg,
 )
-from benchmarks.models import BULK, INSERTS, ITEMS, UPSERTS, PgBase
+from benchmarks.models import BULK, INSERTS, ITEMS, UPSERTS, PgBase, migrate
 from pgstack import Database, Repository, Settings
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.embedded import EmbeddedPostgres
@@ -60,9 +61,15 @@ WORKLOADS = (
     Workload(
         "w4e", "W4e page of 50 at offset 1,000 + estimated total (auto)", "pages/s", True, 0.95
     ),
+    Workload(
+        "w4p", "W4p page of 50 at offset 1,000 + total count, plain rows", "pages/s", True, 0.95
+    ),
     Workload("w5", "W5 upsert {upsert:,} rows, half new", "rows/s", False, 0.9),
     Workload("w6", "W6 atomic counter INSERT ... ON CONFLICT ... RETURNING", "ops/s", True, 0.6),
     Workload("w7", "W7 keyset page of 50 (page_after)", "pages/s", True, 0.8),
+    Workload(
+        "w7p", "W7p keyset page of 50, plain rows (page_after(plain=True))", "pages/s", True, 0.8
+    ),
     Workload("w8", "W8 get_valid_token hot path (vs raw PK read)", "ops/s", True, 0.5),
     Workload("w9", "W9 session-token check (user_for_session)", "checks/s", True, 0.8),
     Workload("w10", "W10 API-key check (api_keys.verify)", "checks/s", True, 0.8),
@@ -80,9 +87,11 @@ METHODS = {
     "w3": "w3_bulk",
     "w4": "w4_page",
     "w4e": "w4e_page_estimated",
+    "w4p": "w4p_page_plain",
     "w5": "w5_upsert",
     "w6": "w6_counter",
     "w7": "w7_keyset",
+    "w7p": "w7p_keyset_plain",
     "w8": "w8_token",
     "w9": "w9_session",
     "w10": "w10_api_key",
@@ -129,7 +138,8 @@ async def timed(
 
 
 async def prepare(url: URL, rows: int, data: DataSet) -> None:
-    """Create the tables afresh and fill them (COPY; outside any timing)."""
+    """Migrate, create the bench_* tables afresh and fill them (COPY; outside any timing)."""
+    await migrate(url)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
@@ -186,18 +196,13 @@ async def keyset_points(url: URL, data: DataSet) -> None:
 async def prepare_token(url: URL, data: DataSet) -> None:
     """The vault's tables and one token valid for hours (so W8 measures the read path)."""
     from pgstack.crypto import configure_encryption, generate_key
-    from pgstack.tenancy.models import Tenant
-    from pgstack.tokens import OAuthToken, TokenRefreshAudit, TokenVault
+    from pgstack.tokens import OAuthToken, TokenVault
 
     configure_encryption(generate_key("bench"))
     db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
     await db.connect()
     try:
-        tables = [Tenant.__table__, OAuthToken.__table__, TokenRefreshAudit.__table__]
-        async with db.engine.begin() as conn:
-            await conn.run_sync(lambda c: OAuthToken.metadata.drop_all(c, tables=tables))
-            await conn.run_sync(lambda c: OAuthToken.metadata.create_all(c, tables=tables))
-        vault = TokenVault(db)
+        vault = TokenVault(db)  # its tables are the migrations'; `save` replaces the token
         await vault.save(TOKEN_PROVIDER, TOKEN_ACCOUNT, "access", "refresh", expires_in=6 * 3600)
         async with db.session() as s:
             token = await Repository(s, OAuthToken).get_by(
@@ -209,37 +214,31 @@ async def prepare_token(url: URL, data: DataSet) -> None:
 
 
 async def prepare_ratelimit(url: URL) -> None:
-    """The rate-limit table, empty (W13 counts into it)."""
+    """The rate-limit table (the migrations'), empty (W13 counts into it)."""
     from pgstack.tenancy.ratelimit import RateLimitWindow
 
-    db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
-    await db.connect()
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        table = RateLimitWindow.__table__
-        async with db.engine.begin() as conn:
-            await conn.run_sync(lambda c: table.drop(c, checkfirst=True))
-            await conn.run_sync(lambda c: table.create(c))
+        await conn.execute(f"TRUNCATE {RateLimitWindow.__tablename__}")
     finally:
-        await db.disconnect()
+        await conn.close()
 
 
 async def prepare_identity(url: URL, data: DataSet) -> None:
     """The identity tables, users to sign in, a live session token and an API key (W9-W11)."""
     from benchmarks.contenders import LOGIN_PASSWORD, _login_config
     from pgstack.identity import Identity
-    from pgstack.identity.models import ApiKey, LoginSession, RecoveryCode, User, UserToken
 
     db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
     await db.connect()
     try:
-        tables = [m.__table__ for m in (User, ApiKey, LoginSession, UserToken, RecoveryCode)]
-        async with db.engine.begin() as conn:
-            await conn.run_sync(lambda c: User.metadata.drop_all(c, tables=tables))
-            await conn.run_sync(lambda c: User.metadata.create_all(c, tables=tables))
+        # The tables are the migrations'; accounts of an earlier run on the same database
+        # stay, so this run's have addresses of their own.
+        run_id = uuid.uuid4().hex[:8]
         identity = Identity(db, _login_config())
         emails: asyncio.Queue[str] = asyncio.Queue()
         for n in range(CONCURRENCY):
-            email = f"bench{n}@example.com"
+            email = f"bench{n}-{run_id}@example.com"
             user = await identity.users.create(email, LOGIN_PASSWORD)
             emails.put_nowait(email)
         data.login_emails = emails

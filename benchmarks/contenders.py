@@ -143,6 +143,10 @@ class RawAsyncpg:
         assert len(rows) == PAGE
         return 1
 
+    async def w4p_page_plain(self) -> int:
+        # W4 returns plain records already: pgstack's plain page is measured against it.
+        return await self.w4_page()
+
     async def w4e_page_estimated(self) -> int:
         # The same page without count(*): the planner's row estimate of the query (EXPLAIN),
         # then one row more than the page to know whether rows follow.
@@ -189,6 +193,9 @@ class RawAsyncpg:
         assert len(rows) == PAGE + 1
         return 1
 
+    async def w7p_keyset_plain(self) -> int:
+        return await self.w7_keyset()  # plain records already, as W7
+
     async def w8_token(self) -> int:
         # The limit for W8: a primary-key read of the same token row.
         await self.pool.fetchrow("SELECT * FROM oauth_tokens WHERE id = $1", self.data.token_id)
@@ -230,7 +237,8 @@ class RawAsyncpg:
         return 1
 
     async def w11_login(self) -> int:
-        # The statements pgstack's login sends (see docs/benchmarks.md), with the same hasher.
+        # The statements pgstack's login sends (see docs/benchmarks.md), with the same hasher:
+        # the lockout's two UPDATEs, the audit log's security entry, the session's INSERT.
         assert self.data.login_emails is not None
         email = await self.data.login_emails.get()
         try:
@@ -238,6 +246,11 @@ class RawAsyncpg:
             ok, _ = await LOGIN_HASHER.averify_and_update(LOGIN_PASSWORD, user["password_hash"])
             assert ok
             user = await self.pool.fetchrow(SETTLE_SQL, user["id"])
+            # The security entry of the sign-in, one statement committed by itself (the audit
+            # log's trigger chains it under its advisory lock, as for pgstack).
+            await self.pool.execute(
+                AUDIT_INSERT_SQL, uuid.uuid4(), str(user["id"]), "auth.login", str(user["id"])
+            )
             token = "pgss_" + secrets.token_urlsafe(32)
             await self.pool.fetchrow(
                 SESSION_INSERT_SQL,
@@ -274,6 +287,12 @@ SETTLE_SQL = (
     "UPDATE users SET last_login_at = now(), login_count = login_count + 1, "
     "failed_login_count = 0, locked_until = NULL, updated_at = now() "
     "WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now()) RETURNING *"
+)
+AUDIT_INSERT_SQL = (
+    "INSERT INTO audit_log (id, tenant_id, actor_id, actor_type, action, category, "
+    "resource_type, resource_id, description, ip, user_agent, request_id, outcome, error, "
+    "request_data, response_data, changes) VALUES ($1, NULL, $2, 'user', $3, 'security', "
+    "'user', $4, NULL, NULL, NULL, NULL, 'success', NULL, NULL, NULL, NULL)"
 )
 SESSION_INSERT_SQL = (
     "INSERT INTO login_sessions (id, user_id, token_hash, expires_at, revoked_at) "
@@ -364,6 +383,14 @@ class Pgstack:
         assert len(page.items) == PAGE
         return 1
 
+    async def w4p_page_plain(self) -> int:
+        async with self.db.session() as s:
+            page = await Repository(s, PgItem).page(
+                sort="id", limit=PAGE, offset=OFFSET, plain=True
+            )
+        assert len(page.items) == PAGE
+        return 1
+
     async def w4e_page_estimated(self) -> int:
         async with self.db.session() as s:
             page = await EstimatedItems(s).page(sort="id", limit=PAGE, offset=OFFSET, total="auto")
@@ -386,6 +413,15 @@ class Pgstack:
         cursor = random.choice(self.data.keyset_cursors)  # noqa: S311
         async with self.db.session() as s:
             page = await Repository(s, PgItem).page_after(cursor=cursor, sort="id", limit=PAGE)
+        assert len(page.items) == PAGE
+        return 1
+
+    async def w7p_keyset_plain(self) -> int:
+        cursor = random.choice(self.data.keyset_cursors)  # noqa: S311
+        async with self.db.session() as s:
+            page = await Repository(s, PgItem).page_after(
+                cursor=cursor, sort="id", limit=PAGE, plain=True
+            )
         assert len(page.items) == PAGE
         return 1
 

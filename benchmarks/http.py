@@ -42,7 +42,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
 from pydantic import BaseModel
 from sqlalchemy.engine import URL, make_url
 
-from benchmarks.models import INSERTS, ITEM_COLUMNS, ITEMS, PgBase, PgInsert, PgItem
+from benchmarks.models import INSERTS, ITEM_COLUMNS, ITEMS, PgBase, PgInsert, PgItem, migrate
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.embedded import EmbeddedPostgres
 from pgstack.web.deps import SessionDep, TransactionDep
@@ -160,18 +160,13 @@ async def prepare(url: URL) -> tuple[str, list[uuid.UUID]]:
     """Tables, 1,000 items, a user and an API key with both scopes; the key and the ids."""
     from pgstack import Database, Repository, Settings
     from pgstack.identity import Identity, IdentityConfig
-    from pgstack.identity.models import ApiKey, LoginSession, RecoveryCode, User, UserToken
 
+    await migrate(url)  # identity and the audit log its key writes to, as a user's database
     db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
     await db.connect()
     try:
-        identity_tables = [
-            m.__table__ for m in (User, ApiKey, LoginSession, UserToken, RecoveryCode)
-        ]
         bench_tables = [PgItem.__table__, PgInsert.__table__]
         async with db.engine.begin() as conn:
-            await conn.run_sync(lambda c: User.metadata.drop_all(c, tables=identity_tables))
-            await conn.run_sync(lambda c: User.metadata.create_all(c, tables=identity_tables))
             await conn.run_sync(lambda c: PgBase.metadata.drop_all(c, tables=bench_tables))
             await conn.run_sync(lambda c: PgBase.metadata.create_all(c, tables=bench_tables))
         async with db.transaction() as s:
@@ -179,7 +174,9 @@ async def prepare(url: URL) -> tuple[str, list[uuid.UUID]]:
                 [{"name": f"item {n}", "qty": n} for n in range(ITEM_COUNT)], returning=True
             )
         identity = Identity(db, IdentityConfig(argon2_memory_kib=8, argon2_time_cost=1))
-        user = await identity.users.create("http@example.com", "violet Harbour 42 lanterns drift")
+        # Accounts of an earlier run on the same database stay: this run's has its own address.
+        email = f"http-{uuid.uuid4().hex[:8]}@example.com"
+        user = await identity.users.create(email, "violet Harbour 42 lanterns drift")
         issued = await identity.api_keys.create(
             user.id, "http", scopes=["items:read", "items:write"]
         )

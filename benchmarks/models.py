@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from pathlib import Path
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, String, Text, Uuid, func
+from sqlalchemy import URL, BigInteger, DateTime, Integer, MetaData, String, Text, Uuid, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pgstack.orm import (
@@ -110,3 +111,21 @@ class PlainCounter(PlainBase):
 
 
 ITEM_COLUMNS = "id, name, qty, note, created_at, updated_at, deleted_at, version"
+
+
+async def migrate(url: URL) -> list[str]:
+    """Bring the database to the head of pgstack's own migrations, as a user's database is.
+
+    pgstack's tables (identity, tokens, rate limits, the audit log with its triggers) come
+    from the migrations, not from `create_all`: sign-ins and API keys write to the audit
+    log, whose chain and partitions only the migration makes. Nothing is applied to a
+    database already there.
+    """
+    from pgstack.migrations import MigrationProject
+    from pgstack.migrations.api import upgrade_async
+
+    project = MigrationProject(root=_HERE)  # a folder without [tool.pgstack]: pgstack's alone
+    return await upgrade_async(url, project=project)
+
+
+_HERE = Path(__file__).resolve().parent

@@ -104,6 +104,16 @@ async def make(db: Database, **values: Any) -> Gadget:
         return await Repository(session, Gadget).create(**values)
 
 
+async def book(db: Database, *, a1_a3: bool) -> None:
+    """Bookings a1, a2 (and a3) for ACME and g1 for GLOBEX."""
+    acme = ["a1", "a2", "a3"] if a1_a3 else ["a1", "a2"]
+    for tenant, titles in ((ACME, acme), (GLOBEX, ["g1"])):
+        with tenant_context(tenant):
+            async with db.transaction() as session:
+                for title in titles:
+                    await Repository(session, Booking).create(title=title)
+
+
 async def test_get_returns_the_row_as_a_loaded_object(
     pgstack_db: Database, path: list[bool]
 ) -> None:
@@ -342,11 +352,7 @@ async def test_keyset_pages_visit_every_row_once(pgstack_db: Database, path: lis
 
 async def test_lists_are_scoped_to_the_tenant(pgstack_db: Database, path: list[bool]) -> None:
     # proves: R7
-    for tenant, titles in ((ACME, ["a1", "a2"]), (GLOBEX, ["g1"])):
-        with tenant_context(tenant):
-            async with pgstack_db.transaction() as session:
-                for title in titles:
-                    await Repository(session, Booking).create(title=title)
+    await book(pgstack_db, a1_a3=False)
     with tenant_context(ACME):
         async with pgstack_db.session() as session:
             listed = await Repository(session, Booking).list(sort="title")
@@ -390,11 +396,7 @@ async def test_offset_pages_are_scoped_to_the_tenant(
     pgstack_db: Database, path: list[bool]
 ) -> None:
     # proves: R7
-    for tenant, titles in ((ACME, ["a1", "a2", "a3"]), (GLOBEX, ["g1"])):
-        with tenant_context(tenant):
-            async with pgstack_db.transaction() as session:
-                for title in titles:
-                    await Repository(session, Booking).create(title=title)
+    await book(pgstack_db, a1_a3=True)
     with tenant_context(ACME):
         async with pgstack_db.session() as session:
             page = await Repository(session, Booking).page(sort="title", limit=2)
@@ -406,3 +408,71 @@ async def test_offset_pages_are_scoped_to_the_tenant(
     async with pgstack_db.session() as session:
         with pytest.raises(TenantScopeError):
             await Repository(session, Booking).page()
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {a.key: getattr(obj, a.key) for a in inspect(type(obj)).column_attrs}
+
+
+async def test_plain_pages_hold_what_the_objects_hold(
+    pgstack_db: Database, path: list[bool]
+) -> None:
+    # proves: R3, M2, M4
+    made = [
+        await make(pgstack_db, name=f"g{i:02}", size=i, data={"n": [i]}, secret=f"s{i}")
+        for i in range(7)
+    ]
+    async with pgstack_db.transaction() as session:
+        await Repository(session, Gadget).delete(made[3].id)
+    async with pgstack_db.session() as session:
+        objects = await Repository(session, Gadget).page(sort="-name", limit=3, offset=1)
+        expected = [_fields(g) for g in objects.items]
+    async with pgstack_db.session() as session:
+        plain = await Repository(session, Gadget).page(sort="-name", limit=3, offset=1, plain=True)
+        if path:  # the fast path makes no object: the session holds nothing
+            assert len(session.sync_session.identity_map) == 0
+    assert all(type(item) is dict for item in plain.items)
+    assert plain.items == expected and [i["name"] for i in plain.items] == ["g05", "g04", "g02"]
+    assert (plain.total, plain.has_more) == (objects.total, objects.has_more) == (6, True)
+    first = plain.items[0]
+    assert first["created_at"].tzinfo is not None and first["secret"] == "s5"
+    assert first["data"] == {"n": [5]} and first["deleted_at"] is None
+    async with pgstack_db.session() as session:
+        none = await Repository(session, Gadget).page(sort="name", total="none", plain=True)
+        assert [i["name"] for i in none.items] == ["g00", "g01", "g02", "g04", "g05", "g06"]
+        assert none.total is None and not none.has_more
+    # Keyset pages: the same rows, and the cursors of either kind walk the other.
+    seen: list[str] = []
+    cursor = None
+    for plain_page in [True, False, True, False, True]:
+        async with pgstack_db.session() as session:
+            step = await Repository(session, Gadget).page_after(
+                cursor=cursor, sort="-size", limit=2, plain=plain_page
+            )
+        seen += [i["name"] if plain_page else i.name for i in step.items]
+        cursor = step.next_cursor
+        if cursor is None:
+            break
+    assert seen == ["g06", "g05", "g04", "g02", "g01", "g00"]
+    async with pgstack_db.session() as session:
+        walked = await Repository(session, Gadget).page_after(
+            Gt("size", 4), sort="name", limit=5, plain=True
+        )
+        assert [i["name"] for i in walked.items] == ["g05", "g06"]
+        assert walked.items[0] == expected[0] and walked.next_cursor is None
+
+
+async def test_plain_pages_are_scoped_to_the_tenant(pgstack_db: Database, path: list[bool]) -> None:
+    # proves: R7
+    await book(pgstack_db, a1_a3=True)
+    with tenant_context(GLOBEX):
+        async with pgstack_db.session() as session:
+            page = await Repository(session, Booking).page(sort="title", plain=True)
+            assert [b["title"] for b in page.items] == ["g1"] and page.total == 1
+            assert page.items[0]["tenant_id"] == GLOBEX
+        async with pgstack_db.session() as session:
+            after = await Repository(session, Booking).page_after(sort="title", plain=True)
+            assert [b["title"] for b in after.items] == ["g1"]
+    async with pgstack_db.session() as session:
+        with pytest.raises(TenantScopeError):
+            await Repository(session, Booking).page_after(plain=True)

@@ -388,18 +388,24 @@ class ReadLane:
         return (plan, cache_key) if plan else None
 
     async def run(
-        self, plan: _Plan, cache_key: Any, values: Mapping[str, Any] | None
+        self,
+        plan: _Plan,
+        cache_key: Any,
+        values: Mapping[str, Any] | None,
+        *,
+        reset: bool = True,
     ) -> list[tuple[Any, ...]]:
         """Run a planned statement once and return its rows.
 
         No second try (it may write), and its connection is reset afterwards: the statement
-        is the caller's and may leave session state behind.
+        is the caller's and may leave session state behind. `reset=False` is for pgstack's
+        own statements, which leave none (a plain INSERT).
         """
         params = plan.compiled.construct_params(
             values, extracted_parameters=cache_key.bindparams, escape_names=False
         )
         args = driver_arguments(plan.params, params)
-        records = await self.fetch(plan.sql, args, retry=False, reset=self.resets)
+        records = await self.fetch(plan.sql, args, retry=False, reset=reset and self.resets)
         results = plan.results
         if not any(results):
             return [tuple(record) for record in records]

@@ -170,10 +170,13 @@ class Session(AsyncSession):
     _pgstack_run_exclusive: Callable[..., Awaitable[Any]] = _guarded(_call)
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        if not self.sync_session.in_transaction():
+        sync = self.sync_session
+        if not sync.in_transaction():
             # No transaction, so no connection to give back: closing only forgets the loaded
-            # objects, with no I/O (no task and greenlet needed, which cost more than a read).
-            self.sync_session.close()
+            # objects, with no I/O (no task and greenlet needed, which cost more than a read);
+            # with none (a page of plain rows), there is nothing to do.
+            if len(sync.identity_map) or sync.new or sync.deleted:
+                sync.close()
             return
         await super().__aexit__(type_, value, traceback)
 

@@ -496,12 +496,14 @@ class RepositoryCore(Generic[M]):
         *,
         key: Any = None,
         extra: int = 0,
+        plain: bool = False,
     ) -> list[Any]:
         """Run a `select(Model, *extra columns)` read, on the fast path when it may.
 
         Returns objects, or `(object, *values)` rows with `extra`. `key` names a statement
         from `_shaped` (its plan is kept by key); without it the statement was built for
-        this call (its plan is found by SQLAlchemy's cache key).
+        this call (its plan is found by SQLAlchemy's cache key). With `plain`, dicts of
+        field name to value stand for the objects: on the fast path no object is made.
         """
         session: Any = self.session
         if fast.session_is_fresh(session):
@@ -512,11 +514,18 @@ class RepositoryCore(Generic[M]):
                 else fast.read_plan(info, key, statement, dialect, extra, params)
             )
             if planned is not None:
-                done, rows = await fast.fetch_all(session, info, *planned)
+                done, rows = await fast.fetch_all(session, info, *planned, plain)
                 if done:
                     return rows
         result = await self._read(statement, params)
-        return list(result.all() if extra else result.scalars().all())
+        rows = list(result.all() if extra else result.scalars().all())
+        if not plain:
+            return rows
+        # The session's path: its objects (refreshed, as any read in it leaves them), as dicts.
+        keys = list(self._info.columns)
+        if extra:
+            return [({k: getattr(row[0], k) for k in keys}, *row[1:]) for row in rows]
+        return [{k: getattr(obj, k) for k in keys} for obj in rows]
 
     async def _get_row(self, id: Any, include_deleted: bool = False) -> M | None:
         info = self._info

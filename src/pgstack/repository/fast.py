@@ -279,17 +279,20 @@ def session_is_fresh(session: AsyncSession) -> bool:
 
 
 async def fetch_all(
-    session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any]
+    session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any], plain: bool = False
 ) -> tuple[bool, list[Any]]:
-    """Run `plan` outside a transaction: (done, objects); done False: use the ordinary path."""
+    """Run `plan` outside a transaction: (done, objects); done False: use the ordinary path.
+
+    With `plain`, dicts of the objects' attribute values instead (see `plain_rows`).
+    """
     result: tuple[bool, list[Any]] = await session._pgstack_run_exclusive(
-        _fetch_all, session, info, plan, params
+        _fetch_all, session, info, plan, params, plain
     )
     return result
 
 
 async def _fetch_all(
-    session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any]
+    session: Session, info: Any, plan: ReadPlan, params: Mapping[str, Any], plain: bool
 ) -> tuple[bool, list[Any]]:
     lane = session._pgstack_lane
     if lane is None or lane.echo:
@@ -302,7 +305,22 @@ async def _fetch_all(
         # Refused by the driver before sending (a value it cannot encode): the ordinary
         # path reports that in its own terms.
         return False, []
+    if plain:
+        return True, plain_rows(plan, records)
     return _objects(session, info, plan, records)
+
+
+def plain_rows(plan: ReadPlan, records: list[Any]) -> list[Any]:
+    """Records as dicts of attribute name to value: the values an object would hold
+    (the same result processors), with no object, state or identity map."""
+    keys, converted = plan.keys, plan.converted
+    rows = [dict(zip(keys, record, strict=False)) for record in records]  # the model's columns
+    for _, key, processor in converted:
+        for values in rows:
+            value = values[key]
+            if value is not None:
+                values[key] = processor(value)
+    return _with_extras(plan, rows, records)
 
 
 def _objects(
@@ -357,21 +375,24 @@ def _objects(
             if loaded_as_persistent:
                 loaded_as_persistent(sync_session, state)
     # The identity map holds objects weakly: these references keep them alive until returned.
+    return True, _with_extras(plan, made, records)
+
+
+def _with_extras(plan: ReadPlan, made: list[Any], records: list[Any]) -> list[Any]:
+    """`made` as is, or `(item, *values)` rows with the plan's columns after the model's."""
     extras = plan.extra
     if not extras:
-        return True, made
-    width = len(keys)
+        return made
+    width = len(plan.keys)
     if not any(extras):
-        return True, [
-            (instance, *record[width:]) for instance, record in zip(made, records, strict=True)
-        ]
-    return True, [
+        return [(item, *record[width:]) for item, record in zip(made, records, strict=True)]
+    return [
         (
-            instance,
+            item,
             *(
                 value if processor is None or value is None else processor(value)
                 for processor, value in zip(extras, record[width:], strict=True)
             ),
         )
-        for instance, record in zip(made, records, strict=True)
+        for item, record in zip(made, records, strict=True)
     ]

@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import hashlib
 import hmac
 import json
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any, ClassVar, Generic, Literal, get_args
+from typing import Any, ClassVar, Generic, Literal, get_args, overload
 
 from sqlalchemy import Integer, and_, bindparam, false, func, literal_column, or_, select, tuple_
 from sqlalchemy.ext.compiler import compiles
@@ -31,7 +32,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from pgstack.db.lane import driver_arguments
+from pgstack.db.lane import cached, driver_arguments
 from pgstack.db.tenant import tenant_value
 from pgstack.errors import InvalidQueryError
 from pgstack.repository import fast
@@ -257,6 +258,12 @@ def _row_comparable(
     )
 
 
+@functools.cache
+def _after_names(count: int) -> tuple[str, ...]:
+    """Parameter names of a keyset page's `count` sort values, in sort order."""
+    return tuple(f"pgstack_after_{i}" for i in range(count))
+
+
 def _shape_of(order: Sequence[Sort]) -> tuple[tuple[str, bool], ...]:
     return tuple((s.field, s.descending) for s in order)
 
@@ -279,6 +286,7 @@ class PaginationOps(RepositoryCore[M]):
     #: rather than a count.
     estimate_total_from: ClassVar[int] = 10_000
 
+    @overload
     async def page(
         self,
         *filters: Filter,
@@ -287,8 +295,34 @@ class PaginationOps(RepositoryCore[M]):
         offset: int | None = 0,
         include_deleted: bool = False,
         total: TotalMode | None = None,
+        plain: Literal[False] = False,
         **equals: Any,
-    ) -> Page[M]:
+    ) -> Page[M]: ...
+
+    @overload
+    async def page(
+        self,
+        *filters: Filter,
+        sort: SortSpec | Iterable[SortSpec] | None = None,
+        limit: int | None = None,
+        offset: int | None = 0,
+        include_deleted: bool = False,
+        total: TotalMode | None = None,
+        plain: Literal[True],
+        **equals: Any,
+    ) -> Page[dict[str, Any]]: ...
+
+    async def page(
+        self,
+        *filters: Filter,
+        sort: SortSpec | Iterable[SortSpec] | None = None,
+        limit: int | None = None,
+        offset: int | None = 0,
+        include_deleted: bool = False,
+        total: TotalMode | None = None,
+        plain: bool = False,
+        **equals: Any,
+    ) -> Page[Any]:
         """One page of matching rows and the total, usually in one round trip.
 
         `total` (default: the class's `page_total`): "exact" counts every matching row in
@@ -298,6 +332,10 @@ class PaginationOps(RepositoryCore[M]):
         "none" counts nothing (`total` is None). Without an exact count the page reads one
         row more, so `has_more` is always exact, and a page that reaches the end reports
         the exact total it then knows.
+
+        With `plain=True` the items are dicts of field name to value (the values the
+        objects would hold) instead of objects of the session: for reading out, as a
+        listing endpoint does; nothing to change and save.
         """
         size = self._limit(limit)
         start = whole_number("offset", offset or 0)
@@ -341,7 +379,7 @@ class PaginationOps(RepositoryCore[M]):
             )
             params = self._shape_params(scoped, pgstack_limit=fetch, pgstack_offset=start)
         if not counted:
-            items: list[M] = await self._read_objects(statement, params, key=key)
+            items: list[Any] = await self._read_objects(statement, params, key=key, plain=plain)
             more = len(items) > size
             del items[size:]
             seen = start + len(items)
@@ -362,7 +400,7 @@ class PaginationOps(RepositoryCore[M]):
                 total_is_estimate=True,
                 more=more,
             )
-        rows = await self._read_objects(statement, params, key=key, extra=1)
+        rows = await self._read_objects(statement, params, key=key, extra=1, plain=plain)
         if rows:
             exact = int(rows[0][1])  # the subquery's count: the same on every row
         elif start == 0:
@@ -444,6 +482,7 @@ class PaginationOps(RepositoryCore[M]):
             .execution_options(**POPULATE)
         )
 
+    @overload
     async def page_after(
         self,
         *filters: Filter,
@@ -451,12 +490,38 @@ class PaginationOps(RepositoryCore[M]):
         sort: SortSpec | Iterable[SortSpec] | None = None,
         limit: int | None = None,
         include_deleted: bool = False,
+        plain: Literal[False] = False,
         **equals: Any,
-    ) -> CursorPage[M]:
+    ) -> CursorPage[M]: ...
+
+    @overload
+    async def page_after(
+        self,
+        *filters: Filter,
+        cursor: str | None = None,
+        sort: SortSpec | Iterable[SortSpec] | None = None,
+        limit: int | None = None,
+        include_deleted: bool = False,
+        plain: Literal[True],
+        **equals: Any,
+    ) -> CursorPage[dict[str, Any]]: ...
+
+    async def page_after(
+        self,
+        *filters: Filter,
+        cursor: str | None = None,
+        sort: SortSpec | Iterable[SortSpec] | None = None,
+        limit: int | None = None,
+        include_deleted: bool = False,
+        plain: bool = False,
+        **equals: Any,
+    ) -> CursorPage[Any]:
         """The rows after `cursor` (from the start without one), in `sort` order.
 
         The primary key ends every sort, so rows that tie on the sort fields still have one
-        place each: walking the cursors forwards visits every row exactly once.
+        place each: walking the cursors forwards visits every row exactly once. With
+        `plain=True` the items are dicts of field name to value, as for `page`; the cursors
+        are the same either way.
         """
         size = self._limit(limit)
         info = self._info
@@ -478,31 +543,32 @@ class PaginationOps(RepositoryCore[M]):
             # No filters and a plain row comparison: the statement is built once per sort.
             scoped = self._scoped()
             key = ("after", _shape_of(order), include_deleted, scoped, bool(values))
-            bound = [
-                bindparam(f"pgstack_after_{i}", type_=field.column.type)
-                for i, field in enumerate(fields[: len(values)])
-            ]
+            names = _after_names(len(values))
             statement = self._shaped(
                 key,
                 lambda: self._after_statement(
                     self._scope(include_deleted, shaped=True),
                     fields,
                     order,
-                    bound,
+                    [
+                        bindparam(name, type_=field.column.type)
+                        for name, field in zip(names, fields, strict=False)
+                    ],
                     bindparam("pgstack_limit", type_=Integer),
                 ),
             )
             params = self._shape_params(scoped, pgstack_limit=size + 1)
-            params.update((b.key, v) for b, v in zip(bound, values, strict=True))
+            params.update(zip(names, values, strict=True))
         else:
             conditions = self._where(filters, equals, include_deleted)
             statement = self._after_statement(conditions, fields, order, values, size + 1)
-        items: list[M] = await self._read_objects(statement, params, key=key)
+        items: list[Any] = await self._read_objects(statement, params, key=key, plain=plain)
         next_cursor = None
         if len(items) > size:
             items = items[:size]
             last = items[-1]
-            next_cursor = encode_cursor(query, [getattr(last, s.field) for s in order])
+            sort_values = [last[s.field] if plain else getattr(last, s.field) for s in order]
+            next_cursor = encode_cursor(query, sort_values)
         return CursorPage(items=items, next_cursor=next_cursor, limit=size)
 
     def _after_statement(
@@ -525,6 +591,22 @@ class PaginationOps(RepositoryCore[M]):
         )
 
     def _query_digest(
+        self,
+        order: Sequence[Sort],
+        filters: Sequence[Filter],
+        equals: dict[str, Any],
+        include_deleted: bool,
+    ) -> str:
+        if not filters and not equals:  # the same for every call of this sort: kept
+            digest: str = cached(
+                self._info.statements.setdefault("digests", {}),
+                (_shape_of(order), include_deleted),
+                lambda: self._describe(order, filters, equals, include_deleted),
+            )
+            return digest
+        return self._describe(order, filters, equals, include_deleted)
+
+    def _describe(
         self,
         order: Sequence[Sort],
         filters: Sequence[Filter],
