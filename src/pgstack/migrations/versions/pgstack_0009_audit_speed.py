@@ -6,7 +6,8 @@ Create Date: 2026-12-01
 
 Audited tables get row-level triggers (`pgstack_audit_row`) instead of statement triggers
 with transition tables: a single-row write no longer pays for two tuplestores and an
-INSERT ... SELECT planned per statement. `pgstack_audit_hash` gives the same digests as
+INSERT ... SELECT planned per statement; `pgstack_audit_diff` is PL/pgSQL, so its plan is
+kept. `pgstack_audit_hash` gives the same digests as
 before, built by string concatenation instead of a jsonb set-returning aggregate (about five
 times cheaper); every existing hash stays valid. `audit_anchors` keeps, per chain, the last
 entry of each archived month, so that what remains after `pgstack audit archive` is still
@@ -111,6 +112,49 @@ END
 $$
 """
 
+# Field-level changes, as pgstack_0007's SQL function computed them, in one jsonb pass:
+# PL/pgSQL keeps the query's plan for the session, where a SQL function that cannot be
+# inlined is planned again on every call (it was a third of an audited insert's cost).
+_DIFF_FN = """
+CREATE OR REPLACE FUNCTION pgstack_audit_diff(old jsonb, new jsonb, secret text[], ignored text[])
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF old IS NULL THEN
+        RETURN (SELECT jsonb_object_agg(n.key, CASE WHEN n.key = ANY(secret)
+                    THEN '"changed"'::jsonb ELSE jsonb_build_object('new', n.value) END)
+                FROM jsonb_each(new) AS n
+                WHERE n.value <> 'null'::jsonb AND n.key <> ALL(ignored));
+    ELSIF new IS NULL THEN
+        RETURN (SELECT jsonb_object_agg(o.key, CASE WHEN o.key = ANY(secret)
+                    THEN '"changed"'::jsonb ELSE jsonb_build_object('old', o.value) END)
+                FROM jsonb_each(old) AS o
+                WHERE o.value <> 'null'::jsonb AND o.key <> ALL(ignored));
+    END IF;
+    RETURN (SELECT jsonb_object_agg(n.key, CASE WHEN n.key = ANY(secret)
+                THEN '"changed"'::jsonb
+                ELSE jsonb_build_object('old', old -> n.key, 'new', n.value) END)
+            FROM jsonb_each(new) AS n
+            WHERE n.key <> ALL(ignored) AND n.value IS DISTINCT FROM old -> n.key);
+END
+$$
+"""
+
+_OLD_DIFF_FN = """
+CREATE OR REPLACE FUNCTION pgstack_audit_diff(old jsonb, new jsonb, secret text[], ignored text[])
+RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT jsonb_object_agg(k.key, CASE
+    WHEN k.key = ANY(secret) THEN '"changed"'::jsonb
+    WHEN old IS NULL THEN jsonb_build_object('new', new -> k.key)
+    WHEN new IS NULL THEN jsonb_build_object('old', old -> k.key)
+    ELSE jsonb_build_object('old', old -> k.key, 'new', new -> k.key) END)
+FROM jsonb_object_keys(coalesce(new, old)) AS k(key)
+WHERE k.key <> ALL(ignored)
+  AND CASE WHEN old IS NULL THEN new -> k.key <> 'null'::jsonb
+           WHEN new IS NULL THEN old -> k.key <> 'null'::jsonb
+           ELSE old -> k.key IS DISTINCT FROM new -> k.key END
+$$
+"""
+
 _ANCHORS = """
 CREATE TABLE audit_anchors (
     chain text NOT NULL,
@@ -126,6 +170,7 @@ CREATE TABLE audit_anchors (
 def upgrade() -> None:
     schema = op.get_bind().exec_driver_sql("SELECT quote_ident(current_schema())").scalar()
     op.execute(_HASH_FN)
+    op.execute(_DIFF_FN)
     op.execute(_ROW_FN.format(schema=schema))
     op.execute(_ANCHORS)
     op.execute(
@@ -141,5 +186,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TABLE audit_anchors")
-    op.execute("DROP FUNCTION pgstack_audit_row() CASCADE")
+    op.execute("DROP FUNCTION pgstack_audit_row()")
     op.execute(_OLD_HASH_FN)
+    op.execute(_OLD_DIFF_FN)
