@@ -272,7 +272,8 @@ class AuditLog:
                 )
                 checked, first, last, broken = 0, None, None, None
                 previous: Mapping[str, Any] | None = None
-                async for row in rows.mappings():
+                async for mapping in rows.mappings():
+                    row: dict[str, Any] = dict(mapping)
                     checked += 1
                     first = row["seq"] if first is None else first
                     last = row["seq"]
