@@ -84,7 +84,7 @@ _ANCHOR_SQL = text(
     "SELECT seq, hash, archived_from FROM audit_anchors WHERE chain = :chain "
     "ORDER BY seq DESC LIMIT 1"
 )
-_TEXT_TYPES = {"text", "uuid", "jsonb", "bigint", "integer", "smallint", "boolean"}
+_READABLE_TYPES = {"text", "uuid", "jsonb", "bigint", "integer", "smallint", "boolean"}
 # PostgreSQL's JSON string escapes (escape_json), which the canonical form uses.
 _JSON_ESCAPES = {
     ord('"'): '\\"',
@@ -253,7 +253,7 @@ class AuditLog:
                 unknown = {
                     name
                     for name, kind in types.items()
-                    if kind not in _TEXT_TYPES and name != "occurred_at"
+                    if kind not in _READABLE_TYPES and name != "occurred_at"
                 }
                 if unknown:
                     raise InvalidInputError(

@@ -1,4 +1,4 @@
-"""Automatic entries: the statement triggers a migration puts on an audited table.
+"""Automatic entries: the row triggers a migration puts on an audited table.
 
     from pgstack.audit import disable_audit, enable_audit
 
