@@ -8,13 +8,17 @@ tasks on an asyncpg pool, each inserting one row per transaction for `--seconds`
 - `one chain`: every entry in the global chain (the worst case: all writers serialize on
   the chain's advisory lock from the insert to the commit);
 - `per tenant`: each task writes for a tenant of its own (one chain each).
-Prints ops/s for the plain table and the audited one, and their ratio.
+Prints ops/s for the plain table and the audited one and their ratio for each round, the
+median ratio of each workload, and the load average before and after (the ratios mean
+little on a machine busy with other work: quote them with it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
 import time
 import uuid
 
@@ -42,6 +46,10 @@ async def _rate(pool: asyncpg.Pool, table: str, tasks: int, seconds: float, tena
     return done / seconds
 
 
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 async def main(url: str, tasks: int, seconds: float, rounds: int) -> None:
     name = f"pgstack_bench_audit_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(url)
@@ -58,14 +66,22 @@ async def main(url: str, tasks: int, seconds: float, rounds: int) -> None:
         await conn.close()
         pool = await asyncpg.create_pool(target, min_size=tasks, max_size=tasks)
         print(f"W14 audited single-row inserts: {tasks} tasks, {seconds:g} s per run")
+        print(f"load average before: {_load()}")
         print("| workload | plain ops/s | audited ops/s | ratio |")
         print("|---|---|---|---|")
+        medians = {}
         for label, tenants in (("one chain", False), ("per tenant", True)):
+            ratios = []
             for _ in range(rounds):
                 plain = await _rate(pool, "bench_plain", tasks, seconds, tenants)
                 audited = await _rate(pool, "bench_audited", tasks, seconds, tenants)
+                ratios.append(audited / plain)
                 print(f"| {label} | {plain:,.0f} | {audited:,.0f} | {audited / plain:.2f}x |")
+            medians[label] = statistics.median(ratios)
         await pool.close()
+        print(f"load average after: {_load()}")
+        for label, ratio in medians.items():
+            print(f"median ratio, {label}: {ratio:.2f}x over {rounds} rounds (target 0.7x)")
     finally:
         admin = await asyncpg.connect(url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -77,6 +93,6 @@ if __name__ == "__main__":
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     asyncio.run(main(args.url, args.tasks, args.seconds, args.rounds))

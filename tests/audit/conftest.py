@@ -7,20 +7,27 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+from fastapi import Depends
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
-from pgstack.audit import audit_sql
+from pgstack.audit import AuditLog, audit_sql
 from pgstack.cli import app as cli_app
 from pgstack.config import Settings
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
+from pgstack.identity import IdentityConfig
 from pgstack.testing.templates import _admin, run_async
+from pgstack.web import create_app
+from pgstack.web.audit import audit_router
+from pgstack.web.identity import identity_router, require_roles
 
 ACME = uuid.UUID("0190f3a0-0000-7000-8000-0000000000a1")
 GLOBEX = uuid.UUID("0190f3a0-0000-7000-8000-0000000000b2")
@@ -36,6 +43,9 @@ CREATE TABLE audit_notes (
     version integer NOT NULL DEFAULT 1
 )
 """
+
+STRONG = "violet Harbour 42 lanterns drift"
+CONFIG = IdentityConfig(max_failed_logins=3, lockout=timedelta(minutes=5))
 
 runner = CliRunner()
 
@@ -140,3 +150,26 @@ async def app_db(roles: Roles) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.disconnect()
+
+
+@pytest.fixture
+async def client(app_db: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """The service over HTTP: identity routes and the admin audit router (admins only)."""
+    app = create_app(
+        database=app_db,
+        monitor_interval=None,
+        routers=[
+            identity_router(CONFIG),
+            audit_router(dependencies=[Depends(require_roles("admin"))]),
+        ],
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+async def security_entries(db: Database, action: str) -> list[dict[str, object]]:
+    """The security entries with this action (global chain), newest first."""
+    page = await AuditLog(db).security_events(action=action, limit=100)
+    return page.items

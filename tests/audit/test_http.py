@@ -3,43 +3,15 @@ sign-ins, lockouts and key revocations are security events; the admin router rea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import timedelta
-
 import httpx
-import pytest
-from fastapi import Depends
 
 from pgstack.audit import AuditLog
 from pgstack.db.database import Database
-from pgstack.identity import Identity, IdentityConfig
-from pgstack.web import create_app
-from pgstack.web.audit import audit_router, client_ip, parse_proxies
-from pgstack.web.identity import identity_router, require_roles
+from pgstack.identity import Identity
+from pgstack.web.audit import client_ip, parse_proxies
 
-STRONG = "violet Harbour 42 lanterns drift"
-CONFIG = IdentityConfig(max_failed_logins=3, lockout=timedelta(minutes=5))
-
-
-@pytest.fixture
-async def client(app_db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        database=app_db,
-        monitor_interval=None,
-        routers=[
-            identity_router(CONFIG),
-            audit_router(dependencies=[Depends(require_roles("admin"))]),
-        ],
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
-
-
-async def _security(db: Database, action: str) -> list[dict[str, object]]:
-    page = await AuditLog(db).security_events(action=action, limit=100)
-    return page.items
+from .conftest import CONFIG, STRONG
+from .conftest import security_entries as _security
 
 
 async def test_login_lockout_and_key_revocation_carry_the_clients_request_id(

@@ -8,10 +8,11 @@ import asyncpg
 import pytest
 
 from pgstack.audit import AuditLog
+from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
 from pgstack.orm.context import acting_as, tenant_context
 
-from .conftest import ACME, GLOBEX, Roles
+from .conftest import ACME, GLOBEX, Roles, cli
 
 REFUSALS = [
     "UPDATE audit_log SET action = 'forged'",
@@ -206,5 +207,44 @@ async def test_a_tenant_cannot_write_into_another_tenants_chain(roles: Roles) ->
                 await conn.execute(
                     "INSERT INTO audit_log (tenant_id, action) VALUES ($1, 'forged')", ACME
                 )
+    finally:
+        await conn.close()
+
+
+_RIGHTS = (
+    "SELECT p FROM unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE','TRUNCATE','REFERENCES',"
+    "'TRIGGER']) AS p WHERE has_table_privilege($1, $2::regclass, p) ORDER BY p"
+)
+
+
+async def test_db_init_run_again_leaves_the_audit_tables_append_only(roles: Roles) -> None:
+    # proves: A2
+    for _ in range(2):
+        again = cli("db", "init", "--admin-url", asyncpg_dsn(roles.admin), env=roles.env)
+        assert again.exit_code == 0, again.output
+    conn = await roles.conn("admin")
+    try:
+        app = roles.app.username
+
+        async def rights(table: str) -> list[str]:
+            return [r["p"] for r in await conn.fetch(_RIGHTS, app, table)]
+
+        assert await rights("audit_log") == ["INSERT", "SELECT"]
+        assert await rights("audit_chain_heads") == ["SELECT"]
+        assert await rights("audit_anchors") == ["SELECT"]
+        for part in await _partitions(conn):
+            assert await rights(part) == [], part
+        # The other tables keep their data rights.
+        assert await rights("tenants") == ["DELETE", "INSERT", "SELECT", "UPDATE"]
+        assert "append-only" in again.output
+    finally:
+        await conn.close()
+    # And the application role really cannot change an entry.
+    conn = await roles.conn("app")
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE audit_log SET action = 'forged'")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE audit_chain_heads SET seq = 0")
     finally:
         await conn.close()

@@ -106,3 +106,39 @@ async def test_cli_maintain_archive_export_and_verify(
     verified = cli("audit", "verify", env=roles.env)
     assert verified.exit_code == 0, verified.output
     assert "unbroken" in verified.output
+
+
+async def test_doctor_warns_when_this_or_next_months_partition_is_missing(
+    roles: Roles, app_db: Database
+) -> None:
+    # proves: A4
+    from pgstack.db.doctor import audit_partitions, diagnose
+
+    async def findings() -> list[tuple[str, str, str]]:
+        found = await diagnose(app_db, checks=(audit_partitions,))
+        return [(f.id, f.severity, f.evidence) for f in found]
+
+    assert await findings() == []
+    admin = await roles.conn("admin")
+    try:
+        this, following = await admin.fetchrow(
+            "SELECT to_char(m, 'YYYY-MM'), to_char(m + interval '1 month', 'YYYY-MM') "
+            "FROM date_trunc('month', now() AT TIME ZONE 'UTC') AS m"
+        )
+        names = [f"audit_log_y{m[:4]}m{m[5:]}" for m in (this, following)]
+        await admin.execute(f'DROP TABLE "{names[1]}"')
+        assert await findings() == [
+            ("audit.partition-missing", "warn", f"no partition for next month ({following})")
+        ]
+        [finding] = await diagnose(app_db, checks=(audit_partitions,))
+        assert "pgstack audit maintain" in finding.fix
+        await admin.execute(f'DROP TABLE "{names[0]}"')
+        assert [(f[1], f[2]) for f in await findings()] == [
+            ("error", f"no partition for this month ({this})"),
+            ("warn", f"no partition for next month ({following})"),
+        ]
+    finally:
+        await admin.close()
+    made = cli("audit", "maintain", env=roles.env)
+    assert made.exit_code == 0, made.output
+    assert await findings() == []

@@ -42,3 +42,13 @@ audit_log = Table(
 
 #: The columns an entry shows, in order.
 COLUMNS = tuple(c.name for c in audit_log.columns)
+
+#: What the application role may do on the audit tables (their migrations grant it, and
+#: `pgstack db init` keeps it so when re-run); on the monthly partitions, nothing.
+APP_RIGHTS = {
+    "audit_log": "SELECT, INSERT",
+    "audit_chain_heads": "SELECT",
+    "audit_anchors": "SELECT",
+}
+#: The names of the monthly partitions, attached or detached.
+PARTITION_PATTERN = "^audit_log_y[0-9]{4}m[0-9]{2}$"

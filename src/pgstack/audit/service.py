@@ -13,6 +13,7 @@ Entries take the actor, tenant, request id, IP and user agent from the context
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -71,36 +72,82 @@ class ChainReport:
         return self.reason is None
 
 
-# One pass over a chain in order: each entry's hash recomputed, each link and number checked.
-_VERIFY_SQL = text(
-    """
-    SELECT s.id, s.seq, s.reason FROM (
-        SELECT e.id, e.seq,
-               CASE
-                 WHEN e.hash IS DISTINCT FROM pgstack_audit_hash(e) THEN 'its hash does not '
-                      'match its contents (the entry was altered)'
-                 WHEN lag(e.seq) OVER w IS NULL AND e.seq = 1 AND e.prev_hash <> :genesis
-                      THEN 'the first entry does not start the chain'
-                 WHEN lag(e.seq) OVER w IS NOT NULL AND e.seq <> lag(e.seq) OVER w + 1
-                      THEN 'entries before it are missing (removed)'
-                 WHEN lag(e.seq) OVER w IS NOT NULL AND e.prev_hash <> lag(e.hash) OVER w
-                      THEN 'it does not link to the entry before it'
-               END AS reason
-        FROM audit_log e
-        WHERE e.tenant_id IS NOT DISTINCT FROM CAST(:tenant AS uuid)
-        WINDOW w AS (ORDER BY e.seq)
-    ) s
-    WHERE s.reason IS NOT NULL
-    ORDER BY s.seq
-    LIMIT 1
-    """
-)
-
-_SPAN_SQL = text(
-    "SELECT count(*), min(seq), max(seq) FROM audit_log "
-    "WHERE tenant_id IS NOT DISTINCT FROM CAST(:tenant AS uuid)"
+# The stored columns, as `_canonical` reads them: jsonb as its own text (the canonical
+# form holds it verbatim), uuid as text; the rest as they come.
+_COLUMNS_SQL = text(
+    "SELECT a.attname AS name, a.atttypid::regtype::text AS type FROM pg_attribute a "
+    "WHERE a.attrelid = 'audit_log'::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum"
 )
 _HEAD_SQL = text("SELECT seq, hash FROM audit_chain_heads WHERE chain = :chain")
+_ANCHOR_SQL = text(
+    "SELECT seq, hash, archived_from FROM audit_anchors WHERE chain = :chain "
+    "ORDER BY seq DESC LIMIT 1"
+)
+_READABLE_TYPES = {"text", "uuid", "jsonb", "bigint", "integer", "smallint", "boolean"}
+# PostgreSQL's JSON string escapes (escape_json), which the canonical form uses.
+_JSON_ESCAPES = {
+    ord('"'): '\\"',
+    ord("\\"): "\\\\",
+    8: "\\b",
+    12: "\\f",
+    10: "\\n",
+    13: "\\r",
+    9: "\\t",
+}
+for _code in range(32):
+    _JSON_ESCAPES.setdefault(_code, f"\\u{_code:04x}")
+
+
+def _json_string(value: str) -> str:
+    return '"' + value.translate(_JSON_ESCAPES) + '"'
+
+
+def _canonical(entry: Mapping[str, Any], types: Mapping[str, str]) -> str:
+    """The text an entry's hash covers, built here from the stored fields.
+
+    The entry as jsonb would print it (keys by length, then bytes; NULL fields left out),
+    the time as UTC microseconds. Built in Python, not by the database's
+    `pgstack_audit_hash`, so a function changed in the database cannot vouch for a row
+    changed with it.
+    """
+    parts: list[tuple[bytes, str]] = []
+    for name, value in entry.items():
+        if name in ("hash", "prev_hash") or value is None:
+            continue
+        kind = types[name]
+        if name == "occurred_at":
+            moment = value.astimezone(UTC)
+            shown = '"' + moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ") + '"'
+        elif kind == "jsonb":
+            if value == "null":
+                continue
+            shown = value
+        elif kind in ("bigint", "integer", "smallint"):
+            shown = str(int(value))
+        elif kind == "boolean":
+            shown = "true" if value else "false"
+        else:
+            shown = _json_string(str(value))
+        parts.append((name.encode(), f"{_json_string(name)}: {shown}"))
+    parts.sort(key=lambda part: (len(part[0]), part[0]))
+    return "{" + ", ".join(shown for _, shown in parts) + "}"
+
+
+def entry_hash(entry: Mapping[str, Any], types: Mapping[str, str]) -> str:
+    """sha256(prev_hash | canonical form), hex: what the entry's `hash` must be."""
+    body = f"{entry['prev_hash']}|{_canonical(entry, types)}"
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _select_list(types: Mapping[str, str]) -> str:
+    columns = []
+    for name, kind in types.items():
+        quoted = '"' + name.replace('"', '""') + '"'
+        columns.append(
+            f"e.{quoted}::text AS {quoted}" if kind in ("jsonb", "uuid") else f"e.{quoted}"
+        )
+    return ", ".join(columns)
 
 
 @dataclass(frozen=True)
@@ -192,31 +239,64 @@ class AuditLog:
                 await conn.execute(statement)
 
     async def verify(self, tenant_id: uuid.UUID | None = None) -> ChainReport:
-        """Walk a chain (a tenant's, or the global one) and name its first broken entry."""
+        """Walk a chain (a tenant's, or the global one) and name its first broken entry.
+
+        Each hash is recomputed here from the stored fields, each link and number checked,
+        the first entry checked against the chain's start (or, once months are archived,
+        against the anchor `archive` recorded), the last against the chain's head.
+        """
         chain = "global" if tenant_id is None else str(tenant_id)
-        tenant = None if tenant_id is None else str(tenant_id)
         scope = tenant_context(tenant_id) if tenant_id is not None else all_tenants()
         with scope:
-            async with self.db.engine.begin() as conn:
-                count, first, last = (await conn.execute(_SPAN_SQL, {"tenant": tenant})).one()
-                broken = (
-                    await conn.execute(_VERIFY_SQL, {"tenant": tenant, "genesis": GENESIS})
-                ).first()
+            async with self.db.engine.connect() as conn:
+                types = {r.name: r.type for r in await conn.execute(_COLUMNS_SQL)}
+                unknown = {
+                    name
+                    for name, kind in types.items()
+                    if kind not in _READABLE_TYPES and name != "occurred_at"
+                }
+                if unknown:
+                    raise InvalidInputError(
+                        f"audit_log has columns verify cannot read ({', '.join(sorted(unknown))})"
+                        ": add them to the canonical form first."
+                    )
+                # The head before the entries: an entry written meanwhile is then read too.
                 head = (await conn.execute(_HEAD_SQL, {"chain": chain})).first()
-        report = ChainReport(chain, count, first, last)
+                anchor = (await conn.execute(_ANCHOR_SQL, {"chain": chain})).first()
+                statement = text(
+                    f"SELECT {_select_list(types)} FROM audit_log e "
+                    "WHERE e.tenant_id IS NOT DISTINCT FROM CAST(:tenant AS uuid) ORDER BY e.seq"
+                )
+                rows = await conn.stream(
+                    statement, {"tenant": None if tenant_id is None else chain}
+                )
+                checked, first, last, broken = 0, None, None, None
+                previous: Mapping[str, Any] | None = None
+                async for mapping in rows.mappings():
+                    row: dict[str, Any] = dict(mapping)
+                    checked += 1
+                    first = row["seq"] if first is None else first
+                    last = row["seq"]
+                    if broken is None:
+                        reason = _fault(row, previous, anchor, types)
+                        if reason is not None:
+                            broken = (row["id"], row["seq"], reason)
+                    previous = row
+                await conn.rollback()
         if broken is not None:
-            return ChainReport(chain, count, first, last, broken.id, broken.seq, broken.reason)
-        if head is not None and (last is None or head.seq > last):
+            return ChainReport(chain, checked, first, last, uuid.UUID(broken[0]), *broken[1:])
+        end = last if last is not None else (anchor.seq if anchor is not None else 0)
+        if head is not None and head.seq > end:
             return ChainReport(
                 chain,
-                count,
+                checked,
                 first,
                 last,
                 None,
                 head.seq,
-                f"entries {(last or 0) + 1} to {head.seq} are missing (removed)",
+                f"entries {end + 1} to {head.seq} are missing (removed)",
             )
-        return report
+        return ChainReport(chain, checked, first, last)
 
     async def entries(
         self,
@@ -340,6 +420,42 @@ def entry_values(
     }
 
 
+def _fault(
+    row: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    anchor: Any,
+    types: Mapping[str, str],
+) -> str | None:
+    """Why `row` breaks the chain after `previous` (None: it is the first left), or None."""
+    if row["hash"] != entry_hash(row, types):
+        return "its hash does not match its contents (the entry was altered)"
+    if previous is not None:
+        if row["seq"] != previous["seq"] + 1:
+            return "entries before it are missing (removed)"
+        if row["prev_hash"] != previous["hash"]:
+            return "it does not link to the entry before it"
+        return None
+    if anchor is None:
+        if row["seq"] != 1:
+            return (
+                f"entries before it are missing: the chain starts at #{row['seq']} and no "
+                "archive anchor records the entries before it"
+            )
+        if row["prev_hash"] != GENESIS:
+            return "the first entry does not start the chain"
+        return None
+    if row["seq"] != anchor.seq + 1:
+        return (
+            f"entries before it are missing: the last archived entry is #{anchor.seq} "
+            f"(in {anchor.archived_from})"
+        )
+    if row["prev_hash"] != anchor.hash:
+        return (
+            f"it does not link to the last archived entry (#{anchor.seq}, {anchor.archived_from})"
+        )
+    return None
+
+
 # -- partitions ---------------------------------------------------------------------------
 
 
@@ -408,18 +524,33 @@ async def maintain(conn: AsyncConnection, *, now: datetime, months_ahead: int = 
     return made
 
 
+# Per chain, the last entry of an archived month: where the chain's remaining entries resume.
+_ANCHOR_INSERT = (
+    "INSERT INTO audit_anchors (chain, seq, hash, archived_from) "
+    "SELECT DISTINCT ON (1) coalesce(p.tenant_id::text, 'global'), p.seq, p.hash, :part "
+    "FROM {name} p ORDER BY 1, p.seq DESC ON CONFLICT DO NOTHING"
+)
+
+
 async def archive(conn: AsyncConnection, *, before: date | datetime) -> list[Partition]:
     """Detach every partition that ends on or before `before` (a month's first day).
 
     The detached tables stay in the database, still refusing changes, and no longer show in
     the audit log; export them (`pgstack audit archive --export`) and drop them when kept
-    elsewhere. A chain's verification then starts at its first attached entry.
+    elsewhere. For each chain, the last entry of each detached month is recorded in
+    `audit_anchors` (append-only), and `verify` checks the first remaining entry against it.
     """
     cutoff = datetime.combine(month_start(before), datetime.min.time(), UTC)
     detached: list[Partition] = []
     for part in await partitions(conn):
         if part.end <= cutoff:
-            await conn.execute(text(f'ALTER TABLE audit_log DETACH PARTITION "{part.name}"'))
+            name = '"' + part.name.replace('"', '""') + '"'
+            await conn.execute(text(f"ALTER TABLE audit_log DETACH PARTITION {name}"))
+            # Detached, the month is the owner's own table: row-level security is lifted to
+            # read every chain's last entry in it, and forced again at once.
+            await conn.execute(text(f"ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY"))
+            await conn.execute(text(_ANCHOR_INSERT.format(name=name)), {"part": part.name})
+            await conn.execute(text(f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY"))
             detached.append(part)
     return detached
 
@@ -433,6 +564,7 @@ __all__ = [
     "EntryPage",
     "Partition",
     "archive",
+    "entry_hash",
     "entry_values",
     "maintain",
     "partitions",

@@ -1,4 +1,4 @@
-"""Automatic entries: the statement triggers a migration puts on an audited table.
+"""Automatic entries: the row triggers a migration puts on an audited table.
 
     from pgstack.audit import disable_audit, enable_audit
 
@@ -10,8 +10,8 @@
         disable_audit(op, "invoices")
         op.drop_table("invoices")
 
-AFTER INSERT, UPDATE and DELETE triggers with transition tables write one `audit_log` entry
-per row, in the same transaction, whatever wrote it: the ORM, the repository's fast and bulk
+AFTER INSERT, UPDATE and DELETE row triggers write one `audit_log` entry per row, in the
+same transaction, whatever wrote it: the ORM, the repository's fast and bulk
 paths (COPY, upserts), raw SQL or psql. An update that changes nothing but the ignored
 columns writes nothing.
 """
@@ -31,11 +31,7 @@ from pgstack.errors import InvalidInputError
 IGNORED = ("updated_at", "updated_by", "version")
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-_EVENTS = {
-    "insert": "NEW TABLE AS pgstack_new",
-    "update": "OLD TABLE AS pgstack_old NEW TABLE AS pgstack_new",
-    "delete": "OLD TABLE AS pgstack_old",
-}
+_EVENTS = ("insert", "update", "delete")
 
 
 def _names(what: str, names: Iterable[str]) -> str:
@@ -72,13 +68,12 @@ def audit_sql(
         f"'{value}'" for value in (keys, _names("secret", secret), _names("ignore", ignore))
     )
     statements: list[str] = []
-    for event, refs in _EVENTS.items():
+    for event in _EVENTS:
         trigger = _quote(f"audit_{table}_{event}"[:63])
         statements.append(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
         statements.append(
             f"CREATE TRIGGER {trigger} AFTER {event.upper()} ON {name} "
-            f"REFERENCING {refs} FOR EACH STATEMENT "
-            f"EXECUTE FUNCTION pgstack_audit_changes({args})"
+            f"FOR EACH ROW EXECUTE FUNCTION pgstack_audit_row({args})"
         )
     return statements
 

@@ -203,3 +203,36 @@ async def _grant_data_rights(
     )
     await conn.execute(grants)
     result.add(f"grants to {app}", f"data rights on {owner}'s tables, now and later")
+    await _keep_audit_append_only(conn, app, result)
+
+
+async def _keep_audit_append_only(conn: asyncpg.Connection, app: str, result: InitResult) -> None:
+    """Take back what the blanket grants gave `app` on the audit tables (a re-run of init).
+
+    The audit log's migrations leave the application role INSERT and SELECT on `audit_log`,
+    SELECT on its heads and anchors, nothing on the monthly partitions.
+    """
+    from pgstack.audit.models import APP_RIGHTS, PARTITION_PATTERN
+
+    tables = await conn.fetch(
+        "SELECT c.oid::regclass::text AS name, c.relname FROM pg_class c "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') "
+        "AND (c.relname = ANY($1::text[]) OR c.relname ~ $2)",
+        list(APP_RIGHTS),
+        PARTITION_PATTERN,
+    )
+    for table in tables:
+        keep = APP_RIGHTS.get(table["relname"])
+        sql = await conn.fetchval(
+            "SELECT format('REVOKE ALL ON %s FROM %I', $1::text, $2::text)", table["name"], app
+        )
+        if keep:
+            sql += await conn.fetchval(
+                "SELECT format('; GRANT %s ON %s TO %I', $1::text, $2::text, $3::text)",
+                keep,
+                table["name"],
+                app,
+            )
+        await conn.execute(sql)
+    if tables:
+        result.add(f"audit tables for {app}", "append-only: INSERT and SELECT on audit_log")

@@ -366,6 +366,37 @@ async def tenant_tables_without_rls(ctx: _Context) -> None:
         )
 
 
+# This month and the next (UTC), and whether the audit log has their partitions.
+_AUDIT_MONTHS_SQL = """
+SELECT m.label, to_char(m.month, 'YYYY-MM') AS month, EXISTS (
+    SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = to_regclass('audit_log')
+      AND c.relname = to_char(m.month, '"audit_log_y"YYYY"m"MM')
+) AS present
+FROM (VALUES ('this month', date_trunc('month', now() AT TIME ZONE 'UTC')),
+             ('next month', date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month'))
+     AS m(label, month)
+WHERE to_regclass('audit_log') IS NOT NULL
+"""
+
+
+async def audit_partitions(ctx: _Context) -> None:
+    """The audit log has no partition for this month or the next: its writes will fail."""
+    for row in await ctx.rows(_AUDIT_MONTHS_SQL):
+        if row["present"]:
+            continue
+        now = row["label"] == "this month"
+        ctx.add(
+            "audit.partition-missing",
+            "error" if now else "warn",
+            "table audit_log",
+            f"no partition for {row['label']} ({row['month']})",
+            "Every audit entry of that month fails, and with it the transaction that writes it"
+            + (" (now)." if now else " (from the first of the month)."),
+            "pgstack audit maintain  (as the owner role; run it from a monthly job)",
+        )
+
+
 async def tables_without_primary_key(ctx: _Context) -> None:
     """Tables with no primary key."""
     for row in await ctx.rows(
@@ -694,6 +725,7 @@ CHECKS: tuple[Check, ...] = (
     duplicate_indexes,
     foreign_keys_without_index,
     tenant_tables_without_rls,
+    audit_partitions,
     tables_without_primary_key,
     bloat,
     never_vacuumed,

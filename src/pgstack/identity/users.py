@@ -283,7 +283,9 @@ class Users(ServiceBase):
         if "is_active" in changes and not isinstance(changes["is_active"], bool):
             raise InvalidInputError("is_active is true or false.")
         async with self._keeping(keep_role, user_id) as session:
+            before = list((await UserRepository(session).get(user_id)).roles)
             user = await UserRepository(session).update(user_id, changes)
+            await _roles_changed(self.db, session, user_id, before, user.roles)
             if changes.get("is_active") is False:
                 await end_sessions(session, user.id)  # as set_active(False) does
             return user
@@ -294,18 +296,13 @@ class Users(ServiceBase):
         """Add and remove roles in one change."""
         async with self.db.transaction() as session:
             user = await UserRepository(session).get(user_id)
+            before = list(user.roles)
             for role in _words(add, "roles"):
                 user.add_role(role)
             for role in remove:
                 user.remove_role(role)
             await session.flush()
-            await security_event(
-                self.db,
-                "user.roles_changed",
-                user_id=user_id,
-                request_data={"add": list(add), "remove": list(remove)},
-                session=session,
-            )
+            await _roles_changed(self.db, session, user_id, before, user.roles)
             return user
 
     async def set_active(
@@ -511,4 +508,20 @@ async def end_sessions(session: Any, user_id: uuid.UUID, *, api_keys: bool = Fal
                 or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > func.now()),
             )
             .values(revoked_at=func.now())
+        )
+
+
+async def _roles_changed(
+    db: Any, session: Any, user_id: uuid.UUID, before: Sequence[str], after: Sequence[str]
+) -> None:
+    """A security entry for a change of roles (none when the roles stayed the same)."""
+    added = [r for r in after if r not in before]
+    removed = [r for r in before if r not in after]
+    if added or removed:
+        await security_event(
+            db,
+            "user.roles_changed",
+            user_id=user_id,
+            request_data={"add": added, "remove": removed},
+            session=session,
         )

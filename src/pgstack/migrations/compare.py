@@ -38,9 +38,10 @@ def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | L
     return False
 
 
-# The audit log's tables (pgstack_0007_audit): partitioned, made and guarded by SQL that
-# models cannot express, its partitions made at run time. Autogenerate leaves them alone.
-_SQL_MANAGED = re.compile(r"^(audit_log|audit_log_y\d{4}m\d{2}|audit_chain_heads)$")
+# The audit log's tables (pgstack_0007_audit, pgstack_0009_audit_speed): partitioned, made and
+# guarded by SQL that models cannot express, its partitions made at run time. Autogenerate
+# leaves them alone.
+_SQL_MANAGED = re.compile(r"^(audit_log|audit_log_y\d{4}m\d{2}|audit_chain_heads|audit_anchors)$")
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:

@@ -1,7 +1,7 @@
 """pgstack conversations and analytics: one-statement appends, a search configuration per entry
 
 Revision ID: pgstack_0010_append_search
-Revises: pgstack_0008_conversations
+Revises: pgstack_0009_audit_speed
 Create Date: 2026-12-01
 
 `pgstack_conversation_append(...)` sets the tenant (and the audit context) for the rest of
@@ -24,7 +24,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "pgstack_0010_append_search"
-down_revision: str | Sequence[str] | None = "pgstack_0008_conversations"
+down_revision: str | Sequence[str] | None = "pgstack_0009_audit_speed"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
