@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pgstack.cli.main import JsonOpt, db_app, expected_failures
-from pgstack.config import hosts_text
 from pgstack.errors import MigrationError
 
 if TYPE_CHECKING:
@@ -458,4 +457,6 @@ def _where(settings: Settings) -> str:
     url = settings.url
     if url is None:
         return "the database"
+    from pgstack.config import hosts_text
+
     return f"database {url.database!r} on {hosts_text(url)}"
