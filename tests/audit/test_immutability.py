@@ -82,6 +82,41 @@ async def test_application_role_has_only_insert_and_select(roles: Roles) -> None
         await conn.close()
 
 
+async def test_sealing_never_gives_a_role_a_right_it_did_not_hold(roles: Roles) -> None:
+    # proves: A2 (a role that could only read the log must not come out able to write it)
+    reader = f"pgstack_reader_{roles.app.username.rsplit('_', 1)[-1]}"
+    admin = await roles.conn("admin")
+    owner = await roles.conn("owner")
+    try:
+        await admin.execute(f'CREATE ROLE "{reader}"')
+        await owner.execute(f'GRANT SELECT ON audit_log, audit_chain_heads TO "{reader}"')
+        await owner.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON audit_log TO "{roles.app.username}"'
+        )
+        await owner.execute("SELECT pgstack_audit_seal('audit_log', 'SELECT, INSERT')")
+        await owner.execute("SELECT pgstack_audit_seal('audit_chain_heads', 'SELECT')")
+        check = (
+            "SELECT array_agg(p ORDER BY p) FROM unnest(ARRAY['SELECT','INSERT','UPDATE',"
+            "'DELETE','TRUNCATE']) AS p WHERE has_table_privilege($1, $2::regclass, p)"
+        )
+        assert await admin.fetchval(check, reader, "audit_log") == ["SELECT"]
+        assert await admin.fetchval(check, reader, "audit_chain_heads") == ["SELECT"]
+        assert await admin.fetchval(check, roles.app.username, "audit_log") == [
+            "INSERT",
+            "SELECT",
+        ]
+        forged = "INSERT INTO audit_log (action, category) VALUES ('forged', 'security')"
+        await admin.execute(f'SET ROLE "{reader}"')
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await admin.execute(forged)
+        await admin.execute("RESET ROLE")
+    finally:
+        await owner.close()
+        await admin.execute(f'DROP OWNED BY "{reader}"')
+        await admin.execute(f'DROP ROLE IF EXISTS "{reader}"')
+        await admin.close()
+
+
 async def test_verify_names_the_row_altered_by_a_superuser(roles: Roles, app_db: Database) -> None:
     # proves: A2
     audit = AuditLog(app_db)

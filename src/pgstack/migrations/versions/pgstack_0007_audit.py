@@ -120,22 +120,30 @@ END
 $$
 """
 
-# Every role but the owner keeps at most INSERT and SELECT on `rel` (default privileges
-# grant more); on partitions, nothing: they are reached through audit_log only.
+# Every role but the owner keeps, of the rights it holds on `rel`, only those in `keep`
+# (default privileges grant more); it is never given one it did not hold: a role that could
+# only read must not come out able to INSERT entries the chain would take as genuine. On
+# partitions, nothing: they are reached through audit_log only.
 _SEAL_FN = """
 CREATE FUNCTION pgstack_audit_seal(rel regclass, keep text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, {schema} AS $$
 DECLARE
-    who text;
+    who record;
+    kept text[] := string_to_array(upper(replace(keep, ' ', '')), ',');
+    back text;
 BEGIN
     FOR who IN
-        SELECT DISTINCT r.rolname FROM pg_class c, aclexplode(c.relacl) a
+        SELECT r.rolname, array_agg(DISTINCT a.privilege_type) AS held
+        FROM pg_class c, aclexplode(c.relacl) a
         JOIN pg_roles r ON r.oid = a.grantee
         WHERE c.oid = rel AND a.grantee <> c.relowner
+        GROUP BY r.rolname
     LOOP
-        EXECUTE format('REVOKE ALL ON %s FROM %I', rel, who);
-        IF keep <> '' THEN
-            EXECUTE format('GRANT %s ON %s TO %I', keep, rel, who);
+        EXECUTE format('REVOKE ALL ON %s FROM %I', rel, who.rolname);
+        SELECT string_agg(p, ', ' ORDER BY p) INTO back
+        FROM unnest(who.held) AS p WHERE p = ANY(kept);
+        IF back IS NOT NULL THEN
+            EXECUTE format('GRANT %s ON %s TO %I', back, rel, who.rolname);
         END IF;
     END LOOP;
     EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', rel);
