@@ -6,14 +6,14 @@ Both servers run as processes of their own on loopback (uvicorn, one worker, uvl
 same data, and a bounded load generator (a fixed number of connections, each sending its
 next request when the previous answer is in) drives them in turn, round after round:
 
-- **pgstack**: the app `pgstack serve` runs (`create_app` with `builtin_routers`) plus the
-  two routes below, written as pgstack's guides write them: `require_scopes(...)` (the API
+- **pgstack**: the app `pgstack serve` runs (`service_app`: every module router under `/v1`)
+  with the two routes below as the application's own, written as pgstack's guides write them: `require_scopes(...)` (the API
   key check), a `SessionDep`/`TransactionDep` and a `Repository`.
 - **bare FastAPI + asyncpg**: the same two routes by hand: an asyncpg pool, the key found
   by its prefix joined with its user, its SHA-256 compared, its scopes checked, the row read
   or inserted, a dict returned.
 
-H1 is `GET /items/{id}` (one row by primary key), H2 `POST /items` (one row created and
+H1 is `GET /v1/items/{id}` (one row by primary key), H2 `POST /v1/items` (one row created and
 returned). The table gives each round's median requests/s over the rounds, p50 and p99
 latency over all requests, and the ratio of pgstack's requests/s to the bare app's.
 """
@@ -64,8 +64,7 @@ class NewItem(BaseModel):
 def pgstack_app() -> Any:
     """The app `pgstack serve` runs, with the benchmark's two routes added."""
     from pgstack import Repository
-    from pgstack.web import create_app
-    from pgstack.web.modules import builtin_routers
+    from pgstack.web.modules import service_app
 
     router = APIRouter()
 
@@ -88,7 +87,7 @@ def pgstack_app() -> Any:
     ) -> dict[str, Any]:
         return out(await Repository(session, PgInsert).create(name=body.name, qty=body.qty))
 
-    return create_app(monitor_interval=None, routers=[*builtin_routers(), router])
+    return service_app(monitor_interval=None, routers=[router])
 
 
 def bare_app() -> Any:
@@ -124,7 +123,7 @@ def bare_app() -> Any:
     def out(row: Any) -> dict[str, Any]:
         return {"id": str(row["id"]), "name": row["name"], "qty": row["qty"], "note": row["note"]}
 
-    @app.get("/items/{item_id}")
+    @app.get("/v1/items/{item_id}")
     async def get_item(
         item_id: uuid.UUID, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:
@@ -136,7 +135,7 @@ def bare_app() -> Any:
             raise HTTPException(404)
         return out(row)
 
-    @app.post("/items", status_code=201)
+    @app.post("/v1/items", status_code=201)
     async def create_item(
         body: NewItem, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:
@@ -247,10 +246,10 @@ async def load(
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
                 if workload == "h1":
-                    r = await client.get(f"/items/{random.choice(ids)}")  # noqa: S311
+                    r = await client.get(f"/v1/items/{random.choice(ids)}")  # noqa: S311
                     expected = 200
                 else:
-                    r = await client.post("/items", json={"name": "new", "qty": 1})
+                    r = await client.post("/v1/items", json={"name": "new", "qty": 1})
                     expected = 201
                 latencies.append(time.perf_counter() - start)
                 if r.status_code != expected:
