@@ -38,14 +38,20 @@ async def test_unknown_email_takes_as_long_as_a_wrong_password(
         return elapsed
 
     messages: set[str] = set()
-    unknown: list[float] = []
-    wrong: list[float] = []
     await duration("warm@example.com")
-    for _ in range(30):  # interleaved, so machine noise hits both alike
-        unknown.append(await duration("nobody@example.com"))
-        wrong.append(await duration("known@example.com"))
-    ratio = statistics.median(unknown) / statistics.median(wrong)
-    assert 0.8 < ratio < 1.2, f"median unknown/wrong = {ratio:.2f}"
+    # A leak (no hash for an unknown address) shows in every measurement, at well under
+    # 0.8; a busy machine can tilt one measurement, so up to three are taken.
+    ratios: list[float] = []
+    for _ in range(3):
+        unknown: list[float] = []
+        wrong: list[float] = []
+        for _ in range(30):  # interleaved, so machine noise hits both alike
+            unknown.append(await duration("nobody@example.com"))
+            wrong.append(await duration("known@example.com"))
+        ratios.append(statistics.median(unknown) / statistics.median(wrong))
+        if 0.8 < ratios[-1] < 1.2:
+            break
+    assert 0.8 < ratios[-1] < 1.2, f"median unknown/wrong, each measurement: {ratios}"
     assert len(messages) == 1, "the answer must not say whether the account exists"
 
 
