@@ -7,8 +7,9 @@ same data, and a bounded load generator (a fixed number of connections, each sen
 next request when the previous answer is in) drives them in turn, round after round:
 
 - **pgstack**: the app `pgstack serve` runs (`service_app`: every module router under `/v1`)
-  with the two routes below as the application's own, written as pgstack's guides write them: `require_scopes(...)` (the API
-  key check), a `SessionDep`/`TransactionDep` and a `Repository`.
+  with the two routes below as the application's own, written as pgstack's guides write
+  them: `require_scopes(...)` (the API key check), a `SessionDep`/`TransactionDep` and a
+  `Repository`.
 - **bare FastAPI + asyncpg**: the same two routes by hand: an asyncpg pool, the key found
   by its prefix joined with its user, its SHA-256 compared, its scopes checked, the row read
   or inserted, a dict returned.

@@ -2,6 +2,8 @@
 
     from pgstack.audit import disable_audit, enable_audit
 
+    depends_on = "pgstack_0009_audit_speed"  # or a later pgstack revision
+
     def upgrade() -> None:
         op.create_table("invoices", ...)
         enable_audit(op, "invoices", secret=["card_token"])
@@ -26,6 +28,9 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
 
 from pgstack.errors import InvalidInputError
+
+#: The pgstack revision that makes `pgstack_audit_row()`, which the triggers call.
+AUDIT_REVISION = "pgstack_0009_audit_speed"
 
 #: Columns left out of diffs by default: they move on every write and say nothing new.
 IGNORED = ("updated_at", "updated_by", "version")
@@ -90,8 +95,20 @@ def enable_audit(
 
     `key` names the primary key columns (the entry's resource id); `secret` columns show in
     diffs only as "changed"; `ignore` columns are left out of diffs.
+
+    The triggers call pgstack's `pgstack_audit_row()`, made by its migration
+    `pgstack_0009_audit_speed`: the calling migration must come after it (`depends_on`).
     """
-    for statement in audit_sql(table, key=key, secret=secret, ignore=ignore):
+    statements = audit_sql(table, key=key, secret=secret, ignore=ignore)
+    if not op.get_context().as_sql:  # offline (--sql) there is no database to ask
+        found = op.get_bind().exec_driver_sql("SELECT to_regprocedure('pgstack_audit_row()')")
+        if found.scalar() is None:
+            raise InvalidInputError(
+                f"enable_audit({table!r}) needs pgstack's audit functions, which its migration "
+                f'{AUDIT_REVISION} makes: add depends_on = "{AUDIT_REVISION}" (or a later '
+                "pgstack revision) to this migration."
+            )
+    for statement in statements:
         op.execute(text(statement))
 
 

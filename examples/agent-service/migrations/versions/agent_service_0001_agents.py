@@ -22,7 +22,7 @@ from pgstack.tenancy import disable_tenant_rls, enable_tenant_rls
 revision: str = "agent_service_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = ("agent_service",)
-depends_on: str | Sequence[str] | None = "pgstack_0008_conversations"
+depends_on: str | Sequence[str] | None = "pgstack_0010_append_search"
 
 
 def upgrade() -> None:

@@ -23,7 +23,7 @@ SITE_EXTERNAL_ID = "knowledge-platform"
 revision: str = "knowledge_platform_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = ("knowledge_platform",)
-depends_on: str | Sequence[str] | None = "pgstack_0008_conversations"
+depends_on: str | Sequence[str] | None = "pgstack_0010_append_search"
 
 
 def upgrade() -> None:

@@ -21,7 +21,7 @@ from pgstack.tenancy import disable_tenant_rls, enable_tenant_rls
 revision: str = "meetings_saas_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = ("meetings_saas",)
-depends_on: str | Sequence[str] | None = "pgstack_0008_conversations"
+depends_on: str | Sequence[str] | None = "pgstack_0010_append_search"
 
 TABLES = ("crm_connections", "meetings", "account_mappings")
 
