@@ -129,6 +129,26 @@ async def test_an_unversioned_path_answers_404_naming_the_v1_path(service: Servi
     assert versioned_probe.status_code == 404  # the probes live at the root only
 
 
+async def test_a_hint_in_an_answer_names_the_path_under_v1(
+    service: ServiceClient, pgstack_migrated_db: Database
+) -> None:
+    # proves: W2, D2 (a hint that names a route names it where the service serves it)
+    await Identity(pgstack_migrated_db).users.create("unverified@example.com", PASSWORD)
+    async with service() as client:
+        login = await client.post(
+            "/v1/auth/login", json={"email": "unverified@example.com", "password": PASSWORD}
+        )
+        assert login.status_code == 200, login.text
+        token = login.json()["access_token"]
+        refused = await client.post(
+            "/v1/auth/api-keys", json={"name": "ci", "password": PASSWORD}, headers=bearer(token)
+        )
+        asked = await client.post("/v1/auth/verify/request", headers=bearer(token))
+    assert refused.status_code == 403, refused.text
+    assert "(POST /v1/auth/verify/request)" in refused.json()["detail"]
+    assert asked.status_code == 202  # the path the hint names is served
+
+
 # -- request ids ----------------------------------------------------------------------------
 
 

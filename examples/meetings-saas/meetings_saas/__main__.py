@@ -97,6 +97,7 @@ def main() -> None:
     if settings.environment != "production":
         key, workspace_id = asyncio.run(prepare(db))
         print(f"dev API key for {DEV_USER} (owner of {DEV_TEAM}): {key}")
+        print(f"workspace URL: http://{args.host}:{args.port}/workspaces/{workspace_id}")
         print(
             f"try: curl -H 'Authorization: Bearer {key}' "
             f"http://{args.host}:{args.port}/workspaces/{workspace_id}/meetings"

@@ -402,7 +402,7 @@ def identity_router(
     async def deliver(user: User, purpose: str, token: str) -> None:
         if send_token is None:
             logger.warning(
-                "no send_token configured: a %s token for user %s was not sent", purpose, user.id
+                "no send_token configured: the %s token for user %s was not sent", purpose, user.id
             )
             return
         try:
@@ -528,18 +528,22 @@ def identity_router(
     async def list_keys(user: CurrentUser, identity: IdentityDep) -> list[ApiKeyOut]:
         return [ApiKeyOut.model_validate(k) for k in await identity.api_keys.list_for(user.id)]
 
-    async def may_mint_keys(identity: Identity, principal: Principal, body: ReauthIn) -> None:
+    async def may_mint_keys(
+        request: Request, identity: Identity, principal: Principal, body: ReauthIn
+    ) -> None:
         if not principal.user.is_verified:
+            # The path as this app mounts the router (under /v1 in `pgstack serve`).
+            where = request.app.url_path_for(request_verification.__name__)
             raise PermissionDeniedError(
-                "Verify your e-mail address before creating API keys (POST /auth/verify/request)."
+                f"Verify your e-mail address before creating API keys (POST {where})."
             )
         await reauthenticate(identity, principal, body)
 
     @router.post("/auth/api-keys", status_code=status.HTTP_201_CREATED)
     async def create_key(
-        body: ApiKeyIn, principal: SessionPrincipal, identity: IdentityDep
+        request: Request, body: ApiKeyIn, principal: SessionPrincipal, identity: IdentityDep
     ) -> IssuedKeyOut:
-        await may_mint_keys(identity, principal, body)
+        await may_mint_keys(request, identity, principal, body)
         expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
         issued = await identity.api_keys.create(
             principal.user.id, body.name, scopes=body.scopes, expires_in=expires
@@ -548,9 +552,13 @@ def identity_router(
 
     @router.post("/auth/api-keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED)
     async def rotate_key(
-        key_id: uuid.UUID, body: RotateIn, principal: SessionPrincipal, identity: IdentityDep
+        request: Request,
+        key_id: uuid.UUID,
+        body: RotateIn,
+        principal: SessionPrincipal,
+        identity: IdentityDep,
     ) -> IssuedKeyOut:
-        await may_mint_keys(identity, principal, body)
+        await may_mint_keys(request, identity, principal, body)
         issued = await identity.api_keys.rotate(
             key_id, grace=timedelta(seconds=body.grace_seconds), user_id=principal.user.id
         )
