@@ -50,6 +50,9 @@ def pgstack_serve(
     environment = {
         **os.environ,
         "DATABASE_URL": settings.url.render_as_string(hide_password=False) if settings.url else "",
+        # Through PgBouncer (PGSTACK_TEST_POOLER_URL) the server must know it: no startup
+        # parameters the pooler refuses, no session state.
+        "DATABASE_POOLER": settings.database_pooler,
         **(env or {}),
     }
     environment.pop("PGSTACK_ENV", None)
