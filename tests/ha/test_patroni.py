@@ -6,7 +6,7 @@ Marked `ha` (slow: a cluster per case, and Patroni's ttl is at least 20 s). Run 
 installs etcd when it is missing. Each case prints the window of 503 answers, acknowledged
 writes lost, answers of 500, and the time until readiness passed again on the new primary.
 
-The writes are sign-ups (`POST /auth/register`: 202 once the account is committed); an
+The writes are sign-ups (`POST /v1/auth/register`: 202 once the account is committed); an
 acknowledged one is lost when its account is missing on the new primary afterwards.
 """
 
@@ -121,7 +121,7 @@ async def load(base: str, cluster: PatroniCluster, fault: str) -> tuple[Run, flo
             email = f"u{uuid.uuid4().hex[:16]}@example.com"
             try:
                 answer = await client.post(
-                    "/auth/register", json={"email": email, "password": PASSWORD}
+                    "/v1/auth/register", json={"email": email, "password": PASSWORD}
                 )
             except httpx.TimeoutException:
                 run.hung += 1
