@@ -209,7 +209,7 @@ $$
 """
 
 
-def _row_fn(schema: str) -> str:
+def _row_fn(schema: object) -> str:
     def insert(diff: str, where: str = "") -> str:
         return _INSERT.format(schema=schema, diff=diff, where=where)
 
