@@ -7,7 +7,8 @@ tables, one audited with `enable_audit`'s triggers. Each workload runs `--tasks`
 tasks on an asyncpg pool, each inserting one row per transaction for `--seconds`:
 - `one chain`: every entry in the global chain (the worst case: all writers serialize on
   the chain's advisory lock from the insert to the commit);
-- `per tenant`: each task writes for a tenant of its own (one chain each).
+- `per tenant`: each task writes for a tenant of its own (one chain each);
+- `bulk`: one transaction inserts `--bulk` rows in one statement (one chain), rows/s.
 Prints ops/s for the plain table and the audited one and their ratio for each round, the
 median ratio of each workload, and the load average before and after (the ratios mean
 little on a machine busy with other work: quote them with it).
@@ -46,11 +47,22 @@ async def _rate(pool: asyncpg.Pool, table: str, tasks: int, seconds: float, tena
     return done / seconds
 
 
+async def _bulk_rate(pool: asyncpg.Pool, table: str, rows: int) -> float:
+    sql = (
+        f"INSERT INTO {table} (id, tenant_id, title) "
+        "SELECT gen_random_uuid(), $1, 'a title' FROM generate_series(1, $2)"
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        started = time.perf_counter()
+        await conn.execute(sql, uuid.uuid4(), rows)
+        return rows / (time.perf_counter() - started)
+
+
 def _load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-async def main(url: str, tasks: int, seconds: float, rounds: int) -> None:
+async def main(url: str, tasks: int, seconds: float, rounds: int, bulk: int) -> None:
     name = f"pgstack_bench_audit_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(url)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -78,10 +90,21 @@ async def main(url: str, tasks: int, seconds: float, rounds: int) -> None:
                 ratios.append(audited / plain)
                 print(f"| {label} | {plain:,.0f} | {audited:,.0f} | {audited / plain:.2f}x |")
             medians[label] = statistics.median(ratios)
+        ratios = []
+        for _ in range(rounds):
+            plain = await _bulk_rate(pool, "bench_plain", bulk)
+            audited = await _bulk_rate(pool, "bench_audited", bulk)
+            ratios.append(audited / plain)
+            print(
+                f"| bulk {bulk:,} rows | {plain:,.0f} rows/s | {audited:,.0f} rows/s "
+                f"| {audited / plain:.2f}x |"
+            )
+        medians[f"bulk {bulk:,} rows"] = statistics.median(ratios)
         await pool.close()
         print(f"load average after: {_load()}")
         for label, ratio in medians.items():
-            print(f"median ratio, {label}: {ratio:.2f}x over {rounds} rounds (target 0.7x)")
+            target = "" if label.startswith("bulk") else " (target 0.7x)"
+            print(f"median ratio, {label}: {ratio:.2f}x over {rounds} rounds{target}")
     finally:
         admin = await asyncpg.connect(url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -94,5 +117,6 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bulk", type=int, default=5000, help="rows in the bulk workload")
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.tasks, args.seconds, args.rounds))
+    asyncio.run(main(args.url, args.tasks, args.seconds, args.rounds, args.bulk))
