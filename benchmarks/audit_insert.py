@@ -103,8 +103,8 @@ async def main(url: str, tasks: int, seconds: float, rounds: int, bulk: int) -> 
         await pool.close()
         print(f"load average after: {_load()}")
         for label, ratio in medians.items():
-            target = "" if label.startswith("bulk") else " (target 0.7x)"
-            print(f"median ratio, {label}: {ratio:.2f}x over {rounds} rounds{target}")
+            goal = "" if label.startswith("bulk") else " (target 0.7x)"
+            print(f"median ratio, {label}: {ratio:.2f}x over {rounds} rounds{goal}")
     finally:
         admin = await asyncpg.connect(url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
