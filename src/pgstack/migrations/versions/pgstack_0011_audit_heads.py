@@ -9,10 +9,10 @@ transaction that writes many entries to one chain (a bulk insert into an audited
 each update left one more version of that row, which every later lookup had to step over:
 the n-th entry cost O(n), a bulk write of 2,000 rows took a second and the next 2,000 two
 and a half. Now the chain trigger keeps the head of the chain it last wrote in a
-transaction-local setting (`pgstack.audit_head`: transaction id, chain, seq, hash) and
-reads `audit_chain_heads` only for the first entry of a chain in a transaction; a deferred
-constraint trigger writes the head once, when the transaction commits (or as soon as the
-transaction moves on to another chain). The advisory lock is taken for every entry, as
+transaction-local setting (`pgstack.audit_head`: transaction id, chain, seq, hash, state)
+and reads and writes `audit_chain_heads` only for the first entry of a chain in a
+transaction; after that, a deferred constraint trigger writes the head once, when the
+transaction commits (or as soon as the transaction moves on to another chain). The advisory lock is taken for every entry, as
 before, and held to the end of the transaction, so no other writer can move the head in
 between. A setting rolled back with a savepoint goes back with the entries written under it.
 
@@ -30,8 +30,12 @@ down_revision: str | Sequence[str] | None = "pgstack_0010_append_search"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The head this transaction has moved a chain to: "<xid> <chain> <seq> <hash>". The xid
-# keeps a value from another transaction (a session-level SET) from being taken for ours.
+# The head this transaction has moved a chain to: "<xid> <chain> <seq> <hash> <state>",
+# state `written` when audit_chain_heads holds it, `held` when only this setting does. The
+# xid keeps a value from another transaction (a session-level SET) from being taken for ours.
+# A chain's first entry in a transaction writes the head at once, as a one-entry transaction
+# needs; its later entries only move the setting, and the last of them writes the head when
+# the transaction commits (or moves on to another chain).
 _CHAIN_FN = """
 CREATE OR REPLACE FUNCTION pgstack_audit_chain() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {schema} AS $$
@@ -41,44 +45,51 @@ DECLARE
     held text[] := string_to_array(current_setting('pgstack.audit_head', true), ' ');
     last_seq bigint;
     last_hash text;
+    state text := 'held';
 BEGIN
     PERFORM pg_advisory_xact_lock(1633772899, hashtext(chain_key));
     IF held[1] = me AND held[2] = chain_key THEN
         last_seq := held[3]::bigint;
         last_hash := held[4];
     ELSE
-        IF held[1] = me THEN
+        IF held[1] = me AND held[5] = 'held' THEN
             -- Moving to another chain: the one held is written now, so that a later
             -- entry of it in this transaction reads it back from the table.
-            INSERT INTO audit_chain_heads (chain, seq, hash)
-            VALUES (held[2], held[3]::bigint, held[4])
-            ON CONFLICT (chain) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash;
+            UPDATE audit_chain_heads SET seq = held[3]::bigint, hash = held[4]
+            WHERE chain = held[2];
         END IF;
         SELECT h.seq, h.hash INTO last_seq, last_hash
         FROM audit_chain_heads h WHERE h.chain = chain_key;
+        state := 'written';
     END IF;
     NEW.seq := coalesce(last_seq, 0) + 1;
     NEW.prev_hash := coalesce(last_hash, repeat('0', 64));
     NEW.hash := pgstack_audit_hash(NEW);
+    IF state = 'written' THEN
+        INSERT INTO audit_chain_heads (chain, seq, hash) VALUES (chain_key, NEW.seq, NEW.hash)
+        ON CONFLICT (chain) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash;
+    END IF;
     PERFORM set_config('pgstack.audit_head',
-                       concat_ws(' ', me, chain_key, NEW.seq::text, NEW.hash), true);
+                       concat_ws(' ', me, chain_key, NEW.seq::text, NEW.hash, state), true);
     RETURN NEW;
 END
 $$
 """
 
-# Deferred to the commit: only the entry the transaction left as its chain's head writes it.
+# Deferred to the commit, queued only for entries whose head is held (the trigger's WHEN):
+# the one the transaction left as its chain's head writes it.
 _FLUSH_FN = """
 CREATE FUNCTION pgstack_audit_head_flush() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {schema} AS $$
 DECLARE
     held text[] := string_to_array(current_setting('pgstack.audit_head', true), ' ');
 BEGIN
-    IF held[3] = NEW.seq::text AND held[2] = coalesce(NEW.tenant_id::text, 'global')
+    IF held[5] = 'held' AND held[3] = NEW.seq::text
+       AND held[2] = coalesce(NEW.tenant_id::text, 'global')
        AND held[1] = pg_current_xact_id()::text THEN
-        INSERT INTO audit_chain_heads (chain, seq, hash) VALUES (held[2], NEW.seq, NEW.hash)
-        ON CONFLICT (chain) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash;
-        PERFORM set_config('pgstack.audit_head', '', true);
+        UPDATE audit_chain_heads SET seq = NEW.seq, hash = NEW.hash WHERE chain = held[2];
+        PERFORM set_config('pgstack.audit_head',
+                           concat_ws(' ', held[1], held[2], held[3], held[4], 'written'), true);
     END IF;
     RETURN NULL;
 END
@@ -227,7 +238,9 @@ def upgrade() -> None:
     op.execute(_FLUSH_FN.format(schema=schema))
     op.execute(
         "CREATE CONSTRAINT TRIGGER audit_log_head AFTER INSERT ON audit_log "
-        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgstack_audit_head_flush()"
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+        "WHEN (split_part(current_setting('pgstack.audit_head', true), ' ', 5) = 'held') "
+        "EXECUTE FUNCTION pgstack_audit_head_flush()"
     )
     op.execute(_row_fn(schema))
     op.execute("DROP INDEX ix_audit_log_actor")
