@@ -46,7 +46,9 @@ async def _count(roles: Roles, tenant: uuid.UUID) -> int:
         await admin.close()
 
 
-async def test_a_bulk_write_writes_the_head_twice_not_per_entry(roles: Roles, app_db: Database) -> None:
+async def test_a_bulk_write_writes_the_head_twice_not_per_entry(
+    roles: Roles, app_db: Database
+) -> None:
     # proves: A2, A3
     conn = await roles.conn("app")
     try:

@@ -12,9 +12,10 @@ and a half. Now the chain trigger keeps the head of the chain it last wrote in a
 transaction-local setting (`pgstack.audit_head`: transaction id, chain, seq, hash, state)
 and reads and writes `audit_chain_heads` only for the first entry of a chain in a
 transaction; after that, a deferred constraint trigger writes the head once, when the
-transaction commits (or as soon as the transaction moves on to another chain). The advisory lock is taken for every entry, as
-before, and held to the end of the transaction, so no other writer can move the head in
-between. A setting rolled back with a savepoint goes back with the entries written under it.
+transaction commits (or as soon as the transaction moves on to another chain). The
+advisory lock is taken for every entry, as before, and held to the end of the transaction,
+so no other writer can move the head in between. A setting rolled back with a savepoint
+goes back with the entries written under it.
 
 The row trigger of audited tables computes its diff inside its INSERT (one statement
 instead of a function call and a statement), and the actor index holds only entries that
