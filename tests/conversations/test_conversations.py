@@ -74,8 +74,10 @@ async def test_message_ten_thousand_sends_the_statements_of_message_ten(
         with record_statements(db) as tenth, read_your_writes_scope():
             await conversations.append(chat.id, people.ada.id, "assistant", "ten", tokens=1)
             assert wrote_within(60)  # the reads that follow go to the primary, not a replica
-        # one statement: the function that sets the tenant, bumps the totals and inserts
+        # one statement: the function that sets the tenant, bumps the totals and inserts;
+        # nothing around it sets the tenant a second time
         assert len(tenth) == 1 and "pgstack_conversation_append" in tenth[0]
+        assert "set_config" not in tenth[0]
         # 9,989 more rows in one statement, then the totals they stand for
         await db.run(
             text(
