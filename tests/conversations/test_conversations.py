@@ -510,3 +510,18 @@ async def test_the_sweep_reads_the_tenant_expiry_index_and_closes_only_the_due(
         text("SELECT status, count(*) FROM conversation_sessions GROUP BY status ORDER BY 1")
     )
     assert rows == [("active", 5940), ("expired", 60)]
+
+
+async def test_start_refuses_an_agent_id_that_is_not_a_printable_name(
+    people: People, conversations: Conversations
+) -> None:
+    # proves: V1, I8
+    with tenant_context(people.a.id):
+        for agent_id in ("", " bot", "bot\x85", "bot\u202e", "bot\ud800", "x" * 201, 42, None):
+            with pytest.raises(InvalidInputError, match="agent_id"):
+                await conversations.start(people.ada.id, agent_id)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="agent_id"):
+            await conversations.start(people.ada.id, "x" * 10_000_000)
+        assert await conversations.list(people.ada.id) == []
+        chat = await conversations.start(people.ada.id, "é" * 200)
+        assert chat.agent_id == "é" * 200

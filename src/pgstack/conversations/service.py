@@ -15,6 +15,7 @@ message 10 does.
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from pgstack.orm.types import UTCDateTime
 
 #: The most messages one history page holds.
 MAX_PAGE = 500
+#: The longest agent id (characters).
+MAX_AGENT_ID = 200
 
 _SESSION_COLUMNS = (
     "id, user_id, tenant_id, agent_id, title, status, context, metadata, message_count, "
@@ -214,7 +217,7 @@ class Conversations:
         With `session_id`, starting is idempotent: a second call with the same id returns
         the session the first one made (a ConflictError if another user holds that id).
         """
-        _text(agent_id, "agent_id", required=True)
+        _agent_id(agent_id)
         _text(title, "title")
         params = {
             **self._owner(session_id or new_uuid7(), user_id),
@@ -465,6 +468,27 @@ def _text(value: Any, name: str, *, required: bool = False) -> Any:
         return None
     if not isinstance(value, str) or "\x00" in value or (required and not value.strip()):
         raise InvalidInputError(f"{name} must be text without NUL characters, not empty.")
+    return value
+
+
+def _agent_id(value: Any) -> str:
+    """`value` if it can name an agent: 1 to MAX_AGENT_ID printable characters, trimmed.
+
+    Refused: control and format characters (NUL, ESC, C1, bidi overrides, zero-width ones),
+    surrogates, private-use and unassigned code points, line and paragraph separators, and
+    spaces around the name, so that ids that look alike are alike.
+    """
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_AGENT_ID
+        or value != value.strip()
+        or any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" for c in value)
+    ):
+        raise InvalidInputError(
+            f"agent_id must be a name of 1 to {MAX_AGENT_ID} printable characters, without "
+            "spaces around it or control, format or private-use characters, such as "
+            "support-bot."
+        )
     return value
 
 
