@@ -74,8 +74,10 @@ async def test_message_ten_thousand_sends_the_statements_of_message_ten(
         with record_statements(db) as tenth, read_your_writes_scope():
             await conversations.append(chat.id, people.ada.id, "assistant", "ten", tokens=1)
             assert wrote_within(60)  # the reads that follow go to the primary, not a replica
-        # one statement: the function that sets the tenant, bumps the totals and inserts
+        # one statement: the function that sets the tenant, bumps the totals and inserts;
+        # nothing around it sets the tenant a second time
         assert len(tenth) == 1 and "pgstack_conversation_append" in tenth[0]
+        assert "set_config" not in tenth[0]
         # 9,989 more rows in one statement, then the totals they stand for
         await db.run(
             text(
@@ -508,3 +510,18 @@ async def test_the_sweep_reads_the_tenant_expiry_index_and_closes_only_the_due(
         text("SELECT status, count(*) FROM conversation_sessions GROUP BY status ORDER BY 1")
     )
     assert rows == [("active", 5940), ("expired", 60)]
+
+
+async def test_start_refuses_an_agent_id_that_is_not_a_printable_name(
+    people: People, conversations: Conversations
+) -> None:
+    # proves: V1, I8
+    with tenant_context(people.a.id):
+        for agent_id in ("", " bot", "bot\x85", "bot\u202e", "bot\ud800", "x" * 201, 42, None):
+            with pytest.raises(InvalidInputError, match="agent_id"):
+                await conversations.start(people.ada.id, agent_id)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="agent_id"):
+            await conversations.start(people.ada.id, "x" * 10_000_000)
+        assert await conversations.list(people.ada.id) == []
+        chat = await conversations.start(people.ada.id, "é" * 200)
+        assert chat.agent_id == "é" * 200

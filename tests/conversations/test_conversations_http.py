@@ -154,3 +154,44 @@ async def test_hostile_input_is_a_4xx_problem_never_a_5xx(
         assert response.headers["content-type"].startswith("application/problem+json")
     after = (await client.get(url, headers=ada)).json()
     assert (after["message_count"], after["status"], after["context"]) == (0, "active", {})
+
+
+async def test_an_agent_id_is_a_printable_name_of_at_most_200_characters(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    # proves: V1, I8, W2
+    ada = await login(client, "ada@a.example", people.a.id)
+    refused = [
+        "",
+        "   ",
+        " bot",
+        "bot\n",
+        "bot\x00",
+        "bot\x1b[31m",
+        "\x85bot",  # a C1 control
+        "bot\u202egnp.exe",  # a right-to-left override
+        "\u200b",  # a zero-width space: an id that looks empty
+        "bot\ufeff",
+        "bot\u2028two",
+        "bot\ue000",  # private use
+        "bot\U000e0001",  # a language tag (format)
+        "x" * 201,
+        "é" * 201,
+        "x" * 5_000_000,
+    ]
+    for agent_id in refused:
+        answer = await client.post("/conversations", json={"agent_id": agent_id}, headers=ada)
+        body = problem(answer, 422)
+        assert "agent_id" in str(body), (agent_id[:20], body)
+    # a lone surrogate, as JSON can spell it
+    raw = b'{"agent_id": "bot\\ud800"}'
+    answer = await client.post(
+        "/conversations", content=raw, headers={**ada, "Content-Type": "application/json"}
+    )
+    problem(answer, 422)
+    assert (await client.get("/conversations", headers=ada)).json() == []
+    # Names as people give them are kept as sent.
+    for agent_id in ("support-bot", "billing/v2@eu", "Sales Assistant", "客服机器人", "é" * 200):
+        made = await client.post("/conversations", json={"agent_id": agent_id}, headers=ada)
+        assert made.status_code == 201, (agent_id, made.text)
+        assert made.json()["agent_id"] == agent_id

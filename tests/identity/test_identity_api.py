@@ -172,8 +172,8 @@ async def test_errors_are_problem_details_never_500(client: httpx.AsyncClient) -
         ),
         (await client.post("/auth/login", json={"email": "dup@example.com"}), 422),
         (await client.post("/auth/login", content=b"{not json"), 422),
-        # Not a user id: no such resource (and PATCH or DELETE on /statistics is a 405, not 422).
-        (await client.get("/admin/users/not-a-uuid", headers=admin), 404),
+        # Not a user id: a 422 naming user_id (and PATCH or DELETE on /statistics is a 405).
+        (await client.get("/admin/users/not-a-uuid", headers=admin), 422),
         (await client.delete("/admin/users/statistics", headers=admin), 405),
         (await client.get("/admin/users", params={"status": "asleep"}, headers=admin), 422),
         (await client.get("/admin/users", params={"sort": "password_hash"}, headers=admin), 422),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+from sqlalchemy import text
 from tenancy_rls_setup import ACME, GLOBEX, RlsApp
 
 from pgstack.crypto import KeyRing, generate_key
 from pgstack.db.database import Database
+from pgstack.db.tenant import each_tenant
 from pgstack.errors import NotFoundError, TenantScopeError
-from pgstack.orm import tenant_context
+from pgstack.orm import current_tenant, tenant_context
 from pgstack.orm.rotation import encrypted_columns, key_usage
 from pgstack.tokens import OAuthToken, TokenVault
 
@@ -95,3 +99,31 @@ async def test_a_tenant_given_as_text_is_the_same_tenant_in_the_vault(rls_app: R
                 await vault.save("crm", "a", "at", tenant_id=GLOBEX)
         with tenant_context(str(GLOBEX)), pytest.raises(NotFoundError):
             await vault.get("crm", "a")
+
+
+async def test_each_tenant_runs_the_work_in_every_tenant_in_turn_or_in_the_current_one(
+    rls_app: RlsApp,
+) -> None:
+    # proves: N3
+    seen = text("SELECT current_setting('pgstack.tenant_id', true)")
+    db = Database(rls_app.settings())
+    async with db:
+
+        async def work(tenant_id: uuid.UUID) -> tuple[uuid.UUID, object, str]:
+            # The work's statements run in that tenant, as row-level security reads it.
+            return tenant_id, current_tenant(), (await db.run(seen))[0][0]
+
+        assert await each_tenant(db, work) == [
+            (ACME, ACME, str(ACME)),
+            (GLOBEX, GLOBEX, str(GLOBEX)),
+        ]
+        assert current_tenant() is None
+        with tenant_context(str(GLOBEX)):  # as text, as a header gives it
+            assert await each_tenant(db, work) == [(GLOBEX, str(GLOBEX), str(GLOBEX))]
+
+        async def fails(tenant_id: uuid.UUID) -> None:
+            raise RuntimeError(str(tenant_id))
+
+        with pytest.raises(RuntimeError, match=str(ACME)):
+            await each_tenant(db, fails)
+        assert current_tenant() is None  # no tenant left behind by a failure

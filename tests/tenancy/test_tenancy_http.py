@@ -474,3 +474,60 @@ async def test_a_key_acts_in_a_tenant_only_within_its_tenant_scope(
         f"/tenants/{a}/members/{world.viewer.id}", json={"role": "owner"}, headers=bearer(admin_key)
     )
     problem(crown, 403)
+
+
+async def test_a_malformed_id_in_a_path_is_a_422_naming_the_parameter(
+    client: httpx.AsyncClient, world: World, tokens: dict[str, str], identity: Identity
+) -> None:
+    # proves: N2, I8, W2
+    me = bearer(tokens["owner"])
+    boss = await make_user(identity, "boss@example.com", roles=["admin"])
+    admin = bearer(await login(client, boss.email))
+    a, user = world.a.id, world.member.id
+    bad_ids = [
+        "not-a-uuid",
+        f"{a}x",
+        "0" * 64,
+        "%00",
+        "%E2%80%AE%D0%B0",
+        "x" * 5000,
+        "'%20OR%201=1",
+    ]
+    for bad in bad_ids:
+        cases = [
+            ("GET", f"/tenants/{bad}", me, ["tenant_id"]),
+            ("PATCH", f"/tenants/{bad}", me, ["tenant_id"]),
+            ("GET", f"/tenants/{bad}/members", me, ["tenant_id"]),
+            ("POST", f"/tenants/{bad}/invitations", me, ["tenant_id"]),
+            ("DELETE", f"/tenants/{a}/invitations/{bad}", me, ["invitation_id"]),
+            ("PATCH", f"/tenants/{a}/members/{bad}", me, ["user_id"]),
+            ("DELETE", f"/tenants/{bad}/members/{bad}", me, ["tenant_id", "user_id"]),
+            ("GET", f"/admin/tenants/{bad}", admin, ["tenant_id"]),
+            ("PUT", f"/admin/tenants/{bad}/plan", admin, ["tenant_id"]),
+            ("PUT", f"/admin/tenants/{bad}/status", admin, ["tenant_id"]),
+            ("POST", f"/admin/tenants/{bad}/suspend", admin, ["tenant_id"]),
+            ("POST", f"/admin/tenants/{bad}/reactivate", admin, ["tenant_id"]),
+            ("POST", f"/admin/tenants/{bad}/members", admin, ["tenant_id"]),
+            ("GET", f"/admin/users/{bad}", admin, ["user_id"]),
+            ("DELETE", f"/admin/users/{bad}/2fa", admin, ["user_id"]),
+        ]
+        for method, url, headers, names in cases:
+            answer = await client.request(method, url, headers=headers, json={})
+            body = problem(answer, 422)
+            assert [e["loc"] for e in body["errors"]] == [["path", n] for n in names], url
+            detail = str(body["detail"])
+            assert all(n in detail for n in names) and "UUID" in detail, detail
+    # Nor is a caller who has not signed in told anything else than that.
+    problem(await client.get("/tenants/not-a-uuid"), 422)
+    # What the router serves by name, and the methods of a path, stay as they were.
+    assert (await client.get("/tenants/current", headers=bearer(tokens["owner"], a))).is_success
+    problem(await client.patch("/tenants/current", headers=me), 405)
+    answer = await client.delete("/admin/users/statistics", headers=admin)
+    problem(answer, 405)
+    assert answer.headers["Allow"] == "GET"
+    problem(await client.delete(f"/tenants/{a}", headers=me), 405)
+    # A path that fits no route at all, or no route of that method, is still not found.
+    problem(await client.get("/tenants/not-a-uuid/nothing", headers=me), 404)
+    problem(await client.put("/tenants/not-a-uuid", headers=me), 404)
+    assert (await client.get(f"/tenants/{a}", headers=me)).status_code == 200
+    assert (await client.get(f"/tenants/{a}/members/{user}", headers=me)).status_code == 405

@@ -129,6 +129,27 @@ async def test_an_unversioned_path_answers_404_naming_the_v1_path(service: Servi
     assert versioned_probe.status_code == 404  # the probes live at the root only
 
 
+async def test_a_malformed_id_under_v1_is_a_422_naming_the_parameter(
+    service: ServiceClient, pgstack_migrated_db: Database, bob: User
+) -> None:
+    # proves: W2, I8
+    headers = await in_own_tenant(pgstack_migrated_db, bob, "acme")
+    async with service() as client:
+        tenant = await client.get("/v1/tenants/not-a-uuid", headers=headers)
+        user = await client.get("/v1/admin/users/not-a-uuid", headers=headers)
+        moved = await client.get("/tenants/not-a-uuid", headers=headers)
+    for answer, name in ((tenant, "tenant_id"), (user, "user_id")):
+        assert answer.status_code == 422, answer.text
+        assert answer.headers["content-type"].startswith(PROBLEM)
+        body = answer.json()
+        assert body["errors"] == [
+            {"loc": ["path", name], "msg": body["errors"][0]["msg"], "type": "uuid_parsing"}
+        ]
+        assert name in body["detail"] and "UUID" in body["detail"]
+    # Without /v1 it is still the path that is wrong: a 404.
+    assert moved.status_code == 404, moved.text
+
+
 async def test_a_hint_in_an_answer_names_the_path_under_v1(
     service: ServiceClient, pgstack_migrated_db: Database
 ) -> None:

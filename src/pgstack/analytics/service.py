@@ -21,9 +21,8 @@ from sqlalchemy import Interval, TextualSelect, bindparam, text
 
 from pgstack.analytics.models import CONFIG_SETTING, STATUSES, TEXT_SEARCH_CONFIG, QueryLog
 from pgstack.db.database import Database
-from pgstack.db.tenant import tenant_value
+from pgstack.db.tenant import each_tenant, tenant_value
 from pgstack.errors import InvalidInputError, TenantScopeError
-from pgstack.orm import tenant_context
 from pgstack.orm.types import UTCDateTime
 from pgstack.repository import Repository
 
@@ -100,7 +99,6 @@ _CLEANUP = _sql(
     cutoff=UTCDateTime(),
 )
 _SET_CONFIG = _sql(f"SELECT set_config('{CONFIG_SETTING}', :config, true)")
-_TENANTS = _sql("SELECT id FROM tenants ORDER BY id")
 # The configurations a name may mean: unqualified, those on the search path.
 _CONFIG = _sql(
     "SELECT c.oid::regconfig::text FROM pg_ts_config c JOIN pg_namespace n "
@@ -314,23 +312,18 @@ class QueryAnalytics:
         if batch_size < 1:
             raise InvalidInputError("batch_size must be 1 or more.")
         cutoff = (await self.db.run(_CUTOFF, {"age": older_than}))[0][0]
+
+        async def clean(tenant_id: uuid.UUID) -> int:
+            params = {"tenant_id": tenant_id, "cutoff": cutoff, "batch": batch_size}
+            removed = 0
+            while True:
+                gone: int = (await self.db.run(_CLEANUP, params))[0][0]
+                removed += gone
+                if gone < batch_size:
+                    return removed
+
         # Every entry belongs to a tenant of `tenants` (a foreign key): visit each in turn.
-        tenant = tenant_value()
-        if tenant is not None:
-            scopes = [uuid.UUID(tenant)]
-        else:
-            scopes = [row[0] for row in await self.db.run(_TENANTS)]
-        removed = 0
-        for scope in scopes:
-            with tenant_context(scope):
-                while True:
-                    rows = await self.db.run(
-                        _CLEANUP, {"tenant_id": scope, "cutoff": cutoff, "batch": batch_size}
-                    )
-                    removed += rows[0][0]
-                    if rows[0][0] < batch_size:
-                        break
-        return removed
+        return sum(await each_tenant(self.db, clean))
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pgstack.conversations.models import (
     ConversationSession,
 )
 from pgstack.conversations.service import (
+    MAX_AGENT_ID,
     MAX_PAGE,
     Conversations,
     Message,
@@ -25,6 +26,7 @@ from pgstack.conversations.service import (
 )
 
 __all__ = [
+    "MAX_AGENT_ID",
     "MAX_PAGE",
     "ROLES",
     "STATUSES",

@@ -15,6 +15,7 @@ message 10 does.
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,15 +30,16 @@ from pgstack.conversations.models import ROLES, TRANSITIONS
 from pgstack.db.database import Database
 from pgstack.db.replicas import note_write
 from pgstack.db.session import translated_errors
-from pgstack.db.tenant import tenant_value
+from pgstack.db.tenant import each_tenant, tenant_value
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError, TenantScopeError
-from pgstack.orm import tenant_context
-from pgstack.orm.context import audit_context
+from pgstack.orm.context import all_tenants, audit_context
 from pgstack.orm.mixins import new_uuid7
 from pgstack.orm.types import UTCDateTime
 
 #: The most messages one history page holds.
 MAX_PAGE = 500
+#: The longest agent id (characters).
+MAX_AGENT_ID = 200
 
 _SESSION_COLUMNS = (
     "id, user_id, tenant_id, agent_id, title, status, context, metadata, message_count, "
@@ -116,7 +118,6 @@ _HISTORY = _sql(
     "AND m.seq > :after ORDER BY m.seq DESC LIMIT :limit",
     _MESSAGE_TYPES,
 )
-_TENANTS = _sql("SELECT id FROM tenants ORDER BY id", {})
 _DELETE = _sql(f"DELETE FROM conversation_sessions WHERE {_OWNED} RETURNING id", {})
 # SKIP LOCKED: several sweepers share the due rows; one that finds a row already swept by
 # another re-checks `status` on the new version and leaves it.
@@ -216,7 +217,7 @@ class Conversations:
         With `session_id`, starting is idempotent: a second call with the same id returns
         the session the first one made (a ConflictError if another user holds that id).
         """
-        _text(agent_id, "agent_id", required=True)
+        _agent_id(agent_id)
         _text(title, "title")
         params = {
             **self._owner(session_id or new_uuid7(), user_id),
@@ -357,7 +358,10 @@ class Conversations:
             self.idle_timeout,
             json.dumps(context) if context else None,
         )
-        with translated_errors():
+        # The function sets the tenant it is given (and refuses a transaction already scoped
+        # to another): outside the tenant context, neither the read lane nor a transaction's
+        # begin sets it a second time before it runs.
+        with translated_errors(), all_tenants():
             lane = self.db.read_lane
             if lane is not None and not lane.echo:
                 # Never sent twice: a lost connection is an error, the append may have landed.
@@ -415,22 +419,17 @@ class Conversations:
         """
         if batch_size < 1:
             raise InvalidInputError("batch_size must be 1 or more.")
-        closed = 0
+
+        async def sweep(tenant_id: uuid.UUID) -> int:
+            closed = 0
+            while True:
+                done = len(await self.db.run(_SWEEP, {"tenant_id": tenant_id, "batch": batch_size}))
+                closed += done
+                if done < batch_size:
+                    return closed
+
         # Every session belongs to a tenant of `tenants` (a foreign key): visit each in turn.
-        tenant = tenant_value()
-        if tenant is not None:
-            scopes = [uuid.UUID(tenant)]
-        else:
-            scopes = [row[0] for row in await self.db.run(_TENANTS)]
-        for scope in scopes:
-            with tenant_context(scope):
-                while True:
-                    params = {"tenant_id": scope, "batch": batch_size}
-                    done = len(await self.db.run(_SWEEP, params))
-                    closed += done
-                    if done < batch_size:
-                        break
-        return closed
+        return sum(await each_tenant(self.db, sweep))
 
     @staticmethod
     def _owner(session_id: uuid.UUID | None, user_id: uuid.UUID) -> dict[str, Any]:
@@ -469,6 +468,27 @@ def _text(value: Any, name: str, *, required: bool = False) -> Any:
         return None
     if not isinstance(value, str) or "\x00" in value or (required and not value.strip()):
         raise InvalidInputError(f"{name} must be text without NUL characters, not empty.")
+    return value
+
+
+def _agent_id(value: Any) -> str:
+    """`value` if it can name an agent: 1 to MAX_AGENT_ID printable characters, trimmed.
+
+    Refused: control and format characters (NUL, ESC, C1, bidi overrides, zero-width ones),
+    surrogates, private-use and unassigned code points, line and paragraph separators, and
+    spaces around the name, so that ids that look alike are alike.
+    """
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_AGENT_ID
+        or value != value.strip()
+        or any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" for c in value)
+    ):
+        raise InvalidInputError(
+            f"agent_id must be a name of 1 to {MAX_AGENT_ID} printable characters, without "
+            "spaces around it or control, format or private-use characters, such as "
+            "support-bot."
+        )
     return value
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,6 +28,8 @@ from pgstack.orm.context import audit_context, current_tenant, tenant_context
 
 if TYPE_CHECKING:
     from pgstack.db.database import Database
+
+T = TypeVar("T")
 
 SETTING = "pgstack.tenant_id"
 #: The tenant as policies read it: NULL when none is set in this transaction.
@@ -77,6 +79,27 @@ async def maintenance_scopes(db: Database) -> list[uuid.UUID | None]:
             return [None]
         ids = (await conn.execute(text("SELECT id FROM tenants ORDER BY id"))).scalars()
         return [None, *ids]
+
+
+_TENANT_IDS = text("SELECT id FROM tenants ORDER BY id")
+
+
+async def each_tenant(db: Database, work: Callable[[uuid.UUID], Awaitable[T]]) -> list[T]:
+    """Run `work(tenant_id)` in the current tenant, or in every tenant in turn; its results.
+
+    For work over rows that all belong to a tenant (a sweep, a cleanup): inside
+    `tenant_context`, once, for that tenant; outside, once per row of the `tenants` table, in
+    id order, each inside its `tenant_context`, so row-level security shows it that tenant's
+    rows.
+    """
+    tenant = tenant_value()
+    if tenant is not None:
+        return [await work(uuid.UUID(tenant))]
+    results = []
+    for (scope,) in await db.run(_TENANT_IDS):
+        with tenant_context(scope):
+            results.append(await work(scope))
+    return results
 
 
 def entered(scope: uuid.UUID | None) -> AbstractContextManager[Any]:

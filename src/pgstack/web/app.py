@@ -280,8 +280,6 @@ def _point_to_prefix(app: FastAPI, prefix: str) -> None:
                     f"This API is served under {prefix}: send the request to {prefix}{path}.",
                     instance=path,
                 )
-        detail = exc.detail if isinstance(exc.detail, str) else None
-        headers = dict(exc.headers) if exc.headers else None
-        return problems.problem_response(404, detail, instance=path, headers=headers)
+        return await problems.http_error(request, exc)
 
     app.add_exception_handler(404, not_found)

@@ -18,13 +18,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from pgstack.conversations import MAX_PAGE, Conversations, Message, SessionInfo
+from pgstack.conversations import MAX_AGENT_ID, MAX_PAGE, Conversations, Message, SessionInfo
 from pgstack.web.deps import DatabaseDep
 from pgstack.web.tenancy import TenantAccessDep
 
 #: The longest message content the routes take (characters).
 MAX_CONTENT = 1_000_000
-_Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+_Name = Annotated[str, Field(min_length=1, max_length=200, pattern=_PRINTABLE)]
 _Object = Annotated[dict[str, Any], Field(max_length=500)]
 SessionId = Annotated[uuid.UUID, Path(description="The session's id.")]
 _Keys = Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=500)]
@@ -35,7 +36,8 @@ class _Body(BaseModel):
 
 
 class SessionIn(_Body):
-    agent_id: _Name
+    # The rest of what an agent id may hold is checked by Conversations.start (a 422).
+    agent_id: Annotated[str, Field(min_length=1, max_length=MAX_AGENT_ID, pattern=_PRINTABLE)]
     title: _Name | None = None
     context: _Object = Field(default_factory=dict)
     metadata: _Object = Field(default_factory=dict)

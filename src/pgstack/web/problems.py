@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -133,8 +133,13 @@ async def _pgstack_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """The problem answer of an HTTPException (a 404 of no route, a 405, ...)."""
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        malformed = _malformed_ids(request)
+        if malformed:
+            return _malformed_ids_problem(request, malformed)
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
         # Starlette's Allow names the methods of one route; a path may have several (GET,
@@ -148,36 +153,77 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-_UUID = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+_UUID = re.compile(
+    "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+)
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method the OpenAPI document lists for an operation whose path this request fits.
+def _fitting_operations(request: Request) -> Iterator[tuple[str, list[str]]]:
+    """Each operation of the OpenAPI document whose path the request's path fits, by method,
+    with the names of its UUID path parameters that the request gives something else in.
 
-    A path parameter declared as a UUID matches only a UUID, as the router's `:uuid`
-    convertor does, so `/admin/users/statistics` is not taken for `/admin/users/{user_id}`.
+    The router's `:uuid` convertor matches only a UUID, so `/admin/users/statistics` is not
+    taken for `/admin/users/{user_id}`; a path that fits but for such a value names it here.
     """
-    methods: set[str] = set()
+    path = request.url.path
     for template, item in request.app.openapi().get("paths", {}).items():
+        # re.split alternates literal text and parameter names: "/a/", "id", "/b".
+        parts = re.split(r"\{(.*?)\}", template)
+        pattern = "".join(re.escape(p) if i % 2 == 0 else "([^/]+)" for i, p in enumerate(parts))
+        fit = re.fullmatch(pattern, path)
+        if fit is None:
+            continue
+        values = dict(zip(parts[1::2], fit.groups(), strict=True))
         for method, operation in item.items():
             if method not in _METHODS:
                 continue
-            formats = {
-                p["name"]: p.get("schema", {}).get("format")
+            malformed = [
+                p["name"]
                 for p in operation.get("parameters", [])
                 if p.get("in") == "path"
-            }
-            # re.split alternates literal text and parameter names: "/a/", "id", "/b".
-            parts = re.split(r"\{(.*?)\}", template)
-            pattern = "".join(
-                re.escape(part)
-                if i % 2 == 0
-                else (_UUID if formats.get(part) == "uuid" else "[^/]+")
-                for i, part in enumerate(parts)
-            )
-            if re.fullmatch(pattern, request.url.path):
-                methods.add(method.upper())
+                and p.get("schema", {}).get("format") == "uuid"
+                and not _UUID.fullmatch(values.get(p["name"], ""))
+            ]
+            yield method.upper(), malformed
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the OpenAPI document lists for an operation whose path this request fits."""
+    methods = {method for method, malformed in _fitting_operations(request) if not malformed}
     return ", ".join(sorted(methods))
+
+
+def _malformed_ids(request: Request) -> list[str]:
+    """The UUID path parameters that kept the request from its route; [] if none did."""
+    names: set[str] = set()
+    asked = "GET" if request.method == "HEAD" else request.method  # as the router serves HEAD
+    for method, malformed in _fitting_operations(request):
+        if method == asked:
+            names.update(malformed)
+    return sorted(names)
+
+
+def _malformed_ids_problem(request: Request, names: list[str]) -> JSONResponse:
+    example = "0190f3a0-5c3b-7d2e-8f10-2b3c4d5e6f70"
+    errors = [
+        {
+            "loc": ["path", name],
+            "msg": f"{name} must be a UUID, such as {example}.",
+            "type": "uuid_parsing",
+        }
+        for name in names
+    ]
+    what = (
+        f"The path parameter {names[0]} is not a UUID"
+        if len(names) == 1
+        else f"The path parameters {' and '.join(names)} are not UUIDs"
+    )
+    return problem_response(
+        422,
+        f"{what}: send each id as a UUID, such as {example}; see `errors`.",
+        instance=request.url.path,
+        errors=errors,
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -327,7 +373,7 @@ def install(app: FastAPI, *, probes: APIRouter | None = None) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(PgStackError, _pgstack_error)
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     # Handled here rather than by the catch-all below, which Starlette re-raises to the server
     # (whose log line would carry the driver's text, values included).
