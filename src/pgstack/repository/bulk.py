@@ -336,20 +336,25 @@ class BulkOps(WriteOps[M]):
         server waits.
         """
         first = rows[0]
-        if type(first) is dict and len(first) > 1:
+        if type(first) is dict:
             # The usual batch: plain dicts of one length that all hold the first row's keys,
             # so all have exactly its keys. Any other batch is grouped row by row below.
             keys = tuple(first)
             group = cast(list[dict[str, Any]], rows)
             if set(map(type, group)) == {dict} and set(map(len, group)) == {len(keys)}:
-                row_values = itemgetter(*keys)
+                values: list[list[Any]] | None = None
                 try:
-                    # One pass over the values: a missing key, and each value's type.
-                    kinds = set(map(type, chain.from_iterable(map(row_values, group))))
+                    if len(keys) > 1:
+                        # One pass over the values: a missing key, and each value's type.
+                        row_values = chain.from_iterable(map(itemgetter(*keys), group))
+                        kinds = set(map(type, row_values))
+                    else:
+                        values = _columns(group, keys)
+                        kinds = {kind for column in values for kind in set(map(type, column))}
                 except KeyError:
                     pass  # a row gives other keys
                 else:
-                    batch = self._copy_batch(keys, group, kinds, dialect, None)
+                    batch = self._copy_batch(keys, group, kinds, dialect, values)
                     return None if batch is None else [batch]
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in map(self._row_dict, rows):
