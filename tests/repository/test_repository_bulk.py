@@ -117,6 +117,25 @@ def _tenant_seen(context: Any) -> str:
     return str(context.get_current_parameters()["tenant_id"])
 
 
+class Tally(TenantScoped, BulkBase):
+    """Tenant-scoped, keys given by the rows, only constant defaults (one of them converted)."""
+
+    __tablename__ = "bulk_tally"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    count: Mapped[int]
+    kind: Mapped[str] = mapped_column(default="plain")
+    contact: Mapped[str | None] = mapped_column(Email(), default="Desk@Example.COM")
+
+
+class Count(BulkBase):
+    """Keys given by the rows, one constant default and no converted column."""
+
+    __tablename__ = "bulk_count"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    count: Mapped[int]
+    kind: Mapped[str] = mapped_column(default="plain")
+
+
 class Ledger(UUIDPrimaryKey, TenantScoped, BulkBase):
     """Tenant-scoped, with defaults that read the row being inserted."""
 
@@ -329,6 +348,47 @@ async def test_copy_stamps_the_tenant_and_refuses_other_tenants(pgstack_db: Data
     assert sorted(map(tuple, summary)) == sorted(
         [(ACME, 400, True, True), (GLOBEX, 200, True, True)]
     )
+
+
+async def test_copy_fills_constant_defaults_and_the_tenant_of_rows_read_as_sent(
+    pgstack_db: Database, sql_log: list[str]
+) -> None:
+    # proves: R4, R7
+    with tenant_context(ACME):
+        async with pgstack_db.transaction() as session:
+            repo = Repository(session, Tally)
+            # The tenant and the converted default follow each row's values ...
+            assert await repo.create_many([{"id": i, "count": i} for i in range(200)]) == 200
+            # ... as do the tenant and a constant default alone, or nothing at all.
+            given = [{"id": i, "count": i, "contact": None} for i in range(200, 400)]
+            assert await repo.create_many(given) == 200
+            every = [
+                {"id": i, "count": i, "contact": "A@B.COM", "kind": "full", "tenant_id": ACME}
+                for i in range(400, 600)
+            ]
+            assert await repo.create_many(every) == 200
+    async with pgstack_db.transaction() as session:
+        counts = Repository(session, Count)
+        assert await counts.create_many([{"id": i, "count": i} for i in range(200)]) == 200
+        full = [{"id": i, "count": i, "kind": "full"} for i in range(200, 400)]
+        assert await counts.create_many(full) == 200
+    assert not any(s.lstrip().upper().startswith("INSERT") for s in sql_log)
+    async with pgstack_db.session() as session:
+        stored = (
+            await session.execute(
+                text("SELECT id, count, kind, contact, tenant_id FROM bulk_tally ORDER BY id")
+            )
+        ).all()
+    assert [tuple(row) for row in stored] == [
+        (i, i, "plain", "desk@example.com", ACME) for i in range(200)
+    ] + [(i, i, "plain", None, ACME) for i in range(200, 400)] + [
+        (i, i, "full", "a@b.com", ACME) for i in range(400, 600)
+    ]
+    async with pgstack_db.session() as session:
+        counted = await session.execute(text("SELECT id, count, kind FROM bulk_count ORDER BY id"))
+    assert [tuple(row) for row in counted] == [(i, i, "plain") for i in range(200)] + [
+        (i, i, "full") for i in range(200, 400)
+    ]
 
 
 async def test_upsert_many_is_one_statement_and_returns_rows_in_order(

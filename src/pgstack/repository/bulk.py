@@ -13,8 +13,8 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
-from operator import itemgetter
+from itertools import chain, islice, repeat
+from operator import add, itemgetter
 from typing import Any, ClassVar, Literal, TypeAlias, TypeVar, cast, overload
 
 from sqlalchemy import (
@@ -331,8 +331,9 @@ class BulkOps(WriteOps[M]):
     ) -> list[tuple[list[str], Iterator[tuple[Any, ...]]]] | None:
         """Column names and COPY records, one batch per set of keys; None if SQL is needed.
 
-        Values are checked and converted column by column, in C loops where they can be
-        (`map`, `itemgetter`, `zip`): this runs for batches of 100,000 rows.
+        Values are checked and converted in C loops where they can be (`map`, `itemgetter`,
+        `zip`): this runs for batches of 100,000 rows, before COPY sends anything, while the
+        server waits.
         """
         first = rows[0]
         if type(first) is dict:
@@ -341,19 +342,28 @@ class BulkOps(WriteOps[M]):
             keys = tuple(first)
             group = cast(list[dict[str, Any]], rows)
             if set(map(type, group)) == {dict} and set(map(len, group)) == {len(keys)}:
+                values: list[list[Any]] | None = None
                 try:
-                    values = _columns(group, keys)
+                    if len(keys) > 1:
+                        # One pass over the values: a missing key, and each value's type.
+                        row_values = chain.from_iterable(map(itemgetter(*keys), group))
+                        kinds = set(map(type, row_values))
+                    else:
+                        values = _columns(group, keys)
+                        kinds = {kind for column in values for kind in set(map(type, column))}
                 except KeyError:
                     pass  # a row gives other keys
                 else:
-                    batch = self._copy_batch(keys, group, values, dialect)
+                    batch = self._copy_batch(keys, group, kinds, dialect, values)
                     return None if batch is None else [batch]
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in map(self._row_dict, rows):
             groups.setdefault(tuple(row), []).append(row)
         batches = []
         for keys, group in groups.items():
-            batch = self._copy_batch(keys, group, _columns(group, keys), dialect)
+            values = _columns(group, keys)
+            kinds = {kind for column in values for kind in set(map(type, column))}
+            batch = self._copy_batch(keys, group, kinds, dialect, values)
             if batch is None:
                 return None
             batches.append(batch)
@@ -363,38 +373,58 @@ class BulkOps(WriteOps[M]):
         self,
         keys: tuple[str, ...],
         group: list[dict[str, Any]],
-        values: list[list[Any]],
+        kinds: set[type],
         dialect: Dialect,
+        values: list[list[Any]] | None,
     ) -> tuple[list[str], Iterator[tuple[Any, ...]]] | None:
-        """COPY column names and records for rows that all give `keys` (their `values`)."""
+        """COPY column names and records for rows that all give `keys`.
+
+        `kinds` are the types of the rows' values; `values` their columns, or None for plain
+        dicts of exactly `keys` (two or more), whose records are then read while COPY sends.
+        """
         self._writable(group[0], managed_ok=True)
         info = self._info
         stamp = info.tenant_scoped
         plan_keys = (*keys, "tenant_id") if stamp and "tenant_id" not in keys else keys
         plan = self._copy_plan(plan_keys, dialect)
-        if plan is None or any(
-            issubclass(kind, ClauseElement) for column in values for kind in set(map(type, column))
-        ):
+        if plan is None or any(issubclass(kind, ClauseElement) for kind in kinds):
             return None  # a SQL-expression default or value: only an INSERT carries it
         count = len(group)
+        given = len(keys)
+        if values is None and (
+            (stamp and "tenant_id" in keys) or any(at < given for at, _ in plan.converters)
+        ):
+            values = _columns(group, keys)  # checked or converted value by value below
+        # The columns after the given ones: the stamped tenant, then the defaults.
+        tail: list[list[Any]] = []
         tenants: list[Any] | None = None
         if stamp:
             if "tenant_id" in keys:
                 at = keys.index("tenant_id")
+                assert values is not None
                 tenants = values[at] = list(map(self._tenant_for_insert, values[at]))
             else:
                 tenants = [self._tenant_for_insert(None)] * count
-                values.append(tenants)
+                tail.append(tenants)
         context = group
         if tenants is not None and any(map(_reads_row, plan.defaults)):
             # Defaults read the row as an INSERT would: with the tenant stamped.
             context = [{**row, "tenant_id": t} for row, t in zip(group, tenants, strict=True)]
-        values += [_default_values(default, context) for default in plan.defaults]
+        tail += [_default_values(default, context) for default in plan.defaults]
+        columns = [*(values or [[]] * given), *tail]
         for at, process in plan.converters:
-            values[at] = [None if value is None else process(value) for value in values[at]]
+            columns[at] = [None if value is None else process(value) for value in columns[at]]
         # The records are made while COPY sends them, each dropped once encoded: a list of
         # them all would make the garbage collector walk the heap on the way.
-        return plan.names, zip(*values, strict=True)
+        if values is not None:
+            return plan.names, zip(*columns, strict=True)
+        head = map(itemgetter(*keys), group)
+        if not tail:
+            return plan.names, head
+        if not plan.converters and all(default.is_scalar for default in plan.defaults):
+            # Only constants follow (the tenant, scalar defaults): one tuple added to each row.
+            return plan.names, map(add, head, repeat(tuple(column[0] for column in tail)))
+        return plan.names, map(add, head, zip(*columns[given:], strict=True))
 
     def _copy_plan(self, keys: tuple[str, ...], dialect: Dialect) -> _CopyPlan | None:
         """Column names, Python defaults and bind processors for rows with these keys."""

@@ -13,7 +13,6 @@ from typing import Any, cast
 from sqlalchemy import Column, delete, func, insert, literal_column, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
 from pgstack.errors import ConflictError, InvalidQueryError, NotFoundError, TenantScopeError
@@ -190,8 +189,9 @@ class WriteOps(RepositoryCore[M]):
             ),
         )
         row = (await self._write(statement, params)).one()
-        for key, value in zip(keys, row, strict=True):
-            set_committed_value(instance, key, value)
+        # Every column's value as loaded: make_transient_to_detached commits the object's
+        # whole state (as set_committed_value would, key by key), so it holds no changes.
+        values.update(zip(keys, row, strict=True))
         make_transient_to_detached(instance)
         self.session.add(instance)
         return instance
