@@ -19,8 +19,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from pgstack import Repository
 from pgstack.db.database import Database
 from pgstack.errors import InvalidQueryError
-from pgstack.orm import NAMING_CONVENTION, TYPE_ANNOTATION_MAP, ModelMixin, UUIDPrimaryKey
-from pgstack.repository import Eq, Gt, configure_cursor_secret
+from pgstack.orm import (
+    NAMING_CONVENTION,
+    TYPE_ANNOTATION_MAP,
+    ModelMixin,
+    SoftDelete,
+    UUIDPrimaryKey,
+)
+from pgstack.repository import Eq, Gt, Sort, configure_cursor_secret
 
 # The create_tables fixture (conftest.py): creates a base's tables, dropped after the test.
 CreateTables = Callable[[MetaData], Awaitable[None]]
@@ -249,7 +255,103 @@ async def test_a_sort_one_repository_allows_stays_refused_by_another(
     await fill(pgstack_db, 3)
     async with pgstack_db.session() as session:
         assert len((await Entries(session).page(sort="score")).items) == 3
+        assert len((await Entries(session).page_after(sort="score")).items) == 3
         with pytest.raises(InvalidQueryError, match="score"):
             await Narrow(session).page(sort="score")
         with pytest.raises(InvalidQueryError, match="score"):
             await Narrow(session).page_after(sort="score")
+
+
+class Memo(UUIDPrimaryKey, SoftDelete, PageBase):
+    __tablename__ = "page_memos"
+    group: Mapped[int]
+    label: Mapped[str] = mapped_column(default="")
+
+
+@pytest.mark.parametrize(
+    "sort", ["-group,label", ["-group", "label"], (Sort("group", True), "label")]
+)
+async def test_a_sort_pages_alike_however_it_is_given(pgstack_db: Database, sort: Any) -> None:
+    # proves: R3
+    # What a sort decides is kept per sort as given; every form is the same query.
+    await fill(pgstack_db, 23)
+    async with pgstack_db.session() as session:
+        repo = Entries(session)
+        expected = [e.id for e in await walk(repo, "-group,label", 5)]
+        for _ in range(2):
+            assert [e.id for e in await walk(repo, sort, 5)] == expected
+        cursor = (await repo.page_after(sort=sort, limit=5)).next_cursor
+        again = await repo.page_after(cursor=cursor, sort=["-group", "label"], limit=5)
+        assert [e.id for e in again.items] == expected[5:10]
+        page = await repo.page(sort=sort, limit=5, offset=5)
+        assert [e.id for e in page.items] == expected[5:10]
+
+
+async def test_models_and_deleted_rows_keep_their_own_keyset_pages(pgstack_db: Database) -> None:
+    # proves: R3
+    # The same sort on another model, or with deleted rows, is another query: its own rows,
+    # and cursors of the one are refused by the other.
+    await fill(pgstack_db, 12)
+    async with pgstack_db.transaction() as session:
+        memos = [
+            await Repository(session, Memo).create(group=i % 3, label=f"m{i}") for i in range(9)
+        ]
+        await Repository(session, Memo).delete(memos[0].id)
+    async with pgstack_db.session() as session:
+        for _ in range(2):
+            entries = await Entries(session).page_after(sort="label", limit=4)
+            kept = await Repository(session, Memo).page_after(sort="label", limit=4)
+            every = await Repository(session, Memo).page_after(
+                sort="label", limit=4, include_deleted=True
+            )
+            assert all(isinstance(e, Entry) for e in entries.items)
+            assert [m.label for m in kept.items] == ["m1", "m2", "m3", "m4"]
+            assert [m.label for m in every.items] == ["m0", "m1", "m2", "m3"]
+        for cursor, other in (
+            (
+                entries.next_cursor,
+                lambda c: Repository(session, Memo).page_after(cursor=c, sort="label"),
+            ),
+            (kept.next_cursor, lambda c: Entries(session).page_after(cursor=c, sort="label")),
+            (
+                kept.next_cursor,
+                lambda c: Repository(session, Memo).page_after(
+                    cursor=c, sort="label", include_deleted=True
+                ),
+            ),
+        ):
+            with pytest.raises(InvalidQueryError, match="another query"):
+                await other(cursor)
+        rest = await Repository(session, Memo).page_after(
+            cursor=every.next_cursor, sort="label", include_deleted=True
+        )
+        assert [m.label for m in rest.items] == ["m4", "m5", "m6", "m7", "m8"]
+
+
+def test_cursors_keep_their_format() -> None:
+    # proves: R3
+    # Cursors handed out before stay valid: base64url(compact JSON) "." base64url(HMAC tag).
+    import hashlib
+    import hmac
+    import uuid
+    from datetime import UTC, datetime
+
+    from pgstack.repository.pagination import decode_cursor, encode_cursor
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    key = uuid.uuid4()
+    at = datetime(2026, 12, 1, 18, 0, tzinfo=UTC)
+    values = [key, 3, 'a "b" é', None, at, 1.5, True]
+    shown = [str(key), 3, 'a "b" é', None, at.isoformat(), 1.5, True]
+    payload = json.dumps({"q": "q1", "v": shown}, separators=(",", ":")).encode()
+    signing_key = hashlib.sha256(b"pgstack cursor key\x00format").digest()
+    tag = hmac.new(signing_key, payload, "sha256").digest()[:16]
+    try:
+        configure_cursor_secret("format")
+        cursor = encode_cursor("q1", values)
+        assert cursor == f"{b64(payload)}.{b64(tag)}"
+        assert decode_cursor(cursor, "q1", len(values)) == shown
+    finally:
+        configure_cursor_secret(None)

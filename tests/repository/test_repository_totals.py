@@ -28,6 +28,7 @@ from pgstack.orm import (
     SoftDelete,
     TenantScoped,
     UUIDPrimaryKey,
+    all_tenants,
     tenant_context,
 )
 from pgstack.repository import Eq, Gt, In
@@ -49,6 +50,13 @@ class Reading(UUIDPrimaryKey, TenantScoped, SoftDelete, TotalsBase):
 class Readings(Repository[Reading]):
     model = Reading
     page_total = "auto"
+
+
+class Tally(UUIDPrimaryKey, SoftDelete, TotalsBase):
+    """A second model: unfiltered estimates are planned once per model and scope."""
+
+    __tablename__ = "total_tallies"
+    kind: Mapped[int]
 
 
 BIG, SMALL = uuid.uuid4(), uuid.uuid4()
@@ -213,3 +221,39 @@ async def test_an_unknown_total_mode_is_refused(pgstack_db: Database, bad: Any) 
         async with pgstack_db.session() as session:
             with pytest.raises(InvalidQueryError, match="total must be one of"):
                 await Readings(session).page(limit=5, total=bad)
+
+
+async def test_unfiltered_estimates_are_each_models_and_each_scopes(
+    pgstack_db: Database, opened: Callable[[], Any]
+) -> None:
+    # Unfiltered pages plan their EXPLAIN once per model and scope (on the lane: once per
+    # lane, found by name); each estimate is still of its own query.
+    async with pgstack_db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO total_tallies (id, kind, deleted_at) SELECT gen_random_uuid(), "
+                "g % 10, CASE WHEN g % 10 < 8 THEN now() END FROM generate_series(1, 5000) AS g"
+            )
+        )
+    async with pgstack_db.engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("ANALYZE total_tallies"))
+    everyone = BIG_ROWS + RARE_ROWS + SMALL_ROWS
+    for _ in range(2):  # the second time from what the first one kept
+        with all_tenants():
+            async with opened() as session:
+                readings = await Readings(session).page(limit=5, total="estimate")
+                tallies = await Repository(session, Tally).page(limit=5, total="estimate")
+                with_deleted = await Repository(session, Tally).page(
+                    limit=5, total="estimate", include_deleted=True
+                )
+        with tenant_context(SMALL):
+            async with opened() as session:
+                small = await Readings(session).page(limit=5, total="estimate")
+        assert readings.total is not None and 0.7 * everyone < readings.total < 1.3 * everyone
+        # 1,000 of the 5,000 tallies are not deleted.
+        assert tallies.total is not None and 700 < tallies.total < 1_300
+        assert with_deleted.total is not None and 3_500 < with_deleted.total < 6_500
+        assert small.total is not None and 100 < small.total < 1_000
+        assert all(t.deleted_at is None for t in tallies.items)
+        assert all(r.tenant_id == SMALL for r in small.items)

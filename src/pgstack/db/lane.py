@@ -366,8 +366,16 @@ class ReadLane:
         """Whether SQL echo is on (then reads take the ordinary, logged path)."""
         return bool(self._engine.echo)
 
-    def plan(self, statement: Any) -> tuple[_Plan, Any] | None:
-        """A Core statement's compiled plan and cache key, or None if the lane cannot run it."""
+    def plan(self, statement: Any, key: Any = None) -> tuple[_Plan, Any] | None:
+        """A Core statement's compiled plan and cache key, or None if the lane cannot run it.
+
+        `key`: the caller's own name for a statement it built once and reuses (with its
+        values as parameters): the plan is then found by that name, without generating
+        SQLAlchemy's cache key of the statement on every call.
+        """
+        if key is not None:
+            named = cached(self._plans, ("named", key), lambda: self.plan(statement) or False)
+            return named or None
         cache_key = statement._generate_cache_key()
         if cache_key is None:
             return None

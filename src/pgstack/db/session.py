@@ -142,8 +142,13 @@ def _guarded(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
         self._pgstack_owner = task
         self._pgstack_depth += 1
         try:
-            with translated_errors():
-                return await method(self, *args, **kwargs)
+            # `translated_errors()` written out: this wraps every operation of every session.
+            return await method(self, *args, **kwargs)
+        except Exception as exc:
+            translated = translate_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
         finally:
             self._pgstack_depth -= 1
             if not self._pgstack_depth:

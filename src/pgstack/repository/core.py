@@ -285,6 +285,9 @@ class QueryFields:
         self.info = info
         self.filterable = self._allowed(filterable, "filterable")
         self.sortable = self._allowed(sortable, "sortable")
+        #: What a read works out from its sort alone (checked against `sortable`), kept per
+        #: sort as the caller gave it: `pgstack.repository.pagination`'s shapes.
+        self.sorts: dict[Any, Any] = {}
 
     def _allowed(self, names: Collection[str] | None, what: str) -> dict[str, ResolvedField]:
         columns = self.info.columns
@@ -385,15 +388,15 @@ class RepositoryCore(Generic[M]):
                 )
         self.session = session
         self.model = model
-        self._info = model_info(model)
-        key = (type(self), model)
-        fields = _fields_cache.get(key)
+        fields = _fields_cache.get((type(self), model))
         if fields is None:
             cls = type(self)
             check_query_fields(
                 model, cls.filterable, cls.sortable, cls.allow_secret_fields, cls.__name__
             )
-            fields = _fields_cache[key] = QueryFields(self._info, self.filterable, self.sortable)
+            fields = QueryFields(model_info(model), self.filterable, self.sortable)
+            _fields_cache[(cls, model)] = fields
+        self._info = fields.info
         self._fields = fields
 
     def __repr__(self) -> str:
@@ -507,7 +510,8 @@ class RepositoryCore(Generic[M]):
         """
         session: Any = self.session
         if fast.session_is_fresh(session):
-            info, dialect = self._info, session.bind.dialect
+            # The sync session's engine (`session.bind` builds a map of binds per session).
+            info, dialect = self._info, session.sync_session.bind.dialect
             planned = (
                 fast.statement_plan(info, statement, dialect, extra)
                 if key is None
@@ -540,7 +544,8 @@ class RepositoryCore(Generic[M]):
         statement = self._shaped(key, build)
         pk = info.columns[info.pk_key].field.coerce(id)
         params = self._shape_params(scoped, pgstack_pk=pk)
-        if info.mapper.identity_key_from_primary_key((pk,)) in self.session.identity_map:
+        identity_map = self.session.identity_map
+        if len(identity_map) and info.mapper.identity_key_from_primary_key((pk,)) in identity_map:
             # Loaded already: the ordinary path refreshes that object in place.
             found: M | None = (await self._read(statement, params)).scalar_one_or_none()
             return found

@@ -32,7 +32,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from pgstack.db.lane import cached, driver_arguments
+from pgstack.db.lane import ReadLane, cached, driver_arguments
 from pgstack.db.tenant import tenant_value
 from pgstack.errors import InvalidQueryError
 from pgstack.repository import fast
@@ -97,6 +97,10 @@ def _jsonable(value: Any) -> Any:
     )
 
 
+# Built once: `json.dumps` with separators makes an encoder per call. Same output.
+_JSON_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_JSON_DECODE = json.JSONDecoder().decode
+
 _INVALID = (
     "The cursor is not valid: it was altered or truncated, or was signed by another server "
     "(set the same PGSTACK_CURSOR_SECRET everywhere). Start again without a cursor."
@@ -105,9 +109,7 @@ _INVALID = (
 
 def encode_cursor(query: str, values: Sequence[Any]) -> str:
     """An opaque, signed cursor for the row with these sort values."""
-    payload = json.dumps(
-        {"q": query, "v": [_jsonable(v) for v in values]}, separators=(",", ":")
-    ).encode()
+    payload = _JSON_ENCODE({"q": query, "v": [_jsonable(v) for v in values]}).encode()
     tag = hmac.digest(_key(), payload, "sha256")[:_TAG_BYTES]
     return f"{_b64(payload)}.{_b64(tag)}"
 
@@ -124,7 +126,8 @@ def decode_cursor(cursor: str, query: str, count: int) -> list[Any]:
     expected = hmac.digest(_key(), payload, "sha256")[:_TAG_BYTES]
     if not hmac.compare_digest(expected, given):
         raise InvalidQueryError(_INVALID)
-    data = json.loads(payload)
+    # Signed by this key, so made by `encode_cursor`: ASCII JSON (what `json.loads` reads).
+    data = _JSON_DECODE(payload.decode())
     if data.get("q") != query:
         raise InvalidQueryError(
             "This cursor belongs to another query (different sort or filters): start again "
@@ -272,6 +275,39 @@ def _keyset_order(fields: Sequence[ResolvedField], order: Sequence[Sort]) -> lis
     return [sort_term(f.column, s.descending) for f, s in zip(fields, order, strict=True)]
 
 
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """An offset page's sort, the same for every call."""
+
+    order: tuple[Sort, ...]
+    shape: tuple[tuple[str, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Keyset:
+    """A keyset page's sort as the repository checked it, the same for every call."""
+
+    #: The sort, primary key last, and the field of each term.
+    order: tuple[Sort, ...]
+    fields: tuple[ResolvedField, ...]
+    shape: tuple[tuple[str, bool], ...]
+    #: One direction and no nullable field: with no NULL among the values, the keyset is one
+    #: row comparison (`_row_comparable`).
+    one_way: bool
+    names: tuple[str, ...]
+    #: Digests of the query without filters, by include_deleted.
+    digests: dict[bool, str]
+
+
+def _spec_key(spec: Any) -> Any:
+    """A sort as given, as a key to what was worked out from it (None: not kept)."""
+    if spec is None or isinstance(spec, str | Sort):
+        return ("spec", spec)
+    if isinstance(spec, tuple | list) and all(isinstance(s, str | Sort) for s in spec):
+        return ("specs", *spec)
+    return None
+
+
 class PaginationOps(RepositoryCore[M]):
     """`page()` with a total, and `page_after()` with cursors."""
 
@@ -344,14 +380,13 @@ class PaginationOps(RepositoryCore[M]):
             raise InvalidQueryError(
                 f"total must be one of {', '.join(_TOTAL_MODES)}, not {str(mode)[:40]!r}."
             )
-        order = list(sorts(sort))
+        order = self._page_order(sort)
         estimate: int | None = None
         conditions: list[ColumnElement[bool]] | None = None
-        if filters or equals or mode in ("estimate", "auto"):
+        if filters or equals:
             conditions = self._where(filters, equals, include_deleted)
         if mode in ("estimate", "auto"):
-            assert conditions is not None
-            estimate = await self._estimate(conditions)
+            estimate = await self._estimate(conditions, include_deleted)
             if estimate is None or (mode == "auto" and estimate < self.estimate_total_from):
                 mode = "exact"
         counted = mode == "exact"
@@ -360,18 +395,18 @@ class PaginationOps(RepositoryCore[M]):
         fetch = size if counted else size + 1
         if filters or equals:
             assert conditions is not None
-            statement = self._page_statement(conditions, order, fetch, start, counted)
+            statement = self._page_statement(conditions, order.order, fetch, start, counted)
         else:
             # No filters: the statement is built once per sort, the rest are parameters.
             scoped = self._scoped()
             # Keyed by repository class too: the sort is checked against its `sortable`
             # when the statement is built.
-            key = ("page", type(self), _shape_of(order), include_deleted, scoped, counted)
+            key = ("page", type(self), order.shape, include_deleted, scoped, counted)
             statement = self._shaped(
                 key,
                 lambda: self._page_statement(
                     self._scope(include_deleted, shaped=True),
-                    order,
+                    order.order,
                     bindparam("pgstack_limit", type_=Integer),
                     bindparam("pgstack_offset", type_=Integer),
                     counted,
@@ -412,8 +447,13 @@ class PaginationOps(RepositoryCore[M]):
             exact = int((await self._read(count)).scalar_one())
         return Page(items=[row[0] for row in rows], total=exact, limit=size, offset=start)
 
-    async def _estimate(self, conditions: Sequence[ColumnElement[bool]]) -> int | None:
-        """The planner's estimate of how many rows match `conditions` (None: not available).
+    async def _estimate(
+        self, conditions: Sequence[ColumnElement[bool]] | None, include_deleted: bool
+    ) -> int | None:
+        """The planner's estimate of how many rows match (None: not available).
+
+        `conditions`: the filters' and the scope's, or None for no filters: then the
+        statement is built and planned once per scope, the tenant a parameter.
 
         EXPLAIN plans the filtered query, tenant and soft-delete conditions included, with
         its values bound as parameters, and runs nothing: its cost does not grow with the
@@ -423,28 +463,85 @@ class PaginationOps(RepositoryCore[M]):
         its estimate, and the lane's way of setting the tenant inside the statement itself
         (a subquery) cannot hold an EXPLAIN.
         """
-        statement = _Explain(select(literal_column("1")).select_from(self.model).where(*conditions))
+        params: dict[str, Any] | None = None
+        key: Any = None
+        if conditions is None:
+            scoped = self._scoped()
+            key = ("explain", include_deleted, scoped)
+            statement = self._shaped(
+                key, lambda: self._explain(self._scope(include_deleted, shaped=True))
+            )
+            params = self._shape_params(scoped)
+        else:
+            statement = self._explain(conditions)
         session: Any = self.session
         lane = None
         if fast.session_is_fresh(session) and tenant_value() is None:
             lane = session._pgstack_lane
-        planned = lane.plan(statement) if lane is not None and not lane.echo else None
+        planned = None
+        if isinstance(lane, ReadLane) and not lane.echo:
+            # Built once (key): planned once too, found by its key.
+            planned = lane.plan(statement, None if key is None else (self.model, key))
         if lane is not None and planned is not None:
             plan, cache_key = planned
-            values = plan.compiled.construct_params(
-                extracted_parameters=cache_key.bindparams, escape_names=False
-            )
+            if key is None:
+                values = plan.compiled.construct_params(
+                    extracted_parameters=cache_key.bindparams, escape_names=False
+                )
+            else:
+                values = params  # its only values are parameters
             records = await session._pgstack_run_exclusive(
                 lane.fetch, plan.sql, driver_arguments(plan.params, values)
             )
             answer = records[0][0]
         else:
-            answer = (await self._read(statement)).scalar_one()
+            answer = (await self._read(statement, params)).scalar_one()
         try:
             return _planned_rows(answer)
         except (KeyError, IndexError, TypeError, ValueError) as exc:  # pragma: no cover
             logger.warning("EXPLAIN gave no row estimate (%s); counting exactly", exc)
             return None
+
+    def _explain(self, conditions: Sequence[ColumnElement[bool]]) -> _Explain:
+        return _Explain(select(literal_column("1")).select_from(self.model).where(*conditions))
+
+    def _page_order(self, sort: SortSpec | Iterable[SortSpec] | None) -> _Order:
+        """The sort of an offset page (kept per sort as given)."""
+        spec = _spec_key(sort)
+        found = self._fields.sorts.get(("page", spec)) if spec is not None else None
+        if found is None:
+            order = sorts(sort)
+            found = _Order(order, _shape_of(order))
+            if spec is not None:
+                cached(self._fields.sorts, ("page", spec), lambda: found)
+        return found
+
+    def _keyset(self, sort: SortSpec | Iterable[SortSpec] | None) -> _Keyset:
+        """The sort of a keyset page, checked against `sortable` (kept per sort as given)."""
+        spec = _spec_key(sort)
+        found = self._fields.sorts.get(("after", spec)) if spec is not None else None
+        if found is None:
+            info = self._info
+            order = list(sorts(sort))
+            if not any(s.field == info.pk_key for s in order):
+                order.append(Sort(info.pk_key))
+            pk_field = info.columns[info.pk_key].field
+            fields = tuple(
+                pk_field if s.field == info.pk_key else self._fields.sort_field(s.field)
+                for s in order
+            )
+            found = _Keyset(
+                order=tuple(order),
+                fields=fields,
+                shape=_shape_of(order),
+                one_way=not any(f.nullable for f in fields)
+                and len({s.descending for s in order}) == 1,
+                names=_after_names(len(order)),
+                digests={},
+            )
+            if spec is not None:
+                cached(self._fields.sorts, ("after", spec), lambda: found)
+        return found
 
     def _page_statement(
         self,
@@ -524,26 +621,25 @@ class PaginationOps(RepositoryCore[M]):
         are the same either way.
         """
         size = self._limit(limit)
-        info = self._info
-        order = list(sorts(sort))
-        if not any(s.field == info.pk_key for s in order):
-            order.append(Sort(info.pk_key))
-        pk_field = info.columns[info.pk_key].field
-        fields = [
-            pk_field if s.field == info.pk_key else self._fields.sort_field(s.field) for s in order
-        ]
-        query = self._query_digest(order, filters, equals, include_deleted)
+        keyset = self._keyset(sort)
+        order, fields = keyset.order, keyset.fields
+        unfiltered = not filters and not equals
+        if unfiltered:
+            query = keyset.digests.get(include_deleted) or keyset.digests.setdefault(
+                include_deleted, self._describe(order, (), {}, include_deleted)
+            )
+        else:
+            query = self._describe(order, filters, equals, include_deleted)
         values: list[Any] = []
         if cursor:
             raw = decode_cursor(cursor, query, len(order))
             values = [f.coerce(v) for f, v in zip(fields, raw, strict=True)]
         key: Any = None
         params: dict[str, Any] | None = None
-        if not filters and not equals and _row_comparable(fields, order, values):
+        if unfiltered and keyset.one_way and all(v is not None for v in values):
             # No filters and a plain row comparison: the statement is built once per sort.
             scoped = self._scoped()
-            key = ("after", _shape_of(order), include_deleted, scoped, bool(values))
-            names = _after_names(len(values))
+            key = ("after", keyset.shape, include_deleted, scoped, bool(values))
             statement = self._shaped(
                 key,
                 lambda: self._after_statement(
@@ -552,13 +648,16 @@ class PaginationOps(RepositoryCore[M]):
                     order,
                     [
                         bindparam(name, type_=field.column.type)
-                        for name, field in zip(names, fields, strict=False)
-                    ],
+                        for name, field in zip(keyset.names, fields, strict=True)
+                    ]
+                    if values
+                    else [],
                     bindparam("pgstack_limit", type_=Integer),
                 ),
             )
             params = self._shape_params(scoped, pgstack_limit=size + 1)
-            params.update(zip(names, values, strict=True))
+            if values:
+                params.update(zip(keyset.names, values, strict=True))
         else:
             conditions = self._where(filters, equals, include_deleted)
             statement = self._after_statement(conditions, fields, order, values, size + 1)
@@ -589,22 +688,6 @@ class PaginationOps(RepositoryCore[M]):
             .limit(limit)
             .execution_options(**POPULATE)
         )
-
-    def _query_digest(
-        self,
-        order: Sequence[Sort],
-        filters: Sequence[Filter],
-        equals: dict[str, Any],
-        include_deleted: bool,
-    ) -> str:
-        if not filters and not equals:  # the same for every call of this sort: kept
-            digest: str = cached(
-                self._info.statements.setdefault("digests", {}),
-                (_shape_of(order), include_deleted),
-                lambda: self._describe(order, filters, equals, include_deleted),
-            )
-            return digest
-        return self._describe(order, filters, equals, include_deleted)
 
     def _describe(
         self,
