@@ -406,3 +406,21 @@ async def test_a_readonly_session_without_replicas(pgstack_db: Database) -> None
     for _ in range(3):
         async with pgstack_db.session() as session:
             assert await session.scalar(text("SHOW transaction_read_only")) == "off"
+
+
+async def test_pages_with_an_estimated_total_read_from_a_replica(
+    cluster: Cluster, db: Database
+) -> None:
+    # proves: C6, R5
+    await on_server(
+        "INSERT INTO replica_gadgets VALUES ($1, 'estimated')", cluster.primary, uuid.uuid4()
+    )
+    await on_server("ANALYZE replica_gadgets", cluster.primary)
+    await replayed(cluster)
+    for total in ("estimate", "auto", "exact"):
+        async with db.session() as session:  # a fresh session: the read lane's path
+            page = await Gadgets(session).page(sort="id", limit=5, total=total)
+            assert page.items and page.total is not None and page.total >= len(page.items)
+        async with db.transaction() as session:
+            again = await Gadgets(session).page(sort="id", limit=5, total=total)
+            assert [g.id for g in again.items] == [g.id for g in page.items]
