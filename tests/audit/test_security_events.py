@@ -4,6 +4,7 @@ over HTTP, the request id the client sent."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -15,12 +16,13 @@ import pytest
 from pgstack.audit import SECURITY, AuditLog
 from pgstack.crypto import KeyRing, configure_encryption, generate_key
 from pgstack.db.database import Database
-from pgstack.errors import TokenRefreshError
+from pgstack.db.lane import ReadLane
+from pgstack.errors import AuthenticationError, TokenRefreshError
 from pgstack.identity import Identity
-from pgstack.orm.context import acting_as
+from pgstack.orm.context import acting_as, all_tenants, request_context, tenant_context
 from pgstack.tokens import TokenVault
 
-from .conftest import CONFIG, STRONG, security_entries
+from .conftest import ACME, CONFIG, GLOBEX, STRONG, Roles, security_entries
 
 NEW_PASSWORD = "amber Lighthouse 17 ferries hum"
 
@@ -205,3 +207,139 @@ async def test_a_key_rotation_is_a_security_event(app_db: Database, ring: str) -
     entry = _one(await security_entries(app_db, "token.keys_rotated"))
     assert (entry["actor_id"], entry["outcome"]) == ("ops-admin", "success")
     assert entry["description"] == "6 token value(s) re-encrypted under the newest key"
+
+
+# What an entry says, compared between the two ways of writing it (id and time differ).
+_FIELDS = (
+    "tenant_id, actor_id, actor_type, action, category, resource_type, resource_id, "
+    "description, ip, user_agent, request_id, outcome, error, request_data::text, "
+    "response_data::text, changes::text"
+)
+
+
+async def _every_event(db: Database, label: str) -> dict[str, str]:
+    """Cause every kind of security entry (and tenant-scoped ones); the run's names to hide."""
+    identity = Identity(db, CONFIG)
+    users, auth, audit = identity.users, identity.auth, AuditLog(db)
+    admin = await users.create(f"root-{label}@example.com", STRONG, verified=True, roles=["admin"])
+    ada = await users.create(f"ada-{label}@example.com", STRONG, verified=True, roles=["viewer"])
+    eve = await users.create(f"eve-{label}@example.com", STRONG, verified=True)
+    ext = await users.create(
+        f"ext-{label}@example.com", provider="github", provider_user_id=f"gh-{label}"
+    )
+    vault = TokenVault(db, refresh_timeout=5)
+    saved = await vault.save(
+        "crm", f"acct-{label}", "at-0", "rt-secret-0", expires_at=vault._now() - timedelta(1)
+    )
+
+    async def refresher(old: str) -> dict[str, Any]:
+        raise RuntimeError("invalid_grant")
+
+    with request_context(request_id="req-1", ip="203.0.113.9", user_agent="probe/1.0"):
+        await auth.login(f"ada-{label}@example.com", STRONG)
+        with pytest.raises(AuthenticationError):
+            await auth.login(f"ada-{label}@example.com", "not the password at all")
+        for _ in range(CONFIG.max_failed_logins):  # the last one locks eve out
+            with pytest.raises(AuthenticationError):
+                await auth.login(f"eve-{label}@example.com", "not the password at all")
+        await auth.login_external("github", f"gh-{label}")
+        with acting_as(ada.id):
+            await auth.change_password(ada.id, STRONG, NEW_PASSWORD)
+            secret = (await identity.two_factor.enrol(ada.id)).secret
+            await identity.two_factor.confirm(ada.id, pyotp.TOTP(secret).now())
+            await identity.two_factor.disable(ada.id, password=NEW_PASSWORD)
+            issued = await identity.api_keys.create(ada.id, "ci")
+            await identity.api_keys.revoke(issued.api_key.id)
+        with acting_as(admin.id):
+            await users.set_roles(ada.id, add=["editor"], remove=["viewer"])
+        with acting_as("scheduler"), pytest.raises(TokenRefreshError):
+            await vault.get_valid_token("crm", f"acct-{label}", refresher)
+        with acting_as("ops-admin"):
+            await vault.rotate_keys()
+            with tenant_context(ACME):
+                await audit.record("note.shared", request_data={"to": "x", "api_key": "sk-1"})
+                await audit.record("note.moved", tenant_id=GLOBEX, resource_id=label)
+                with all_tenants():
+                    await audit.record("maintenance.done", category=SECURITY)
+    return {
+        str(admin.id): "ADMIN",
+        str(ada.id): "ADA",
+        str(eve.id): "EVE",
+        str(ext.id): "EXT",
+        str(saved.id): "TOKEN",
+        str(issued.api_key.id): "KEY",
+        issued.api_key.prefix: "PREFIX",
+        label: "RUN",
+    }
+
+
+async def test_every_security_entry_is_the_same_on_the_lane_or_in_a_transaction(
+    roles: Roles, app_db: Database, ring: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # proves: A1, A2, N3
+    # An entry written by itself is one INSERT on the read lane; with the lane off, the same
+    # INSERT in a transaction of its own. Every kind of entry, as the application role (row-
+    # level security holding), must come out the same either way.
+    sent: list[tuple[ReadLane, str]] = []
+    original = ReadLane.run
+
+    async def spy(self: ReadLane, plan: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append((self, plan.sql))
+        return await original(self, plan, *args, **kwargs)
+
+    monkeypatch.setattr(ReadLane, "run", spy)
+    admin = await roles.conn("admin")
+    try:
+        lane_names = await _every_event(app_db, "lane")
+        lane_count = await admin.fetchval("SELECT count(*) FROM audit_log")
+        on_lane = [sql for lane, sql in sent if lane is app_db.read_lane]
+        assert len(on_lane) == len(sent)  # the primary's lane, no other
+        monkeypatch.setattr(Database, "read_lane", property(lambda self: None))
+        sent.clear()
+        tx_names = await _every_event(app_db, "tx")
+        assert sent == []  # the lane off: nothing went on it
+        rows = await admin.fetch(f"SELECT {_FIELDS} FROM audit_log ORDER BY occurred_at, seq")
+    finally:
+        await admin.close()
+
+    def shown(row: Any, names: dict[str, str]) -> str:
+        text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+\+00:00", "TIME", repr(tuple(row)))
+        for name, placeholder in names.items():
+            text = text.replace(name, placeholder)
+        return text
+
+    lane_rows, tx_rows = rows[:lane_count], rows[lane_count:]
+    assert [shown(r, lane_names) for r in lane_rows] == [shown(r, tx_names) for r in tx_rows]
+    actions = [r["action"] for r in lane_rows]
+    for action in (
+        "auth.login",
+        "auth.lockout",
+        "auth.password_changed",
+        "auth.2fa_enabled",
+        "auth.2fa_disabled",
+        "api_key.created",
+        "api_key.revoked",
+        "user.roles_changed",
+        "token.refresh_failed",
+        "token.keys_rotated",
+    ):
+        assert action in actions, action
+    # Every entry written by itself went on the lane, as one INSERT each: the five sign-ins
+    # by password, eve's lockout, the external sign-in, the key rotation and the three the
+    # application recorded; the others went in the transaction of the change they record.
+    by_itself = {"auth.login", "auth.lockout", "token.keys_rotated", "note.shared"}
+    by_itself |= {"note.moved", "maintenance.done"}
+    assert len(on_lane) == sum(a in by_itself for a in actions) == 11
+    assert all(sql.startswith("INSERT INTO audit_log") for sql in on_lane)
+    entry = dict(zip(rows[0].keys(), lane_rows[0], strict=True))
+    assert (entry["request_id"], entry["ip"], entry["user_agent"]) == (
+        "req-1",
+        "203.0.113.9",
+        "probe/1.0",
+    )
+    scoped = {r["action"]: r["tenant_id"] for r in lane_rows if r["action"].startswith("note")}
+    assert scoped == {"note.shared": ACME, "note.moved": GLOBEX}
+    assert "sk-1" not in str(rows) and STRONG not in str(rows) and "rt-secret" not in str(rows)
+    for tenant in (None, ACME, GLOBEX):
+        report = await AuditLog(app_db).verify(tenant)
+        assert report.ok and report.checked, report

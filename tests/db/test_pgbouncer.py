@@ -13,6 +13,7 @@ import pwd
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
+from pgstack.audit import AuditLog
 from pgstack.config import Settings
 from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
@@ -28,6 +30,7 @@ from pgstack.errors import DatabaseUnavailableError, MigrationError, StatementTi
 from pgstack.migrations._env import LOCK_KEY
 from pgstack.migrations.api import upgrade_async
 from pgstack.migrations.project import MigrationProject
+from pgstack.orm.context import request_context, tenant_context
 from pgstack.testing.plugin import settings_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
@@ -167,3 +170,33 @@ async def test_migrations_run_through_pgbouncer_under_a_transaction_lock(
         assert await holder.fetchval(locks) == 0
     finally:
         await holder.close()
+
+
+@pytest.mark.parametrize("lane_on", [True, False], ids=["lane", "transaction"])
+async def test_audit_entries_written_by_themselves_chain_through_pgbouncer(
+    bouncer: PgBouncer, pgstack_migrated_url: URL, lane_on: bool
+) -> None:
+    # proves: C8, A2
+    # 20 writers of the global chain and of a tenant's, over PgBouncer's 2 server
+    # connections: one INSERT by itself on the lane, or a transaction when the lane is off.
+    settings = pooled(bouncer, pgstack_migrated_url, database_pool_size=4, database_max_overflow=0)
+    if not lane_on:
+        settings = settings.model_copy(update={"database_read_pool_size": 0})
+    tenant = uuid.uuid4()
+    async with Database(settings) as db:
+        assert (db.read_lane is not None) is lane_on
+        audit = AuditLog(db)
+
+        async def one(n: int) -> None:
+            with request_context(request_id=f"req-{n}"):
+                await audit.record("pooled.entry", resource_id=n)
+                with tenant_context(tenant):
+                    await audit.record("pooled.entry", resource_id=n)
+
+        await asyncio.gather(*(one(n) for n in range(20)))
+        for chain in (None, tenant):
+            report = await audit.verify(chain)
+            assert report.ok and report.checked == 20, report
+            page = await audit.entries(tenant_id=chain, action="pooled.entry", limit=100)
+            assert sorted(int(e["resource_id"]) for e in page.items) == list(range(20))
+            assert {e["request_id"] for e in page.items} == {f"req-{n}" for n in range(20)}

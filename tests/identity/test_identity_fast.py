@@ -15,12 +15,9 @@ import httpx
 import pytest
 from sqlalchemy import inspect, text
 
-from pgstack.audit import AuditLog
 from pgstack.db.database import Database
-from pgstack.db.lane import ReadLane
 from pgstack.errors import AuthenticationError
 from pgstack.identity import Identity, User
-from pgstack.orm.context import request_context
 from pgstack.repository import fast
 from pgstack.testing import record_statements
 
@@ -257,47 +254,3 @@ async def test_login_after_the_server_dropped_every_connection(
     assert again.user.id == alice.id and again.token != first.token
     assert again.user.login_count == 2  # each login counted once: nothing was sent twice
     assert (await identity.auth.user_for_session(again.token)).id == alice.id
-
-
-async def test_the_sign_in_entry_is_the_same_sent_alone_or_in_a_transaction(
-    identity: Identity, pgstack_migrated_db: Database, alice: User, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # proves: A1, I1
-    db = pgstack_migrated_db
-    alone_sent: list[str] = []
-    original = ReadLane.run
-
-    async def spy(self: ReadLane, plan: Any, *args: Any, **kwargs: Any) -> Any:
-        alone_sent.append(plan.sql)
-        return await original(self, plan, *args, **kwargs)
-
-    monkeypatch.setattr(ReadLane, "run", spy)
-    with request_context(request_id="r1", ip="10.0.0.1"):
-        await identity.auth.login("alice@example.com", STRONG)
-        with pytest.raises(AuthenticationError):
-            await identity.auth.login("alice@example.com", "not the password at all")
-    # Each entry went by itself on the read lane, without BEGIN and COMMIT.
-    assert [s.startswith("INSERT INTO audit_log") for s in alone_sent] == [True, True]
-    monkeypatch.setattr(Database, "read_lane", property(lambda self: None))
-    with request_context(request_id="r1", ip="10.0.0.1"):
-        await identity.auth.login("alice@example.com", STRONG)
-        with pytest.raises(AuthenticationError):
-            await identity.auth.login("alice@example.com", "not the password at all")
-    async with db.session() as session:
-        rows = (
-            await session.execute(
-                text(
-                    "SELECT actor_id, actor_type, category, resource_type, resource_id, "
-                    "description, ip, request_id, outcome, tenant_id FROM audit_log "
-                    "WHERE action = 'auth.login' ORDER BY seq"
-                )
-            )
-        ).all()
-    assert len(rows) == 4
-    alone, in_transaction = rows[:2], rows[2:]
-    assert alone == in_transaction
-    assert alone[0].actor_id == str(alice.id) and alone[0].outcome == "success"
-    assert alone[1].outcome == "failure" and alone[1].resource_id == "alice@example.com"
-    assert alone[0].request_id == "r1" and alone[0].ip == "10.0.0.1"
-    assert "not the password" not in str(rows)
-    assert (await AuditLog(db).verify()).ok

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, insert, or_, select, text
+from sqlalchemy import Row, and_, bindparam, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from pgstack.audit.models import audit_log
 from pgstack.db.database import Database
+from pgstack.db.session import translated_errors
 from pgstack.errors import InvalidInputError
 from pgstack.orm.context import all_tenants, audit_context, current_tenant, tenant_context
 
@@ -208,10 +209,19 @@ class AuditLog:
         actor_type: str | None = None,
         session: AsyncSession | AsyncConnection | None = None,
     ) -> None:
-        """Write one entry; in `session`'s transaction when given, else in a transaction of its own.
+        """Write one entry: in `session`'s transaction when given, else as one INSERT by itself.
 
         The actor, tenant and request fields default to the context. Request and response
         data are redacted (passwords, tokens, secrets, keys, authorization) at any depth.
+
+        Without `session`, the entry is a single INSERT, which is atomic: on the read lane
+        (`pgstack.db.lane`) it is sent by itself, with no BEGIN and COMMIT around it, so the
+        chain's lock, which the INSERT takes, is held for that statement only and not across
+        a transaction's round trips; writers of one chain wait on each other less. A tenant
+        entry goes in the lane's transaction that sets the tenant first, as row-level
+        security needs. It is sent once (a lost connection is an error, as for any write).
+        Where the lane cannot serve (off, SQL echo on) the same INSERT runs in a transaction
+        of its own. Either way the entry, its scope and its errors are the same.
         """
         values = entry_values(
             action,
@@ -228,15 +238,19 @@ class AuditLog:
             actor_id=actor_id,
             actor_type=actor_type,
         )
-        statement = insert(audit_log).values(**values)
         if session is not None:
-            await session.execute(statement)
+            await session.execute(_ENTRY, values)
             return
         tenant = values["tenant_id"]
         scope = tenant_context(tenant) if tenant is not None else all_tenants()
-        with scope:
+        lane = self.db.read_lane
+        planned = lane.plan(_ENTRY) if lane is not None and not lane.echo else None
+        with scope, translated_errors():
+            if lane is not None and planned is not None:
+                await lane.run(*planned, values, reset=False)
+                return
             async with self.db.engine.begin() as conn:
-                await conn.execute(statement)
+                await conn.execute(_ENTRY, values)
 
     async def verify(self, tenant_id: uuid.UUID | None = None) -> ChainReport:
         """Walk a chain (a tenant's, or the global one) and name its first broken entry.
@@ -418,6 +432,12 @@ def entry_values(
         "response_data": None if response_data is None else redact(response_data),
         "changes": None if changes is None else redact(changes),
     }
+
+
+# One entry, every column a parameter: compiled once, the same statement whichever way it goes.
+_ENTRY = insert(audit_log).values(
+    {name: bindparam(name, type_=audit_log.c[name].type) for name in entry_values("audit")}
+)
 
 
 def _fault(

@@ -10,10 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 
-from pgstack.audit import SECURITY
-from pgstack.audit.models import audit_log
-from pgstack.audit.service import entry_values
-from pgstack.db.session import Session, translated_errors
+from pgstack.db.session import Session
 from pgstack.errors import (
     AuthenticationError,
     InvalidInputError,
@@ -28,7 +25,6 @@ from pgstack.identity.passwords import require_strong_password
 from pgstack.identity.text import has_control_characters
 from pgstack.identity.totp import spend_code
 from pgstack.identity.users import UserRepository, end_sessions
-from pgstack.orm.context import current_actor
 from pgstack.orm.mixins import new_uuid7
 from pgstack.orm.types import normalise_email
 
@@ -57,12 +53,6 @@ _SESSION_USER = (
         User.deleted_at.is_(None),
         User.is_active.is_(True),
     )
-)
-
-
-# The sign-in's audit entry, every column a parameter: compiled once (`_login_entry`).
-_LOGIN_ENTRY = insert(audit_log).values(
-    {name: bindparam(name) for name in entry_values("auth.login", category=SECURITY)}
 )
 
 
@@ -165,55 +155,18 @@ class Authenticator(ServiceBase):
             await self._login_failed(email, LOGIN_FAILED)
             raise AuthenticationError(LOGIN_FAILED)
         logger.info("user %s signed in", user.id)
-        await self._login_entry(user_id=user.id)
+        await security_event(self.db, "auth.login", user_id=user.id)
         return user
 
     async def _login_failed(self, login: str, reason: str) -> None:
         # The name tried is kept (it says which account is under attack); never the secret.
-        await self._login_entry(
-            outcome="failure", resource_id=login[:320] or None, description=reason
-        )
-
-    async def _login_entry(
-        self,
-        *,
-        user_id: uuid.UUID | None = None,
-        outcome: str = "success",
-        resource_id: str | None = None,
-        description: str | None = None,
-    ) -> None:
-        """The sign-in's security entry: the entry `security_event` writes, sent by itself.
-
-        One INSERT is atomic, so on the read lane it needs no BEGIN and COMMIT (one round
-        trip instead of three), and the audit chain's lock is held for the statement only,
-        not across the round trips of a transaction: sign-ins, which all append to one
-        chain, wait on each other less. It is sent once (a lost connection is an error, as
-        for any write). Without the lane (off, SQL echo on) it is `security_event` itself.
-        """
-        lane = self.db.read_lane
-        planned = lane.plan(_LOGIN_ENTRY) if lane is not None and not lane.echo else None
-        if lane is None or planned is None:
-            await security_event(
-                self.db,
-                "auth.login",
-                user_id=user_id,
-                outcome=outcome,
-                resource_id=resource_id,
-                description=description,
-            )
-            return
-        actor = current_actor()
-        values = entry_values(
+        await security_event(
+            self.db,
             "auth.login",
-            category=SECURITY,
-            outcome=outcome,
-            resource_type="user",
-            resource_id=resource_id if resource_id is not None else user_id,
-            description=description,
-            actor_id=actor if actor is not None else user_id,
+            outcome="failure",
+            resource_id=login[:320] or None,
+            description=reason,
         )
-        with translated_errors():
-            await lane.run(*planned, values, reset=False)
 
     # -- sessions -------------------------------------------------------------------------------
 
