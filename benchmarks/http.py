@@ -15,8 +15,10 @@ next request when the previous answer is in) drives them in turn, round after ro
   or inserted, a dict returned.
 
 H1 is `GET /v1/items/{id}` (one row by primary key), H2 `POST /v1/items` (one row created and
-returned). The table gives each round's median requests/s over the rounds, p50 and p99
-latency over all requests, and the ratio of pgstack's requests/s to the bare app's.
+returned). Neither side checks a rate limit unless `--rate-limited` is given: then pgstack
+counts every request against the key's tier, as `pgstack serve` does by default. The table
+gives each round's median requests/s over the rounds, p50 and p99 latency over all
+requests, and the ratio of pgstack's requests/s to the bare app's.
 """
 
 from __future__ import annotations
@@ -192,13 +194,17 @@ def _free_port() -> int:
         return port
 
 
-def start_server(name: str, url: URL) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(name: str, url: URL, limited: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {
         **os.environ,
         "DATABASE_URL": url.render_as_string(hide_password=False),
         "BENCH_DSN": asyncpg_dsn(url),
         "PGSTACK_CURSOR_SECRET": "pgstack benchmarks",
+        # The bare app has no rate limit: by default neither has pgstack's key (the same
+        # work on both sides). With --rate-limited the key's check runs at a limit no run
+        # reaches (the default 6,000/minute answers 429 within a round).
+        "PGSTACK_RATE_LIMIT_TIERS": '{"standard": "%s"}' % ("100000000/minute" if limited else ""),
     }
     factory = "pgstack_app" if name == "pgstack" else "bare_app"
     process = subprocess.Popen(  # noqa: S603 - this interpreter, uvicorn
@@ -269,6 +275,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up")
     parser.add_argument("--connections", type=int, default=16, help="requests in flight")
     parser.add_argument("--workloads", default="h1,h2")
+    parser.add_argument(
+        "--rate-limited",
+        action="store_true",
+        help="pgstack checks the key's rate limit on every request (the bare app never does)",
+    )
     args = parser.parse_args()
     targets = {"h1": 0.8, "h2": 0.6}
     titles = {"h1": "H1 GET one row by id, API key", "h2": "H2 POST create one row, API key"}
@@ -283,7 +294,7 @@ def main() -> None:
         try:
             key, ids = asyncio.run(prepare(url))
             for name in SERVERS:
-                servers[name] = start_server(name, url)
+                servers[name] = start_server(name, url, args.rate_limited)
             lines = [
                 "| workload | server | median req/s | min | p50 ms | p99 ms | ratio | target |",
                 "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -315,7 +326,8 @@ def main() -> None:
                     )
             print(
                 f"load average {os.getloadavg()[0]:.2f}; {args.connections} connections, "
-                f"{args.seconds:g} s x {args.rounds} rounds; one uvicorn worker each\n"
+                f"{args.seconds:g} s x {args.rounds} rounds; one uvicorn worker each; "
+                f"pgstack's rate limit check {'on' if args.rate_limited else 'off'}\n"
             )
             print("\n".join(lines))
         finally:
