@@ -325,6 +325,7 @@ def test_serve_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert "hunter2-secret" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_serve_embedded_starts_then_reuses_its_data(
     serve: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
@@ -354,6 +355,7 @@ def _pgstack(
     )
 
 
+@pytest.mark.slow
 def test_user_and_key_commands_reach_the_embedded_server_serve_runs(
     serve: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:

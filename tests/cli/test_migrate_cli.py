@@ -230,6 +230,7 @@ def run(app_dir: Path, url: URL, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.slow
 def test_drifted_model_fails_check_until_a_revision_is_made(
     pgstack_empty_url: URL, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import URL
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "migrations.md"
@@ -44,6 +45,7 @@ def blocks() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_the_walkthrough_runs(pgstack_empty_url: URL, tmp_path: Path) -> None:
     # proves: G2, G3, G4, G5, G6, C5
     project = tmp_path / "myapp-project"

@@ -123,6 +123,7 @@ def run_suite(
     )
 
 
+@pytest.mark.slow
 def test_xdist_workers_share_the_server_not_the_databases(tmp_path: Path) -> None:
     # proves: D6, D3
     out = tmp_path / "out"
@@ -155,6 +156,7 @@ async def test_keeps_a_connection(pgstack_db):
 """
 
 
+@pytest.mark.slow
 def test_a_test_that_leaks_a_connection_fails_the_run(tmp_path: Path) -> None:
     # proves: D3
     result = run_suite(tmp_path, LEAK_TESTS)
