@@ -47,6 +47,7 @@ LANGUAGES = {"python", "bash", "sh", "json", "toml", "yaml", "text"}
 SKIPPED = {
     "uv add pgstack": "installs from the package index into the project it runs in",
     "uv run pytest": "the test suite itself, which is running this test",
+    "uv run pytest -m slow": "the suite's walkthroughs, which .ci/run runs as a step of its own",
     "PGSTACK_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres uv run pytest": (
         "the test suite itself, which is running this test"
     ),
@@ -64,6 +65,7 @@ SKIPPED = {
     "uv run python -m benchmarks --workloads w1,w7 --contenders pgstack": "load, as above",
     "uv run python -m benchmarks --output table.md": "minutes of full load, as above",
     "uv run python -m benchmarks.http": "minutes of full load, as above",
+    "uv run python -m benchmarks.http --rate-limited": "minutes of full load, as above",
     "uv run python -m benchmarks.stream_memory": "a million rows: minutes of full load",
     "export DATABASE_MIGRATION_URL=postgresql://myapp_owner:OWNER-PW@db.internal/myapp": (
         "a placeholder server; db init with both roles runs in tests/migrations/test_roles.py"
