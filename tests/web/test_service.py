@@ -146,8 +146,9 @@ async def test_a_malformed_id_under_v1_is_a_422_naming_the_parameter(
             {"loc": ["path", name], "msg": body["errors"][0]["msg"], "type": "uuid_parsing"}
         ]
         assert name in body["detail"] and "UUID" in body["detail"]
-    # Without /v1 it is still the path that is wrong: a 404.
+    # Without /v1 it is still the path that is wrong: a 404 that names the path under /v1.
     assert moved.status_code == 404, moved.text
+    assert "/v1/tenants/not-a-uuid" in moved.json()["detail"]
 
 
 async def test_a_hint_in_an_answer_names_the_path_under_v1(

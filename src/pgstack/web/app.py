@@ -274,7 +274,10 @@ def _point_to_prefix(app: FastAPI, prefix: str) -> None:
         path = request.url.path
         if not path.startswith(f"{prefix}/"):
             scope = {**request.scope, "path": prefix + path}
-            if any(route.matches(scope)[0] is not Match.NONE for route in app.routes):
+            # A route there, or one there but for a malformed id (which it answers with 422).
+            if any(
+                route.matches(scope)[0] is not Match.NONE for route in app.routes
+            ) or problems.malformed_ids(Request(scope)):
                 return problems.problem_response(
                     404,
                     f"This API is served under {prefix}: send the request to {prefix}{path}.",

@@ -137,7 +137,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     """The problem answer of an HTTPException (a 404 of no route, a 405, ...)."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        malformed = _malformed_ids(request)
+        malformed = malformed_ids(request)
         if malformed:
             return _malformed_ids_problem(request, malformed)
     headers = dict(exc.headers) if exc.headers else {}
@@ -193,7 +193,7 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-def _malformed_ids(request: Request) -> list[str]:
+def malformed_ids(request: Request) -> list[str]:
     """The UUID path parameters that kept the request from its route; [] if none did."""
     names: set[str] = set()
     asked = "GET" if request.method == "HEAD" else request.method  # as the router serves HEAD
