@@ -65,7 +65,10 @@ def _hosts_to_query(raw: str) -> str:
 def url_hosts(url: URL) -> list[tuple[str, int]]:
     """Every `(host, port)` a URL names, in order: one, or several (libpq's multi-host form)."""
     if url.host or "host" not in url.query:
-        return [(url.host or "localhost", url.port or 5432)]
+        single = url.port or 5432
+        if not 0 < single < 65536:
+            raise ValueError(f"port {single} is out of range")
+        return [(url.host or "localhost", single)]
     named = url.query["host"]
     ports = url.query.get("port")
     port_list = [ports] if isinstance(ports, str) else list(ports or ())
@@ -131,6 +134,14 @@ def to_asyncpg_url(raw: str, variable: str = "DATABASE_URL") -> URL:
             f"{variable} is not a valid URL; expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
             " (or several hosts: postgresql://USER@HOST1:PORT1,HOST2:PORT2/DATABASE)"
         ) from None
+    if url.drivername in _POSTGRES_SCHEMES and any("@" in h for h, _ in url_hosts(url)):
+        # "user:Top@Secret@host": the host part would hold the rest of the password, and
+        # every message that names the host would show it.
+        raise ConfigurationError(
+            f"{variable} has an '@' after the one that ends the user and password: a user or "
+            "password containing '@' must be percent-encoded as %40 "
+            "(postgresql://USER:PASS%40WORD@HOST:PORT/DATABASE)"
+        )
     if url.drivername not in _POSTGRES_SCHEMES:
         raise ConfigurationError(
             f"{variable} uses the scheme {url.drivername!r}; pgstack speaks only PostgreSQL: "

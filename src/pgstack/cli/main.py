@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -105,6 +106,16 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _missing_relation(exc: BaseException) -> str | None:
+    """The table named by an "undefined table" error (SQLSTATE 42P01), or None."""
+    from pgstack.db.metrics import sqlstate_of
+
+    if sqlstate_of(exc) != "42P01":
+        return None
+    found = re.search(r'relation "([^"]{1,128})" does not exist', str(exc))
+    return found.group(1) if found else "it needs"
+
+
 def expected_failures(fn: F) -> F:
     """Turn every failure into one line on stderr and a non-zero exit, never a traceback.
 
@@ -128,6 +139,15 @@ def expected_failures(fn: F) -> F:
         except Exception as exc:
             if _debug():
                 traceback.print_exc()
+            missing = _missing_relation(exc)
+            if missing is not None:
+                typer.echo(
+                    f"error: this database has no table {missing}: its migrations have not "
+                    "been applied. Run `pgstack db upgrade` (with DATABASE_MIGRATION_URL set "
+                    "to the owner role, if you have one), then try again.",
+                    err=True,
+                )
+                raise typer.Exit(1) from None
             detail = _one_line(str(exc)) or "(no message)"
             typer.echo(
                 f"error: unexpected {type(exc).__name__}: {detail} (rerun with --verbose or "
@@ -148,8 +168,13 @@ def on_database(work: Callable[[Database], Awaitable[T]]) -> T:
     from pgstack.config import Settings
     from pgstack.db.database import Database
 
+    settings = Settings()
+    if "database_connect_attempts" not in settings.model_fields_set:
+        # A command runs once: an unreachable server is one line now, not a minute of retries.
+        settings = settings.model_copy(update={"database_connect_attempts": 1})
+
     async def main() -> T:
-        async with Database(Settings()) as db:
+        async with Database(settings) as db:
             if db.embedded is not None:
                 typer.echo(
                     f"pgstack: embedded PostgreSQL with its data in {db.embedded.data_dir}",
@@ -183,8 +208,10 @@ _MISSING_SECRET_EFFECTS = {
 @app.command()
 @expected_failures
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0 for every one).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     migrate: Annotated[
         bool, typer.Option(help="Apply pending migrations (pgstack's and the app's) first.")
     ] = True,
@@ -201,6 +228,11 @@ def serve(
     ] = None,
 ) -> None:
     """Run the pgstack API under /v1 (embedded PostgreSQL when no database is configured)."""
+    if not host.strip():
+        raise typer.BadParameter(
+            "is empty: name an interface, such as 127.0.0.1 or 0.0.0.0 for every one",
+            param_hint="--host",
+        )
     import uvicorn
 
     from pgstack.config import Settings

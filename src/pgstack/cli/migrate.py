@@ -317,7 +317,11 @@ def check(
     typer.echo(f"{len(problems)} difference(s) between the models and the database:")
     for problem in problems:
         typer.echo(f"  - {problem}")
-    typer.echo("fix: `pgstack db revision --autogenerate -m '...'`, review it, then upgrade")
+    if all(problem.startswith("not applied:") for problem in problems):
+        # Revisions that exist but have not run: writing another would copy their tables.
+        typer.echo("fix: `pgstack db upgrade`, then check again")
+    else:
+        typer.echo("fix: `pgstack db revision --autogenerate -m '...'`, review it, then upgrade")
     raise typer.Exit(1)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,9 @@ def history(
     return result
 
 
+_REV_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
 def revision(
     message: str,
     *,
@@ -318,6 +322,18 @@ def revision(
     compares the models (`metadata`, default: pgstack's and the project's) with the
     database, which must be at head, and writes the operations.
     """
+    if rev_id is not None and not _REV_ID.fullmatch(rev_id):
+        # The id becomes the file's name: "../x" would write outside the versions folder.
+        raise ConfigurationError(
+            f"Revision id {rev_id[:40]!r} is not usable: use 1-64 letters, digits and "
+            "underscores (or leave it out for a generated one)."
+        )
+    if not message.strip():
+        raise ConfigurationError("A revision needs a message: say what it does with -m.")
+    if branch is not None and not branch.strip():
+        raise ConfigurationError(
+            "The branch label is empty: name one, or leave it out for the app's."
+        )
     project = project or MigrationProject.discover()
     script = project.script
     label = branch or (project.branch if project.versions is not None else PGSTACK_BRANCH)
