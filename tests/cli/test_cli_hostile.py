@@ -123,3 +123,34 @@ def test_serve_refuses_an_address_it_cannot_listen_on(options: list[str], named:
     assert result.exit_code == 2, result.output
     assert named in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tokens", "history", "crm", "acme", "--limit", "-1"],
+        ["tokens", "history", "crm", "acme", "--limit", "99999999999999999999"],
+        ["tokens", "refresh-due", "--refreshers", "x:Y", "--within-minutes", "nan"],
+        ["tokens", "refresh-due", "--refreshers", "x:Y", "--within-minutes", "1e300"],
+        ["ratelimit", "exceeded", "--within", "99999999999999999999"],
+        ["ratelimit", "cleanup", "--older-than", "99999999999999999999"],
+        ["keys", "rotate", "--lock-wait", "-5"],
+        ["keys", "rotate", "--lock-wait", "inf"],
+        [
+            "api-keys",
+            "create",
+            "--email",
+            "a@example.com",
+            "--name",
+            "k",
+            "--expires-in-days",
+            "3000000",
+        ],
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_the_database(command: list[str]) -> None:
+    # proves: C1 (a usage error, exit 2; the unreachable server is never asked)
+    result = runner.invoke(app, command, env={"DATABASE_URL": "postgresql://app@127.0.0.1:1/x"})
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+    assert "Traceback" not in result.output and "Cannot connect" not in result.output

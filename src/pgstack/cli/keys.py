@@ -36,7 +36,10 @@ def _columns() -> list[EncryptedColumn]:
 def rotate(
     batch_size: BatchOpt = 200,
     lock_wait: Annotated[
-        float, typer.Option(help="Seconds to keep retrying rows that others hold locked.")
+        float,
+        typer.Option(
+            min=0, max=86_400, help="Seconds to keep retrying rows that others hold locked."
+        ),
     ] = 30.0,
     as_json: JsonOpt = False,
 ) -> None:

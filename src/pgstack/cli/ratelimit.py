@@ -76,7 +76,8 @@ def usage(
 @expected_failures
 def exceeded(
     within: Annotated[
-        int, typer.Option(min=0, help="Also windows that ended this many seconds ago.")
+        int,
+        typer.Option(min=0, max=315_360_000, help="Also windows that ended this many seconds ago."),
     ] = 0,
     limit: Annotated[int, typer.Option(min=1, max=10000, help="At most this many.")] = 100,
     as_json: JsonOpt = False,
@@ -90,7 +91,12 @@ def exceeded(
 @expected_failures
 def cleanup(
     older_than: Annotated[
-        int, typer.Option(min=0, help="Keep windows that ended less than this many seconds ago.")
+        int,
+        typer.Option(
+            min=0,
+            max=315_360_000,
+            help="Keep windows that ended less than this many seconds ago.",
+        ),
     ] = 0,
     as_json: JsonOpt = False,
 ) -> None:

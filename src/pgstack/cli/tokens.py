@@ -81,7 +81,7 @@ def list_tokens(
 def history(
     provider: Annotated[str, typer.Argument(help="The provider, e.g. hubspot.")],
     account: Annotated[str, typer.Argument(help="The account at that provider.")],
-    limit: Annotated[int, typer.Option(help="At most this many attempts.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="At most this many attempts.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
     """Refresh attempts of one token, newest first."""
@@ -138,7 +138,10 @@ def refresh_due(
         ),
     ],
     within_minutes: Annotated[
-        float, typer.Option(help="Refresh tokens that expire within this many minutes.")
+        float,
+        typer.Option(
+            min=0, max=525_600, help="Refresh tokens that expire within this many minutes."
+        ),
     ] = 5.0,
 ) -> None:
     """Refresh every token due soon; several workers may run this at once. Exit 1 on failures."""

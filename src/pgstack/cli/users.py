@@ -118,7 +118,8 @@ def create_key(
     name: Annotated[str, typer.Option(help="A name that tells the key apart.")],
     scope: Annotated[list[str] | None, typer.Option(help="A scope; repeat for more.")] = None,
     expires_in_days: Annotated[
-        int | None, typer.Option(min=1, help="Days until the key expires (default: never).")
+        int | None,
+        typer.Option(min=1, max=3650, help="Days until the key expires (default: never)."),
     ] = None,
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""

@@ -174,9 +174,13 @@ class ApiKeys(ServiceBase):
         if not name.strip():
             raise InvalidInputError("Give the key a name, so its owner can tell keys apart.")
         check_text(name, "key name")
+        if len(name.strip()) > 200:
+            raise InvalidInputError("A key name has at most 200 characters.")
         if expires_in is not None and expires_at is not None:
             raise InvalidInputError("Give expires_in or expires_at, not both.")
         if expires_in is not None:
+            if not timedelta(0) < expires_in <= timedelta(days=3650):
+                raise InvalidInputError("expires_in is a positive time of at most 3,650 days.")
             expires_at = utcnow() + expires_in
         if expires_at is not None and expires_at.tzinfo is None:
             raise InvalidInputError("expires_at must be timezone-aware.")

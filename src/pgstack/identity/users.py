@@ -111,6 +111,10 @@ def check_new_email(email: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain or any(c.isspace() for c in address):
         raise InvalidInputError(f"{email[:320]!r} is not an e-mail address.")
+    if len(address) > 254:
+        raise InvalidInputError(
+            f"The e-mail address is {len(address)} characters long; an address has at most 254."
+        )
     scripts: set[str] = set()
     for char in local:
         category = unicodedata.category(char)
@@ -241,8 +245,8 @@ class Users(ServiceBase):
                 password_changed_at=now if password_hash else None,
                 provider=provider,
                 provider_user_id=provider_user_id,
-                roles=list(dict.fromkeys(roles)),
-                groups=list(dict.fromkeys(groups)),
+                roles=_words(roles, "roles"),
+                groups=_words(groups, "groups"),
                 email_verified_at=now if verified else None,
             )
 
@@ -480,9 +484,12 @@ def _words(values: Any, what: str) -> list[str]:
     if isinstance(values, str) or not isinstance(values, Iterable):
         raise InvalidInputError(f"{what} is a list of names; send [] to remove them all.")
     words = list(dict.fromkeys(values))
-    if not all(isinstance(w, str) and w.strip() and w.isprintable() for w in words):
+    if not all(
+        isinstance(w, str) and w.strip() and w.isprintable() and len(w) <= 64 for w in words
+    ):
         raise InvalidInputError(
-            f"Each of the {what} is a non-empty name without control characters."
+            f"Each of the {what} is a non-empty name of at most 64 characters, without "
+            "control characters."
         )
     return words
 
