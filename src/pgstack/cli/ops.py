@@ -139,14 +139,22 @@ def backup_cmd(
         url = _url(settings)
         where = target if target is not None else settings.data_dir / "backups"
         with _progress("dumping") as progress:
-            result = asyncio.run(backup.backup(url, Path(where), progress=progress))
+            result = asyncio.run(
+                backup.backup(url, Path(where), progress=progress, settings=settings)
+            )
         typer.echo(f"wrote {result.path} ({result.size} bytes, {len(result.row_counts)} tables)")
         typer.echo(f"sha256 {result.sha256} in {result.checksum_path.name}")
         if not verify_:
             return
         with _progress("verifying") as progress:
             report = asyncio.run(
-                backup.verify(result.path, url, expected=result.row_counts, progress=progress)
+                backup.verify(
+                    result.path,
+                    url,
+                    expected=result.row_counts,
+                    progress=progress,
+                    settings=settings,
+                )
             )
     for name, (had, got) in report.mismatches.items():
         typer.echo(f"MISMATCH {name}: {had} row(s) dumped, {got} restored", err=True)
@@ -163,7 +171,17 @@ def restore_cmd(
     dump: Annotated[Path, typer.Argument(help="The .dump file (its .sha256 must be beside it).")],
     into: Annotated[str, typer.Option("--into", help="Name of the database to create.")],
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Drop the database first if it exists.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the database if it exists (once the dump has restored in full).",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Do not ask before overwriting the service's own database."
+        ),
     ] = False,
 ) -> None:
     """Restore a backup into a new database on the configured server; check its migrations."""
@@ -172,11 +190,35 @@ def restore_cmd(
     from pgstack.migrations import status
 
     with database_settings() as settings:
-        target = _url(settings).set(database=into)
+        url = _url(settings)
+        if overwrite and settings.environment == "production" and into == url.database and not yes:
+            typer.echo(
+                f"PGSTACK_ENV=production and {into!r} is the database the service uses.",
+                err=True,
+            )
+            typer.confirm(
+                f"Replace it with {dump.name}? Every row written since the backup is lost",
+                abort=True,
+            )
+        target = url.set(database=into)
         with _progress("restoring") as progress:
-            asyncio.run(backup.restore(dump, target, overwrite=overwrite, progress=progress))
+            asyncio.run(
+                backup.restore(
+                    dump, target, overwrite=overwrite, progress=progress, settings=settings
+                )
+            )
         typer.echo(f"restored {dump.name} into database {into!r} (checksum verified)")
-        state = status(settings.with_url(target), project=load_project())
+        # The restored database is checked with the configured TLS settings, the URL's too.
+        files = settings.tls_files
+        state = status(
+            settings.with_url(target).model_copy(
+                update={
+                    "database_sslmode": settings.sslmode,
+                    **{f"database_{name}": path for name, path in files.items()},
+                }
+            ),
+            project=load_project(),
+        )
     if state.at_head:
         typer.echo("migrations: at head")
     elif not state.versioned:
