@@ -552,14 +552,36 @@ _ANCHOR_INSERT = (
 )
 
 
-async def archive(conn: AsyncConnection, *, before: date | datetime) -> list[Partition]:
+def _utc_day(moment: date | datetime) -> datetime:
+    """`moment` as an aware UTC datetime (a date or a naive datetime is taken as UTC)."""
+    if not isinstance(moment, datetime):
+        return datetime.combine(moment, datetime.min.time(), UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+async def archive(
+    conn: AsyncConnection, *, before: date | datetime, now: datetime | None = None
+) -> list[Partition]:
     """Detach every partition that ends on or before `before` (a month's first day).
 
     The detached tables stay in the database, still refusing changes, and no longer show in
     the audit log; export them (`pgstack audit archive --export`) and drop them when kept
     elsewhere. For each chain, the last entry of each detached month is recorded in
     `audit_anchors` (append-only), and `verify` checks the first remaining entry against it.
+
+    Only months that have ended can be archived: a `before` later than the first day of
+    `now`'s month (UTC; default: the current time) is refused with an InvalidInputError,
+    since detaching this month's partition would make every audited write fail.
     """
+    this_month = month_start(_utc_day(now if now is not None else datetime.now(UTC)))
+    if _utc_day(before) > datetime.combine(this_month, datetime.min.time(), UTC):
+        raise InvalidInputError(
+            f"Refusing to archive before {before}: it is later than {this_month}, the first "
+            f"day of this month (UTC), and this month's partition takes every new entry. "
+            f"Archive only months that have ended: --before {this_month} or earlier."
+        )
     cutoff = datetime.combine(month_start(before), datetime.min.time(), UTC)
     detached: list[Partition] = []
     for part in await partitions(conn):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -14,6 +16,9 @@ import typer
 from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
 
 audit_app: typer.Typer = group("The audit log: recent entries, chain verification, partitions.")
+
+# The check constraint ck_audit_log_category: what a category name can be.
+_CATEGORY = re.compile(r"[a-z][a-z0-9_.:-]{0,62}")
 
 TenantOpt = Annotated[
     uuid.UUID | None, typer.Option("--tenant", help="A tenant's id; without it, the global chain.")
@@ -52,7 +57,13 @@ def tail(
 ) -> None:
     """The most recent entries, newest first."""
     from pgstack.audit import AuditLog
+    from pgstack.errors import InvalidInputError
 
+    if category is not None and not _CATEGORY.fullmatch(category):
+        raise InvalidInputError(
+            f"--category {category!r} is not a category name (a lowercase letter, then up to "
+            "62 of a-z 0-9 _ . : -), e.g. security or data."
+        )
     page = on_database(
         lambda db: AuditLog(db).entries(
             tenant_id=tenant,
@@ -71,7 +82,24 @@ def tail(
             f"actor={row['actor_id'] or '-'}  resource={row['resource_type'] or '-'}:"
             f"{row['resource_id'] or '-'}  request={row['request_id'] or '-'}"
         )
-    typer.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+    shown = f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}"
+    typer.echo(f"{shown} in category {category}" if category is not None else shown)
+
+
+def _why_empty(tenant: uuid.UUID | None) -> str:
+    """Why a chain has no entries: an unknown tenant, or none written (or all archived)."""
+    if tenant is None:
+        return "none written yet, or all archived"
+    from sqlalchemy import text
+
+    async def known(db: Any) -> bool:
+        async with db.engine.connect() as conn:
+            found = await conn.execute(text("SELECT 1 FROM tenants WHERE id = :id"), {"id": tenant})
+            return found.first() is not None
+
+    if on_database(known):
+        return "the tenant has none written yet, or all archived"
+    return "no tenant has this id"
 
 
 @audit_app.command("verify")
@@ -96,6 +124,8 @@ def verify(tenant: TenantOpt = None, as_json: JsonOpt = False) -> None:
                 }
             )
         )
+    elif report.ok and report.checked == 0:
+        typer.echo(f"chain {report.chain}: no entries to verify ({_why_empty(tenant)})")
     elif report.ok:
         typer.echo(f"chain {report.chain}: {report.checked} entries, unbroken")
     else:
@@ -123,38 +153,102 @@ def maintain(
     typer.echo(f"{len(made)} partition(s) made")
 
 
+def _export_folder(export: Path) -> None:
+    """Make the `--export` folder (and its missing parents), or say why it cannot be used."""
+    from pgstack.errors import InvalidInputError
+
+    if export.exists() and not export.is_dir():
+        raise InvalidInputError(
+            f"--export {export} is a file, not a folder: name a folder (made if missing)."
+        )
+    try:
+        export.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"--export {export}: cannot make that folder ({exc.strerror or exc}): "
+            "name a folder you can write to."
+        ) from None
+    if not os.access(export, os.W_OK | os.X_OK):
+        raise InvalidInputError(
+            f"--export {export}: cannot write in that folder: name a folder you can write to."
+        )
+
+
 @audit_app.command("archive")
 @expected_failures
 def archive(
     before: Annotated[
-        datetime, typer.Option(formats=["%Y-%m-%d"], help="Detach months ending by this date.")
+        datetime,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="Detach months ending by this date: at latest the first day of this month (UTC).",
+        ),
     ],
     export: Annotated[
-        Path | None, typer.Option(help="Write each detached month here as JSON lines first.")
+        Path | None,
+        typer.Option(
+            help="Write each detached month here as JSON lines (<name>.jsonl) first; the folder "
+            "and its missing parents are made, as `db backup` does; existing files are never "
+            "overwritten.",
+        ),
     ] = None,
 ) -> None:
-    """Detach (and optionally export) the partitions of months that end before `--before`."""
+    """Detach (and optionally export) the partitions of months that end before `--before`.
+
+    Nothing is detached when any step fails (the folder, a file, the database).
+    """
     from sqlalchemy import text
 
     from pgstack.audit import archive as detach
+    from pgstack.audit import partitions
+    from pgstack.errors import InvalidInputError
 
-    async def work(conn: Any) -> list[Any]:
-        detached = await detach(conn, before=before.date())
+    written: list[Path] = []
+
+    async def work(conn: Any) -> tuple[list[Any], list[Any]]:
+        detached = await detach(conn, before=before.date(), now=datetime.now(UTC))
         if export is not None:
-            export.mkdir(parents=True, exist_ok=True)
+            _export_folder(export)
+        if not detached:
+            return detached, await partitions(conn)
+        if export is None:
+            return detached, []
+        targets = {part.name: export / f"{part.name}.jsonl" for part in detached}
+        taken = [str(path) for path in targets.values() if path.exists()]
+        if taken:
+            raise InvalidInputError(
+                f"--export: {', '.join(taken)} exists already: name another folder "
+                "(an earlier export is never overwritten)."
+            )
         for part in detached:
-            if export is None:
-                continue
             # Detached, the month is the owner's own table: row-level security is lifted
             # for the export (every tenant's entries) and forced again before commit.
             await conn.execute(text(f'ALTER TABLE "{part.name}" NO FORCE ROW LEVEL SECURITY'))
             rows = await conn.execute(
                 text(f'SELECT to_jsonb(p)::text FROM "{part.name}" p ORDER BY tenant_id, seq')
             )
-            with (export / f"{part.name}.jsonl").open("w") as out:
-                out.writelines(f"{line}\n" for (line,) in rows)
+            path = targets[part.name]
+            try:
+                with path.open("x") as out:
+                    written.append(path)
+                    out.writelines(f"{line}\n" for (line,) in rows)
+            except OSError as exc:
+                raise InvalidInputError(
+                    f"--export: cannot write {path} ({exc.strerror or exc}): "
+                    "name a folder with room you can write to."
+                ) from None
             await conn.execute(text(f'ALTER TABLE "{part.name}" FORCE ROW LEVEL SECURITY'))
-        return detached
+        return detached, []
 
-    for part in _owner(work):
+    try:
+        detached, left = _owner(work)
+    except BaseException:
+        # The detach was rolled back: a half-written export must not pass for an archive.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    for part in detached:
         typer.echo(f"detached {part.name} ({part.start:%Y-%m})")
+    if not detached:
+        oldest = f" (the oldest, {left[0].name}, ends {left[0].end:%Y-%m-%d})" if left else ""
+        typer.echo(f"nothing detached: no partition ends by {before.date().isoformat()}{oldest}")
