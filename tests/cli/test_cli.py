@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,31 +21,14 @@ from typer.testing import CliRunner
 from pgstack.cli import app
 from pgstack.db.admin import asyncpg_dsn
 
+from .conftest import closed_port, one_line
+
 runner = CliRunner()
 PGSTACK = str(Path(sys.executable).with_name("pgstack"))
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def raw(url: URL) -> str:
     return url.render_as_string(hide_password=False)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-
-
-def no_traceback(output: str) -> None:
-    assert "Traceback" not in output
-    assert len(output.strip().splitlines()) == 1, output
 
 
 def test_db_health_pass_table_and_json(pgstack_database_url: URL) -> None:
@@ -106,7 +88,7 @@ def test_db_info_unreachable_is_one_line() -> None:
     url = f"postgresql://app:hunter2-secret@127.0.0.1:{closed_port()}/appdb"
     result = runner.invoke(app, ["db", "info"], env={"DATABASE_URL": url})
     assert result.exit_code == 1
-    no_traceback(result.output)
+    one_line(result.output)
     assert result.output.startswith("error: Cannot connect to PostgreSQL at 127.0.0.1")
     assert "hunter2-secret" not in result.output
 
@@ -124,7 +106,7 @@ def test_bad_configuration_is_one_line_naming_the_variable(env: dict[str, str], 
     # proves: C1
     result = runner.invoke(app, ["db", "info"], env=env)
     assert result.exit_code == 1
-    no_traceback(result.output)
+    one_line(result.output)
     assert named in result.output
     assert "hunter2-secret" not in result.output
 
@@ -134,7 +116,7 @@ def test_missing_database_is_a_clear_error(pgstack_server_url: URL) -> None:
     url = raw(pgstack_server_url.set(database="no_such_database_here"))
     result = runner.invoke(app, ["db", "info"], env={"DATABASE_URL": url})
     assert result.exit_code == 1
-    no_traceback(result.output)
+    one_line(result.output)
     assert "no_such_database_here" in result.output
 
 
@@ -207,7 +189,7 @@ def test_db_init_unreachable_admin_is_one_line(pgstack_database_url: URL) -> Non
         app, ["db", "init", "--admin-url", admin], env={"DATABASE_URL": raw(pgstack_database_url)}
     )
     assert result.exit_code == 1
-    no_traceback(result.output)
+    one_line(result.output)
     assert "admin-secret" not in result.output
 
 
@@ -215,7 +197,7 @@ def test_db_init_needs_a_target() -> None:
     # proves: G5
     result = runner.invoke(app, ["db", "init", "--admin-url", "postgresql://postgres@127.0.0.1/x"])
     assert result.exit_code == 1
-    no_traceback(result.output)
+    one_line(result.output)
     assert "DATABASE_URL" in result.output
 
 
@@ -404,7 +386,7 @@ def test_production_refuses_the_embedded_default(command: list[str]) -> None:
     # proves: O6, C4
     result = runner.invoke(app, command, env={"PGSTACK_ENV": "production"})
     assert result.exit_code == 1
-    no_traceback(result.output)
+    one_line(result.output)
     assert "PGSTACK_ENV=production needs a database server: set DATABASE_URL" in result.output
     assert not Path(".pgstack").exists()  # no embedded server was started
 
@@ -414,7 +396,7 @@ def test_production_serve_refuses_to_start_without_its_secrets(pgstack_database_
     env = {"PGSTACK_ENV": "production", "DATABASE_URL": raw(pgstack_database_url)}
     result = runner.invoke(app, ["serve", "--port", str(closed_port())], env=env)
     assert result.exit_code == 1
-    no_traceback(result.output)
+    one_line(result.output)
     assert "PGSTACK_ENCRYPTION_KEYS and PGSTACK_CURSOR_SECRET" in result.output
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -12,20 +11,9 @@ from typer.testing import CliRunner
 
 from pgstack.cli import app
 
+from .conftest import one_line
+
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-
-
-def one_line(output: str) -> None:
-    assert "Traceback" not in output
-    assert len(output.strip().splitlines()) == 1, output
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pgstack.db.admin import asyncpg_dsn
 from pgstack.migrations import MigrationProject, history, status, upgrade
 from pgstack.migrations._env import LOCK_KEY
 from pgstack.testing import schema_snapshot
+
+from .conftest import closed_port, one_line
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "sampleapp"
 PGSTACK = str(Path(sys.executable).with_name("pgstack"))
@@ -57,28 +58,9 @@ def raw(url: URL) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env, no pyproject.toml
-
-
 def cli(url: URL | str, *args: str, input: str | None = None, **env: str):  # type: ignore[no-untyped-def]
     environment = {"DATABASE_URL": url if isinstance(url, str) else raw(url), **env}
     return runner.invoke(app, ["db", *args], env=environment, input=input)
-
-
-def one_line(output: str) -> None:
-    assert "Traceback" not in output
-    assert len(output.strip().splitlines()) == 1, output
 
 
 def query(url: URL, sql: str) -> object:
