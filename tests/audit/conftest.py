@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,24 @@ class Roles:
             "app": self.app,
         }[who]
         return await asyncpg.connect(asyncpg_dsn(url))
+
+    async def old_month(self, count: int = 1, action: str = "old.tick") -> None:
+        """`count` global entries on the first days of May 2020, a partition of their own."""
+        owner = await self.conn("owner")
+        try:
+            await owner.execute("SELECT pgstack_audit_partition('2020-05-01')")
+        finally:
+            await owner.close()
+        app = await self.conn("app")
+        try:
+            for day in range(1, count + 1):
+                await app.execute(
+                    "INSERT INTO audit_log (action, occurred_at) VALUES ($1, $2)",
+                    action,
+                    datetime(2020, 5, day, tzinfo=UTC),
+                )
+        finally:
+            await app.close()
 
 
 @pytest.fixture

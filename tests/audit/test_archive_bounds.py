@@ -35,24 +35,6 @@ async def _attached(roles: Roles) -> list[str]:
         await owner.close()
 
 
-async def _old_month(roles: Roles) -> None:
-    """A partition for May 2020 holding one entry of the global chain (#1)."""
-    owner = await roles.conn("owner")
-    try:
-        await owner.execute("SELECT pgstack_audit_partition('2020-05-01')")
-    finally:
-        await owner.close()
-    app = await roles.conn("app")
-    try:
-        async with app.transaction():
-            await app.execute(
-                "INSERT INTO audit_log (action, occurred_at) VALUES ('clock.tick', $1)",
-                datetime(2020, 5, 17, tzinfo=UTC),
-            )
-    finally:
-        await app.close()
-
-
 async def _still_writes_and_verifies(roles: Roles, app_db: Database) -> None:
     """An audited write (by the service, and by an audited table's trigger) still works."""
     await AuditLog(app_db).record("service.after_archive")
@@ -70,7 +52,7 @@ async def _still_writes_and_verifies(roles: Roles, app_db: Database) -> None:
 async def test_cli_archive_refuses_this_month_and_later_and_writes_go_on(
     roles: Roles, app_db: Database
 ) -> None:
-    await _old_month(roles)
+    await roles.old_month(action="clock.tick")
     await AuditLog(app_db).record("service.started")
     before = await _attached(roles)
     this_month = _this_month()
@@ -100,7 +82,7 @@ async def test_cli_archive_refuses_this_month_and_later_and_writes_go_on(
 async def test_python_archive_refuses_a_before_later_than_its_clocks_month(
     roles: Roles, app_db: Database
 ) -> None:
-    await _old_month(roles)
+    await roles.old_month(action="clock.tick")
     owner_db = Database(roles.settings(roles.owner))
     await owner_db.connect()
     try:
@@ -132,7 +114,7 @@ async def test_python_archive_refuses_a_before_later_than_its_clocks_month(
 async def test_cli_archive_export_path_it_cannot_use_detaches_nothing(
     roles: Roles, app_db: Database, tmp_path: Path
 ) -> None:
-    await _old_month(roles)
+    await roles.old_month(action="clock.tick")
     before = await _attached(roles)
     a_file = tmp_path / "taken"
     a_file.write_text("keep me\n")

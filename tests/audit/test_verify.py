@@ -101,24 +101,6 @@ async def test_a_reforged_link_is_found(roles: Roles, app_db: Database) -> None:
     assert report.reason == "it does not link to the entry before it"
 
 
-async def _old_month(roles: Roles, count: int) -> None:
-    """`count` global entries in May 2020, a partition of their own."""
-    owner = await roles.conn("owner")
-    try:
-        await owner.execute("SELECT pgstack_audit_partition('2020-05-01')")
-    finally:
-        await owner.close()
-    app = await roles.conn("app")
-    try:
-        for day in range(1, count + 1):
-            await app.execute(
-                "INSERT INTO audit_log (action, occurred_at) VALUES ('old.tick', $1)",
-                datetime(2020, 5, day, tzinfo=UTC),
-            )
-    finally:
-        await app.close()
-
-
 async def _archive(roles: Roles) -> list[str]:
     owner_db = Database(roles.settings(roles.owner))
     await owner_db.connect()
@@ -133,7 +115,7 @@ async def test_archive_records_an_anchor_and_verify_checks_the_first_remaining_e
     roles: Roles, app_db: Database
 ) -> None:
     # proves: A2
-    await _old_month(roles, 3)
+    await roles.old_month(3)
     audit = AuditLog(app_db)
     for n in range(3):
         await audit.record("service.tick", resource_id=str(n))
@@ -165,7 +147,7 @@ async def test_archive_records_an_anchor_and_verify_checks_the_first_remaining_e
 
 async def test_first_remaining_entry_relinked_is_found(roles: Roles, app_db: Database) -> None:
     # proves: A2
-    await _old_month(roles, 2)
+    await roles.old_month(2)
     audit = AuditLog(app_db)
     await audit.record("service.tick")
     await _archive(roles)
@@ -205,7 +187,7 @@ async def test_a_chain_cut_short_without_an_anchor_is_found(roles: Roles, app_db
 @pytest.mark.parametrize("who", ["app", "owner"])
 async def test_anchors_cannot_be_changed(roles: Roles, who: str) -> None:
     # proves: A2
-    await _old_month(roles, 1)
+    await roles.old_month(1)
     await _archive(roles)
     conn = await roles.conn(who)
     try:
