@@ -163,3 +163,28 @@ async def test_slack_ids_are_unique_per_workspace_not_globally(
     assert found_b is not None and found_b.id == world.b_owner.id
     with pytest.raises(InvalidInputError, match="register"):
         await tenancy.memberships.link_identity(world.a.id, world.member.id, "myidp", "x")
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"external_id": "x" * 201}, "at most 200"),
+        ({"name": "n" * 201}, "at most 200"),
+        ({"domain": "d" * 201}, "at most 200"),
+        ({"locale": "l" * 36}, "at most 35"),
+        ({"name": "Acme \u202egnp.exe"}, "reorders the text"),
+        ({"external_id": "acme\u2066"}, "reorders the text"),
+    ],
+)
+async def test_tenant_texts_are_bounded_and_cannot_reorder_what_a_reader_sees(
+    tenancy: Tenancy, fields: dict[str, str], says: str
+) -> None:
+    # proves: T1, D2 (the HTTP API's bounds hold for the service and the CLI too)
+    values = {"external_id": "BOUNDED", "name": "Bounded", **fields}
+    external_id, name = values.pop("external_id"), values.pop("name")
+    with pytest.raises(InvalidInputError, match=says):
+        await tenancy.tenants.create(external_id, name, **values)
+    made = await tenancy.tenants.create("BOUNDED", "Bounded")
+    if "external_id" not in fields:  # fixed at creation
+        with pytest.raises(InvalidInputError, match=says):
+            await tenancy.tenants.update(made.id, **fields)

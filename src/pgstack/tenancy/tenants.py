@@ -66,14 +66,27 @@ def _status(value: str) -> TenantStatus:
         raise InvalidInputError(f"Unknown status {value[:40]!r}; use one of {names}.") from None
 
 
+# The longest each text may be (the HTTP API's bounds), and the characters that reorder
+# what a reader sees (U+202A-U+202E, U+2066-U+2069: "Trojan Source"), refused in names.
+_TEXT_LIMITS = {"external_id": 200, "name": 200, "domain": 200, "locale": 35, "timezone": 64}
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _texts(fields: Mapping[str, Any]) -> None:
-    for key in ("external_id", "name", "domain", "locale", "timezone"):
+    for key, longest in _TEXT_LIMITS.items():
         value = fields.get(key)
         if value is None:
             continue
         if not isinstance(value, str) or not value.strip():
             raise InvalidInputError(f"{key} must be non-empty text.")
         check_text(value, key)
+        if len(value) > longest:
+            raise InvalidInputError(f"{key} has {len(value)} characters; at most {longest}.")
+        if not _BIDI_CONTROLS.isdisjoint(value):
+            raise InvalidInputError(
+                f"{key} holds a character that reorders the text around it (U+202A-U+202E or "
+                "U+2066-U+2069); remove it."
+            )
     if "timezone" in fields and fields["timezone"] is not None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
