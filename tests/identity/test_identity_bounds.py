@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
+from pgstack.db.database import Database
 from pgstack.errors import InvalidInputError
 from pgstack.identity import Identity, User
 
@@ -43,3 +45,20 @@ async def test_a_key_name_and_lifetime_are_bounded(identity: Identity, alice: Us
     assert await identity.api_keys.list_for(alice.id) == []
     issued = await identity.api_keys.create(alice.id, "k" * 200, expires_in=timedelta(days=3650))
     assert issued.api_key.expires_at is not None
+
+
+async def test_revoking_a_revoked_key_again_changes_and_records_nothing(
+    identity: Identity, alice: User, pgstack_migrated_db: Database
+) -> None:
+    # proves: I3, A3 (one security entry per revocation, not per call)
+    issued = await identity.api_keys.create(alice.id, "k")
+    first = await identity.api_keys.revoke(issued.api_key.id)
+    again = await identity.api_keys.revoke(issued.api_key.id)
+    assert again.revoked_at == first.revoked_at
+    rows = await pgstack_migrated_db.run(
+        text(
+            "SELECT count(*) FROM audit_log WHERE action = 'api_key.revoked' AND resource_id = :id"
+        ),
+        {"id": str(issued.api_key.id)},
+    )
+    assert rows[0][0] == 1

@@ -326,9 +326,11 @@ class ApiKeys(ServiceBase):
             if api_key is None or (user_id is not None and api_key.user_id != user_id):
                 raise NotFoundError(f"No API key with id {key_id}.")
             when = utcnow() + (grace or timedelta(0))
-            # A key revoked earlier stays revoked from its earlier time.
-            if api_key.revoked_at is None or api_key.revoked_at > when:
-                api_key.revoked_at = when
+            # A key revoked earlier stays revoked from its earlier time, and revoking it
+            # again changes nothing and records nothing.
+            if api_key.revoked_at is not None and api_key.revoked_at <= when:
+                return api_key
+            api_key.revoked_at = when
             await session.flush()
             await security_event(
                 self.db,
