@@ -24,7 +24,7 @@ runner = CliRunner()
     ],
 )
 def test_an_unencoded_at_sign_in_the_password_is_refused_without_echoing_it(url: str) -> None:
-    # proves: C1, D2 (the rest of the password would have been shown as the host)
+    # proves: C1 (a password is never printed: its tail would have been shown as the host)
     for command in (["db", "info"], ["users", "list"]):
         result = runner.invoke(app, command, env={"DATABASE_URL": url})
         assert result.exit_code == 1, result.output
@@ -65,7 +65,7 @@ def test_a_command_on_an_unreachable_server_tries_once() -> None:
 
 
 def test_a_database_without_migrations_says_to_upgrade(pgstack_empty_url: URL) -> None:
-    # proves: C5, D2
+    # proves: G3 (every command, and `db check`, points at the upgrade that is missing)
     env = {"DATABASE_URL": pgstack_empty_url.render_as_string(hide_password=False)}
     for command in (["users", "list"], ["tenants", "list"], ["audit", "tail"]):
         result = runner.invoke(app, command, env=env)
@@ -82,7 +82,7 @@ def test_a_database_without_migrations_says_to_upgrade(pgstack_empty_url: URL) -
 
 @pytest.mark.parametrize("rev_id", ["../../escape", "bad id!", "a/b", ""])
 def test_a_revision_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, rev_id: str) -> None:
-    # proves: G2 (the id names the file: "../" would write outside the versions folder)
+    # proves: G3 (the id names the file: "../" would write outside the versions folder)
     (tmp_path / "mig").mkdir()
     result = runner.invoke(
         app, ["db", "revision", "-m", "x", "--rev-id", rev_id, "--migrations", "mig"]
@@ -106,7 +106,7 @@ def test_a_revision_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, rev_i
     [(["--host", ""], "--host"), (["--port", "99999"], "--port"), (["--port", "0"], "--port")],
 )
 def test_serve_refuses_an_address_it_cannot_listen_on(options: list[str], named: str) -> None:
-    # proves: C1 (refused before anything is started or migrated)
+    # proves: W1 (refused before anything is started or migrated)
     result = runner.invoke(app, ["serve", *options])
     assert result.exit_code == 2, result.output
     assert named in result.output
@@ -137,7 +137,7 @@ def test_serve_refuses_an_address_it_cannot_listen_on(options: list[str], named:
     ],
 )
 def test_numbers_out_of_range_are_refused_before_the_database(command: list[str]) -> None:
-    # proves: C1 (a usage error, exit 2; the unreachable server is never asked)
+    # proves: T4, T5, N4, I5 (a usage error, exit 2; the unreachable server is never asked)
     result = runner.invoke(app, command, env={"DATABASE_URL": "postgresql://app@127.0.0.1:1/x"})
     assert result.exit_code == 2, result.output
     assert "Invalid value" in result.output

@@ -15,7 +15,7 @@ from .conftest import STRONG as PASSWORD
 
 
 async def test_an_address_longer_than_an_address_can_be_is_refused(identity: Identity) -> None:
-    # proves: I1, D2
+    # proves: I1, I8
     with pytest.raises(InvalidInputError, match="at most 254"):
         await identity.users.create("a" * 10_000 + "@example.com", PASSWORD)
     assert await identity.users.get_by_email("a" * 10_000 + "@example.com") is None
@@ -36,7 +36,7 @@ async def test_roles_and_groups_of_a_new_user_are_checked(
 
 
 async def test_a_key_name_and_lifetime_are_bounded(identity: Identity, alice: User) -> None:
-    # proves: I3
+    # proves: I5
     with pytest.raises(InvalidInputError, match="at most 200"):
         await identity.api_keys.create(alice.id, "k" * 201)
     for lifetime in (timedelta(days=3_000_000), timedelta(0), timedelta(days=-1)):
@@ -50,7 +50,7 @@ async def test_a_key_name_and_lifetime_are_bounded(identity: Identity, alice: Us
 async def test_revoking_a_revoked_key_again_changes_and_records_nothing(
     identity: Identity, alice: User, pgstack_migrated_db: Database
 ) -> None:
-    # proves: I3, A3 (one security entry per revocation, not per call)
+    # proves: I5, A4 (one security entry per revocation, not per call)
     issued = await identity.api_keys.create(alice.id, "k")
     first = await identity.api_keys.revoke(issued.api_key.id)
     again = await identity.api_keys.revoke(issued.api_key.id)

@@ -179,7 +179,7 @@ async def test_slack_ids_are_unique_per_workspace_not_globally(
 async def test_tenant_texts_are_bounded_and_cannot_reorder_what_a_reader_sees(
     tenancy: Tenancy, fields: dict[str, str], says: str
 ) -> None:
-    # proves: T1, D2 (the HTTP API's bounds hold for the service and the CLI too)
+    # proves: N1, I8 (the HTTP API's bounds hold for the service and the CLI too)
     values = {"external_id": "BOUNDED", "name": "Bounded", **fields}
     external_id, name = values.pop("external_id"), values.pop("name")
     with pytest.raises(InvalidInputError, match=says):

@@ -14,6 +14,7 @@ Entries take the actor, tenant, request id, IP and user agent from the context
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -332,6 +333,8 @@ class AuditLog:
             raise InvalidInputError("limit must be between 1 and 500.")
         if outcome is not None and outcome not in OUTCOMES:
             raise InvalidInputError(f"outcome must be one of {', '.join(OUTCOMES)}.")
+        if category is not None:
+            check_category(category)
         filters: list[Any] = []
         pairs = (
             (audit_log.c.actor_id, actor_id),
@@ -386,6 +389,20 @@ class AuditLog:
         return await self.entries(category=SECURITY, **filters)
 
 
+#: What a category can be (the check constraint ck_audit_log_category).
+_CATEGORY = re.compile(r"[a-z][a-z0-9_.:-]{0,62}")
+
+
+def check_category(category: str) -> str:
+    """`category`, or InvalidInputError if the audit log could never hold it."""
+    if not _CATEGORY.fullmatch(category):
+        raise InvalidInputError(
+            f"{category[:70]!r} is not a category name (a lowercase letter, then up to 62 of "
+            "a-z 0-9 _ . : -), e.g. security or data."
+        )
+    return category
+
+
 def entry_values(
     action: str,
     *,
@@ -419,7 +436,7 @@ def entry_values(
         or context.get("actor_type")
         or ("user" if actor_id is not None else "system"),
         "action": action,
-        "category": category,
+        "category": check_category(category),
         "resource_type": resource_type,
         "resource_id": None if resource_id is None else str(resource_id),
         "description": description,

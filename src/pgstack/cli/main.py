@@ -159,6 +159,15 @@ def expected_failures(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def once(settings: Settings) -> Settings:
+    """`settings` for a command, which runs once: one connection attempt, so an unreachable
+    server is one line now instead of a minute of retries (unless DATABASE_CONNECT_ATTEMPTS
+    is set)."""
+    if "database_connect_attempts" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"database_connect_attempts": 1})
+
+
 def on_database(work: Callable[[Database], Awaitable[T]]) -> T:
     """Run `work` on the database `pgstack serve` uses.
 
@@ -168,10 +177,7 @@ def on_database(work: Callable[[Database], Awaitable[T]]) -> T:
     from pgstack.config import Settings
     from pgstack.db.database import Database
 
-    settings = Settings()
-    if "database_connect_attempts" not in settings.model_fields_set:
-        # A command runs once: an unreachable server is one line now, not a minute of retries.
-        settings = settings.model_copy(update={"database_connect_attempts": 1})
+    settings = once(Settings())
 
     async def main() -> T:
         async with Database(settings) as db:
@@ -321,8 +327,7 @@ async def _health(settings: Settings) -> HealthReport:
     from pgstack.db.database import Database
     from pgstack.db.health import Check, HealthReport
 
-    # A health check answers now: one connection attempt, no backoff.
-    db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
+    db = Database(once(settings))
     try:
         await db.connect()
     except PgStackError as exc:
@@ -367,7 +372,7 @@ async def _info(settings: Settings, show_password: bool) -> dict[str, Any]:
 
     from pgstack.db.database import Database
 
-    db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
+    db = Database(once(settings))
     await db.connect()
     try:
         async with db.session() as session:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pgstack.cli.main import JsonOpt, db_app, expected_failures
+from pgstack.cli.main import JsonOpt, db_app, expected_failures, once
 from pgstack.errors import MigrationError
 
 if TYPE_CHECKING:
@@ -449,7 +449,7 @@ async def _seed(
     from pgstack import migrations as mig
     from pgstack.db.database import Database
 
-    db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
+    db = Database(once(settings))
     await db.connect()
     try:
         return await mig.run_seeders(db, dataset, project=project, progress=progress)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pgstack.cli.main import db_app, expected_failures
+from pgstack.cli.main import db_app, expected_failures, once
 from pgstack.cli.migrate import database_settings
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ async def _diagnose(settings: Settings, workers: int, ignore: list[str]) -> list
     from pgstack.db.database import Database
     from pgstack.db.doctor import diagnose
 
-    db = Database(settings.model_copy(update={"database_connect_attempts": 1}))
+    db = Database(once(settings))
     await db.connect()
     try:
         return await diagnose(db, workers=workers, ignore=ignore)

@@ -15,6 +15,7 @@ PGSSLROOTCERT/PGSSLCERT/PGSSLKEY, so `sslmode=require` holds for the dump as for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -435,16 +436,9 @@ async def _replace(url: URL, tls: _Tls, scratch: str, name: str) -> None:
 
 
 async def _drop_quietly(url: URL, tls: _Tls, name: str) -> None:
-    try:
-        admin = await _connect(url.set(database="postgres"), tls)
-    except BackupError:
-        return
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
-    except asyncpg.PostgresError:
-        pass
-    finally:
-        await admin.close()
+    """Drop what a failed restore created; the restore's own error is the one to show."""
+    with contextlib.suppress(BackupError, asyncpg.PostgresError):
+        await _drop(url, tls, name)
 
 
 def _quote(name: str) -> str:
@@ -476,7 +470,11 @@ async def _count_tables_in(dump: Path, pg_restore: Path) -> int:
 
 async def drop_database(server_url: URL, name: str, *, settings: Settings | None = None) -> None:
     """Drop database `name` on the server of `server_url`, if it exists."""
-    admin = await _connect(server_url.set(database="postgres"), _tls(settings))
+    await _drop(server_url, _tls(settings), name)
+
+
+async def _drop(server_url: URL, tls: _Tls, name: str) -> None:
+    admin = await _connect(server_url.set(database="postgres"), tls)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
     finally:
@@ -503,5 +501,5 @@ async def verify(
         finally:
             await conn.close()
     finally:
-        await drop_database(url, scratch, settings=settings)
+        await _drop(url, tls, scratch)
     return VerifyReport(expected, restored)

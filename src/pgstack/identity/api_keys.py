@@ -112,6 +112,10 @@ def looks_like_api_key(token: str) -> bool:
     return token.startswith(KEY_PREFIX)
 
 
+#: The longest lifetime a key may be given, in days (ten years).
+MAX_KEY_DAYS = 3650
+
+
 @dataclass(frozen=True)
 class IssuedKey:
     """A newly created key: its row and the plaintext, which is shown this once only."""
@@ -179,8 +183,10 @@ class ApiKeys(ServiceBase):
         if expires_in is not None and expires_at is not None:
             raise InvalidInputError("Give expires_in or expires_at, not both.")
         if expires_in is not None:
-            if not timedelta(0) < expires_in <= timedelta(days=3650):
-                raise InvalidInputError("expires_in is a positive time of at most 3,650 days.")
+            if not timedelta(0) < expires_in <= timedelta(days=MAX_KEY_DAYS):
+                raise InvalidInputError(
+                    f"expires_in is a positive time of at most {MAX_KEY_DAYS:,} days."
+                )
             expires_at = utcnow() + expires_in
         if expires_at is not None and expires_at.tzinfo is None:
             raise InvalidInputError("expires_at must be timezone-aware.")

@@ -42,6 +42,7 @@ from pgstack.identity import (
 from pgstack.identity import (
     require_scopes as _require_key_scopes,
 )
+from pgstack.identity.api_keys import MAX_KEY_DAYS
 from pgstack.identity.text import has_control_characters
 from pgstack.orm.context import note_request, set_actor
 from pgstack.web.deps import Offset, get_database
@@ -309,7 +310,7 @@ class RecoveryCodesOut(BaseModel):
 class ApiKeyIn(ReauthIn):
     name: Annotated[str, Field(min_length=1, max_length=200), _Clean]
     scopes: list[_Word] = []
-    expires_in_days: Annotated[StrictInt, Field(ge=1, le=3650)] | None = None
+    expires_in_days: Annotated[StrictInt, Field(ge=1, le=MAX_KEY_DAYS)] | None = None
 
 
 class RotateIn(ReauthIn):
