@@ -7,6 +7,7 @@ migration code when they run, so `--help` answers at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -157,6 +158,30 @@ def expected_failures(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def show_secret(text: str, *, what: str) -> None:
+    """Write `text` (holding a secret shown this once) to stdout and flush it, or raise.
+
+    Callers write it before they commit what the secret belongs to: when it cannot be
+    written (`> /dev/full`, a closed pipe) the error rolls the work back, so no secret
+    is ever stored without having been shown.
+    """
+    try:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        # What is left in the buffer would fail again when Python flushes it at exit.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        reason = exc.strerror or type(exc).__name__
+        raise PgStackError(
+            f"{what} could not be written to standard output ({reason}), so nothing was "
+            "created: it is shown once and never stored. Run the command again with its "
+            "output going to a terminal or a file that can be written."
+        ) from None
 
 
 def once(settings: Settings) -> Settings:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
-from pgstack.cli.main import JsonOpt, expected_failures, group, on_database
-from pgstack.errors import ConfigurationError
+from pgstack.cli.main import JsonOpt, expected_failures, group, on_database, show_secret
+from pgstack.errors import ConfigurationError, InvalidInputError
 
 if TYPE_CHECKING:
+    from pgstack.db.database import Database
+    from pgstack.db.session import Session
     from pgstack.identity import Identity
 
 T = TypeVar("T")
@@ -28,6 +32,56 @@ def _run(work: Callable[[Identity], Awaitable[T]]) -> T:
     return on_database(lambda db: work(Identity(db)))
 
 
+class _OneTransaction:
+    """The database as the identity services see it, with every transaction they open
+    joined (as a savepoint) to one that the caller commits.
+
+    A command that shows a secret once runs the services' verbs through this, shows the
+    secret, and only then commits: a secret that cannot be shown is never stored.
+    """
+
+    def __init__(self, db: Database, session: Session) -> None:
+        self._db = db
+        self._session = session
+
+    @asynccontextmanager
+    async def transaction(self, **_: Any) -> AsyncIterator[Session]:
+        async with self._session.begin_nested():
+            yield self._session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def _run_then_show(work: Callable[[Identity], Awaitable[T]], show: Callable[[T], None]) -> T:
+    """Run `work` in one transaction, `show` its secret, then commit (or roll back if `show`
+    raises)."""
+    from pgstack.identity import Identity
+
+    async def in_one_transaction(db: Database) -> T:
+        async with db.transaction() as session:
+            result = await work(Identity(cast("Database", _OneTransaction(db, session))))
+            show(result)
+        return result
+
+    return on_database(in_one_transaction)
+
+
+def _read_password() -> str:
+    """The new password: asked for twice on a terminal, else the first line of stdin."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+    # Piped (`echo "$PW" | pgstack ...`): nothing to hide, so no getpass and its warning.
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    password = line.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise InvalidInputError(
+            'No password on standard input: pipe it as one line (echo "$PW" | pgstack ...), '
+            "run the command in a terminal to be asked for it, or pass --generate."
+        )
+    return password
+
+
 @users_app.command("create-admin")
 @expected_failures
 def create_admin(
@@ -38,22 +92,32 @@ def create_admin(
     ] = False,
     role: Annotated[str, typer.Option(help="The administrator role.")] = "admin",
 ) -> None:
-    """Create a verified user with the admin role (asks for the password unless --generate)."""
+    """Create a verified user with the admin role (asks for the password unless --generate).
+
+    With standard input piped, its first line is the password.
+    """
     if generate:
         from pgstack.identity import generate_password
 
         password = generate_password()
     else:
-        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = _read_password()
 
     async def work(identity: Identity) -> uuid.UUID:
         user = await identity.users.create(email, password, name=name, roles=[role], verified=True)
         return user.id
 
-    user_id = _run(work)
-    typer.echo(f"created administrator {email.strip().lower()} ({user_id})")
-    if generate:
-        typer.echo(f"password (shown once): {password}")
+    def created(user_id: uuid.UUID) -> str:
+        return f"created administrator {email.strip().lower()} ({user_id})"
+
+    def show(user_id: uuid.UUID) -> None:
+        if generate:
+            text = f"{created(user_id)}\npassword (shown once): {password}"
+            show_secret(text, what="The generated password")
+
+    user_id = _run_then_show(work, show)
+    if not generate:
+        typer.echo(created(user_id))
 
 
 @users_app.command("list")
@@ -134,9 +198,11 @@ def create_key(
         )
         return str(issued.api_key.id), issued.key
 
-    key_id, key = _run(work)
-    typer.echo(f"created API key {key_id}; the key (shown once):")
-    typer.echo(key)
+    def show(created: tuple[str, str]) -> None:
+        key_id, key = created
+        show_secret(f"created API key {key_id}; the key (shown once):\n{key}", what="The API key")
+
+    _run_then_show(work, show)
 
 
 @api_keys_app.command("revoke")
