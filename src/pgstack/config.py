@@ -38,6 +38,34 @@ _POSTGRES_SCHEMES = {
 # Query parameters that belong to libpq URLs but are settings of their own here.
 _TLS_FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey")
 _LIBPQ_ONLY_PARAMS = {"sslmode", "ssl", "application_name", *_TLS_FILE_PARAMS}
+# Query parameters that reach asyncpg.connect() as they are (strings): its keyword arguments
+# that take a string, and SQLAlchemy's statement cache size. Any other becomes a TypeError
+# at connect, so it is refused when the URL is read.
+_DRIVER_PARAMS = {
+    "host",
+    "port",
+    "user",
+    "password",
+    "database",
+    "passfile",
+    "service",
+    "servicefile",
+    "target_session_attrs",
+    "krbsrvname",
+    "gsslib",
+    "direct_tls",
+    "timeout",
+    "command_timeout",
+    "prepared_statement_cache_size",
+}
+_URL_PARAMS = frozenset(_LIBPQ_ONLY_PARAMS | _DRIVER_PARAMS)
+# Where the setting of a well-known libpq parameter lives here instead.
+_PARAM_HINTS = {
+    "connect_timeout": "set DATABASE_CONNECT_TIMEOUT (seconds) instead",
+    "options": "set server settings with ALTER ROLE ... SET, or DATABASE_STATEMENT_TIMEOUT_MS",
+    "statement_timeout": "set DATABASE_STATEMENT_TIMEOUT_MS instead",
+    "dbname": "name the database in the path: postgresql://USER@HOST/DATABASE",
+}
 
 
 # scheme://[userinfo@]hosts[/database][?query]: libpq's URL shape, whose hosts may be a list.
@@ -147,10 +175,30 @@ def to_asyncpg_url(raw: str, variable: str = "DATABASE_URL") -> URL:
             f"{variable} uses the scheme {url.drivername!r}; pgstack speaks only PostgreSQL: "
             "use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         )
+    _refuse_unknown_params(url, variable)
     query = {k: v for k, v in url.query.items() if k not in _LIBPQ_ONLY_PARAMS}
+    password = query.pop("password", None)
     url = url.set(drivername="postgresql+asyncpg", query=query)
+    if password:
+        # `?password=` wins over the userinfo's, as in libpq; where it is a password, URLs
+        # render it as *** instead of printing it with the query.
+        url = url.set(password=password if isinstance(password, str) else password[-1])
     # An empty password ("user:@host") means none; URL.set() cannot clear it.
     return url._replace(password=None) if url.password == "" else url
+
+
+def _refuse_unknown_params(url: URL, variable: str) -> None:
+    """A ConfigurationError naming the first query parameter pgstack cannot pass on."""
+    unknown = [name for name in url.query if name not in _URL_PARAMS]
+    if not unknown:
+        return
+    name = unknown[0]
+    shown = repr(name[:60] + ("..." if len(name) > 60 else ""))
+    hint = _PARAM_HINTS.get(name, "remove it")
+    raise ConfigurationError(
+        f"{variable} has the query parameter {shown}, which pgstack cannot pass to the "
+        f"server ({hint}). Accepted: {', '.join(sorted(_URL_PARAMS))}."
+    )
 
 
 def render_url(url: URL) -> str:
