@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,6 +122,11 @@ def upgrade(
     migrations: MigrationsOpt = None,
 ) -> None:
     """Apply migrations up to REVISION (default: the head of pgstack's and the app's)."""
+    if not revision.strip():
+        raise MigrationError(
+            "Name the revision to upgrade to (`pgstack db history` lists them), or leave it "
+            "out to apply every pending one."
+        )
     proj = load_project(project, migrations)
     from pgstack import migrations as mig
 
@@ -150,6 +156,7 @@ def downgrade(
 ) -> None:
     """Undo migrations down to REVISION; asks first unless --yes."""
     proj = load_project(project, migrations)
+    _check_downgrade_target(proj, revision)
     from pgstack import migrations as mig
 
     with database_settings() as settings:
@@ -166,6 +173,55 @@ def downgrade(
     for rev in run.applied:
         typer.echo(f"undone {rev}")
     typer.echo(f"current: {', '.join(run.current) or 'none'}")
+
+
+# Alembic's relative target: [BRANCH@][REVISION]+N or -N.
+_RELATIVE = re.compile(r"(?:(?P<branch>.+?)@)?(?P<symbol>\w+?)?(?P<step>[-+]\d+)")
+_TARGETS = "-1 for one step back, a revision id (`pgstack db history` lists them), or base"
+
+
+def _check_downgrade_target(project: MigrationProject, revision: str) -> None:
+    """Refuse a downgrade target that is empty, points forward, or names no revision, before
+    the database is touched (Alembic would answer with its exception's name)."""
+    from alembic.util import CommandError
+
+    target = revision.strip()
+    shown = repr(target[:80])
+    if not target:
+        raise MigrationError(f"Name the revision to go back to: {_TARGETS}.")
+    script = project.script
+
+    def known(name: str) -> bool:
+        try:
+            script.get_revisions(name)
+        except (CommandError, KeyError, ValueError, AssertionError):
+            return False
+        return True
+
+    relative = _RELATIVE.fullmatch(target)
+    if relative is not None:
+        step = int(relative["step"])
+        if step >= 0 and relative["symbol"] is None:
+            where = "forward" if step else "nowhere"
+            raise MigrationError(
+                f"{shown} goes {where}, and a downgrade goes back: give {_TARGETS}. "
+                "To apply revisions, run `pgstack db upgrade`."
+            )
+        named = [relative["branch"], relative["symbol"]]
+    else:
+        branch, _, rest = target.rpartition("@")
+        named = [branch or None, None if rest == "base" else target]
+    labels = {label for rev in script.walk_revisions() for label in rev.branch_labels}
+    if named[0] is not None and named[0] not in labels:
+        raise MigrationError(
+            f"{shown} names the branch {named[0][:80]!r}, which these migrations do not have; "
+            f"branches: {', '.join(sorted(labels)) or 'none'} (`pgstack db history`)."
+        )
+    if named[1] is not None and not known(named[1]):
+        raise MigrationError(
+            f"{shown} is not a revision these migrations know (run from the app's folder, "
+            f"or pass --project, to include the app's): give {_TARGETS}."
+        )
 
 
 @db_app.command("current")
@@ -438,7 +494,15 @@ def seed(
             MofNCompleteColumn(),
             console=console,
         ) as progress:
-            added = asyncio.run(_seed(settings, dataset, proj, progress))
+            try:
+                added = asyncio.run(_seed(settings, dataset, proj, progress))
+            except BaseException:
+                # A failure leaves no bar behind, nor the empty line that a stopping bar
+                # prints on a pipe: the error is the only line.
+                progress.live.transient = True
+                progress.live.stop()
+                progress.disable = True
+                raise
     for table, count in added.items():
         typer.echo(f"{table}: {count} row(s) added")
 
