@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -64,18 +64,26 @@ def import_routers(spec: str, *, root: Path | None = None) -> list[APIRouter]:
             f"--router {spec[:200]!r}: {exc}. Name a router as module:attribute, importable "
             f"from {folder}."
         ) from None
+    what = "is"
     if inspect.isroutine(found):
-        found = found()
-    routers = [found] if isinstance(found, APIRouter) else found
-    if not isinstance(routers, Iterable) or isinstance(routers, str | bytes):
-        routers = [routers]
-    routers = list(routers)
-    wrong = [r for r in routers if not isinstance(r, APIRouter)]
-    if not routers or wrong:
+        found, what = found(), "returned"
+    if isinstance(found, APIRouter):
+        return [found]
+    expected = "a fastapi.APIRouter (or a list of them, or a function returning one)"
+    got = type(found).__name__
+    # A mapping or a string is iterable too: named as itself, not by its first key or letter.
+    if not isinstance(found, Iterable) or isinstance(found, str | bytes | Mapping):
+        raise ConfigurationError(f"--router {spec[:200]!r} {what} {got}, not {expected}.")
+    routers = list(found)
+    wrong = [(i, r) for i, r in enumerate(routers, 1) if not isinstance(r, APIRouter)]
+    if wrong:
+        index, item = wrong[0]
         raise ConfigurationError(
-            f"--router {spec[:200]!r} is {type(wrong[0] if wrong else routers).__name__}, not "
-            "a fastapi.APIRouter (or a list of them, or a function returning one)."
+            f"--router {spec[:200]!r} {what} a {got} whose item {index} is "
+            f"{type(item).__name__}, not a fastapi.APIRouter; give {expected}."
         )
+    if not routers:
+        raise ConfigurationError(f"--router {spec[:200]!r} {what} an empty {got}; give {expected}.")
     return routers
 
 
