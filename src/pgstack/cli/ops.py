@@ -44,9 +44,22 @@ def doctor(
 ) -> None:
     """Find what hurts the database in production, each with its fix.
 
-    Exit 0 when nothing is worse than info, 1 on a warning, 2 on an error.
+    Exit 0 when nothing is worse than info, 1 on a warning, 2 on an error (and on an
+    --ignore that names no finding).
     """
-    from pgstack.db.doctor import worst
+    from pgstack.db.doctor import FINDING_IDS, unknown_ignores, worst
+
+    unknown = unknown_ignores(ignore or [])
+    if unknown:
+        # A misspelt id would silence nothing while looking as if it did.
+        groups = sorted({finding.split(".")[0] for finding in FINDING_IDS})
+        ids = [finding for finding in FINDING_IDS if not finding.startswith("doctor.")]
+        typer.echo(
+            f"error: --ignore {unknown[0][:80]!r} names no finding of the doctor; give a group "
+            f"({', '.join(groups)}) or an id ({', '.join(ids)}, doctor.CHECK.locked).",
+            err=True,
+        )
+        raise typer.Exit(2)
 
     with database_settings() as settings:
         findings = asyncio.run(_diagnose(settings, workers, ignore or []))

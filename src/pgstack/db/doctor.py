@@ -735,6 +735,47 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
+#: Every id the checks above report, for `ignore=` (which also takes an id's group, the part
+#: before its first dot).
+FINDING_IDS: tuple[str, ...] = (
+    "audit.partition-missing",
+    "bloat.index",
+    "bloat.table",
+    "connections.budget",
+    "indexes.duplicate",
+    "indexes.missing-fk",
+    "indexes.unused",
+    "indexes.unused.not-enough-data",
+    "locks.blocked",
+    "replication.inactive-slot",
+    "replication.lag",
+    "replication.skipped",
+    "role.bypassrls",
+    "role.owner",
+    "role.superuser",
+    "sequences.exhaustion",
+    "sessions.idle-in-transaction",
+    "sessions.long-running",
+    "sessions.skipped",
+    "settings.idle_in_transaction_session_timeout",
+    "settings.statement_timeout",
+    "statements.slow",
+    "statements.skipped",
+    "statements.unavailable",
+    "tables.never-analyzed",
+    "tables.never-vacuumed",
+    "tables.no-primary-key",
+    "tenancy.rls-missing",
+    *(f"doctor.{check.__name__}.locked" for check in CHECKS),
+)
+
+
+def unknown_ignores(ignore: Iterable[str]) -> list[str]:
+    """The entries of `ignore` that name neither a finding id of CHECKS nor a group of them."""
+    known = {*FINDING_IDS, *(finding.split(".")[0] for finding in FINDING_IDS)}
+    return [name for name in ignore if name not in known]
+
+
 async def _can_monitor(ctx: _Context) -> bool:
     return bool(
         await ctx.value(
