@@ -209,6 +209,7 @@ def _current(url: URL) -> list[str]:
         ("  ", "error: Name the revision to go back to"),
         ("nosuchrev", "error: 'nosuchrev' is not a revision these migrations know"),
         ("-1x", "error: '-1x' is not a revision these migrations know"),
+        ("@-1", "error: '@-1' is not a revision these migrations know"),
         ("+1", "error: '+1' goes forward, and a downgrade goes back"),
         ("pgstack@+2", "error: 'pgstack@+2' goes forward"),
         ("nobranch@-1", "error: 'nobranch@-1' names the branch 'nobranch'"),

@@ -217,7 +217,7 @@ def _check_downgrade_target(project: MigrationProject, revision: str) -> None:
             f"{shown} names the branch {named[0][:80]!r}, which these migrations do not have; "
             f"branches: {', '.join(sorted(labels)) or 'none'} (`pgstack db history`)."
         )
-    if named[1] is not None and not known(named[1]):
+    if target.startswith("@") or (named[1] is not None and not known(named[1])):
         raise MigrationError(
             f"{shown} is not a revision these migrations know (run from the app's folder, "
             f"or pass --project, to include the app's): give {_TARGETS}."
