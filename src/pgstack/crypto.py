@@ -138,6 +138,17 @@ class KeyRing:
 
     def decrypt(self, token: str, context: str) -> bytes:
         """Decrypt a value made by `encrypt` with the same context; any change fails loudly."""
+        kid, cipher, nonce, sealed = self._opened(token, context)
+        try:
+            return cipher.decrypt(nonce, sealed, _aad(kid, context))
+        except InvalidTag:
+            raise EncryptionError(
+                f"The encrypted value in {context} failed authentication: it was altered, or "
+                "it was copied from another column or table. It is not returned."
+            ) from None
+
+    def _opened(self, token: str, context: str) -> tuple[str, AESGCM, bytes, bytes]:
+        """The key id, its cipher, the nonce and the sealed data of a stored value."""
         _, kid, body = _split(token, context)
         cipher = self._ciphers.get(kid)
         if cipher is None:
@@ -152,13 +163,7 @@ class KeyRing:
             raise EncryptionError(f"The encrypted value in {context} is corrupt.") from None
         if len(raw) <= _NONCE_BYTES:
             raise EncryptionError(f"The encrypted value in {context} is corrupt (too short).")
-        try:
-            return cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(kid, context))
-        except InvalidTag:
-            raise EncryptionError(
-                f"The encrypted value in {context} failed authentication: it was altered, or "
-                "it was copied from another column or table. It is not returned."
-            ) from None
+        return kid, cipher, raw[:_NONCE_BYTES], raw[_NONCE_BYTES:]
 
     def decrypt_text(self, token: str, context: str) -> str:
         """Decrypt to text (UTF-8)."""
@@ -169,10 +174,25 @@ class KeyRing:
         return key_id_of(token) != self._primary
 
     def reencrypt(self, token: str, context: str) -> str:
-        """The value re-encrypted under the newest key (unchanged if it already is)."""
+        """The value re-encrypted under the newest key (unchanged if it already is).
+
+        A value its key fails to authenticate is an EncryptionError that names the key: in a
+        rotation the likely cause is a wrong older key in the ring (a mistyped or regenerated
+        one under the right id), which a read cannot tell from an altered value either.
+        """
         if not self.needs_reencryption(token):
             return token
-        return self.encrypt(self.decrypt(token, context), context)
+        kid, cipher, nonce, sealed = self._opened(token, context)
+        try:
+            plaintext = cipher.decrypt(nonce, sealed, _aad(kid, context))
+        except InvalidTag:
+            raise EncryptionError(
+                f"The value in {context} cannot be decrypted with key {kid!r} of {ENV_VAR}: is "
+                "that the key it was encrypted with (the current key before the rotation)? "
+                "If the key is right, the value was altered or copied from another column or "
+                "row. It is left as it is."
+            ) from None
+        return self.encrypt(plaintext, context)
 
 
 def _aad(kid: str, context: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -220,8 +221,26 @@ def bind_key(
     """Bind an API key to a tenant its user belongs to: it then acts for that tenant only."""
 
     async def work(tenancy: Tenancy) -> None:
+        from pgstack.identity import Identity
+
+        identity = Identity(tenancy.db)
         tenant = await tenancy.tenants.get_by_external_id(external_id)
-        await tenancy.memberships.bind_api_key(key_id, tenant.id)
+        key = await identity.api_keys.get(key_id)
+        try:
+            await tenancy.memberships.bind_api_key(key_id, tenant.id)
+        except NotFoundError:
+            # The service names the tenant by its id; here it is named as the user gave it,
+            # with the command that fixes it.
+            if await tenancy.memberships.role_of(tenant.id, key.user_id) is not None:
+                raise
+            user = await identity.users.get(key.user_id, include_deleted=True)
+            add = shlex.join(
+                ["pgstack", "tenants", "add-member", external_id, "--email", user.email]
+            )
+            raise NotFoundError(
+                f"{user.email}, the user of API key {key_id}, is not a member of tenant "
+                f"{external_id}: add them first with `{add}`, then run bind-key again."
+            ) from None
 
     _run(work)
     typer.echo(f"API key {key_id} now acts for tenant {external_id} only")

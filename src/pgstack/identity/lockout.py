@@ -82,15 +82,17 @@ class Lockout:
                 self.config.lockout,
                 number,
             )
-            from pgstack.audit import SECURITY, AuditLog
+            # Imported here: pgstack.identity._common imports this module.
+            from pgstack.identity._common import security_event
 
-            await AuditLog(self.db).record(
+            # Whoever made the attempt acts, as the context knows them (anonymous: no actor,
+            # recorded as "system", as a failed login is); the locked user is the resource.
+            await security_event(
+                self.db,
                 "auth.lockout",
-                category=SECURITY,
                 outcome="failure",
                 resource_type="user",
                 resource_id=user.id,
-                actor_id=user.id,
                 description=f"locked for {self.config.lockout} after {number} attempts",
             )
         return Attempt(user, number)

@@ -356,13 +356,41 @@ class Memberships:
     # -- API keys and external identities ----------------------------------------------------
 
     async def bind_api_key(self, api_key_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
-        """Bind an API key to a tenant its user belongs to: it then acts for that tenant only."""
+        """Bind an API key to a tenant its user belongs to: it then acts for that tenant only.
+
+        A key that is revoked (now, or from a later time after a rotation) or expired can no
+        longer act, so binding it is a ConflictError; a key whose user is not an accepted
+        member of the tenant is a NotFoundError.
+        """
         from pgstack.identity import ApiKey
 
         async with self.db.transaction() as session:
-            key_user = await session.scalar(select(ApiKey.user_id).where(ApiKey.id == api_key_id))
-            if key_user is None:
+            # FOR SHARE: a revocation running meanwhile waits for the binding, or it for it.
+            key = (
+                await session.execute(
+                    select(ApiKey.user_id, ApiKey.revoked_at, ApiKey.expires_at, func.now())
+                    .where(ApiKey.id == api_key_id)
+                    .with_for_update(read=True)
+                )
+            ).first()
+            if key is None:
                 raise NotFoundError(f"No API key with id {api_key_id}.")
+            key_user, revoked_at, expires_at, now = key
+            if revoked_at is not None:
+                since = (
+                    ""
+                    if revoked_at <= now
+                    else f" from {revoked_at:%Y-%m-%d %H:%M} UTC (it was rotated)"
+                )
+                raise ConflictError(
+                    f"API key {api_key_id} is revoked{since}: a revoked key cannot be bound to "
+                    "a tenant. Bind the key that replaced it, or create a new one."
+                )
+            if expires_at is not None and expires_at <= now:
+                raise ConflictError(
+                    f"API key {api_key_id} expired at {expires_at:%Y-%m-%d %H:%M} UTC: an "
+                    "expired key cannot be bound to a tenant. Create a new one and bind that."
+                )
             role = await session.scalar(
                 select(TenantMembership.role).where(
                     TenantMembership.tenant_id == tenant_id,
@@ -371,7 +399,11 @@ class Memberships:
                 )
             )
             if role is None:
-                raise NotFoundError(_NOT_YOURS.format(tenant_id))
+                raise NotFoundError(
+                    f"The user of API key {api_key_id} is not a member of tenant {tenant_id}: "
+                    "add them to the tenant first (memberships.add, or an invitation they "
+                    "accept), then bind the key."
+                )
             session.add(TenantApiKey(api_key_id=api_key_id, tenant_id=tenant_id))
             await _flush(session, "The API key is already bound to a tenant.")
 

@@ -10,8 +10,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from pgstack.db.database import Database
+from pgstack.db.metrics import sqlstate_of
 from pgstack.db.session import Session
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError
 from pgstack.identity.text import check_text
@@ -117,7 +119,10 @@ async def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
 
 
 class Tenants:
-    """Create, read, list and change tenants; every call is its own transaction."""
+    """Create, read, list and change tenants; every call is its own transaction.
+
+    `create` may join the caller's transaction instead (`session=`).
+    """
 
     EDITABLE = ("name", "domain", "settings", "locale", "timezone", "trial_ends_at")
 
@@ -140,11 +145,16 @@ class Tenants:
         locale: str = "en",
         timezone: str = "UTC",
         owner_id: uuid.UUID | None = None,
+        session: AsyncSession | None = None,
     ) -> Tenant:
         """A new tenant; with `owner_id`, that user becomes its owner in the same transaction.
 
         `external_id` is the workspace or team id of the outside system (a Slack team id);
-        a second tenant with the same one is a ConflictError.
+        a second tenant with the same one is a ConflictError. With `session`, the tenant
+        and its owner's membership are written in that session's transaction, committed or
+        rolled back with it (a sign-up that creates the workspace with the application's own
+        rows); an error then leaves that transaction to be rolled back, as any failed
+        statement does. Without it, the call is a transaction of its own.
         """
         fields: dict[str, Any] = {
             "external_id": external_id,
@@ -160,21 +170,16 @@ class Tenants:
         _texts(fields)
         if fields["status"] not in (TenantStatus.ACTIVE, TenantStatus.TRIALING):
             raise InvalidInputError("A new tenant starts as active or trialing.")
-        async with self.db.transaction() as session:
-            tenant = await TenantRepository(session).create(fields)
-            if owner_id is not None:
-                session.add(
-                    TenantMembership(
-                        tenant_id=tenant.id,
-                        user_id=owner_id,
-                        role=TenantRole.OWNER.value,
-                        accepted_at=tenant.created_at,
-                    )
-                )
-                try:
-                    await session.flush()
-                except Exception as exc:  # an unknown user id: a foreign key violation
-                    raise NotFoundError(f"No user with id {owner_id}.") from exc
+        if session is not None:
+            # The caller's pending changes first: their errors stay theirs, not the tenant's.
+            await session.flush()
+            tenant = await _create(session, fields, owner_id)
+            logger.info(
+                "tenant %s (%s) created in the caller's transaction", tenant.id, external_id
+            )
+            return tenant
+        async with self.db.transaction() as own:
+            tenant = await _create(own, fields, owner_id)
         logger.info("tenant %s (%s) created", tenant.id, tenant.external_id)
         return tenant
 
@@ -261,3 +266,27 @@ class Tenants:
     async def reactivate(self, tenant_id: uuid.UUID) -> Tenant:
         """Make a suspended (or cancelled) tenant active again."""
         return await self.set_status(tenant_id, TenantStatus.ACTIVE.value)
+
+
+async def _create(
+    session: AsyncSession, fields: dict[str, Any], owner_id: uuid.UUID | None
+) -> Tenant:
+    """Insert the tenant, and its owner's membership with `owner_id`, in `session`."""
+    tenant = await TenantRepository(session).create(fields)
+    if owner_id is not None:
+        session.add(
+            TenantMembership(
+                tenant_id=tenant.id,
+                user_id=owner_id,
+                role=TenantRole.OWNER.value,
+                accepted_at=tenant.created_at,
+            )
+        )
+        try:
+            await session.flush()
+        except Exception as exc:
+            # The tenant is new in this transaction: a missing row it refers to is the user.
+            if sqlstate_of(exc) == "23503":
+                raise NotFoundError(f"No user with id {owner_id}.") from exc
+            raise
+    return tenant

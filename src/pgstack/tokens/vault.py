@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from pgstack.audit import SECURITY, AuditLog
 from pgstack.crypto import KeyRing, get_key_ring, row_context
@@ -103,12 +104,20 @@ class TokenVault:
         scopes: Iterable[str] | str | None = None,
         token_type: str = "Bearer",  # noqa: S107 - the OAuth token type, not a secret
         tenant_id: uuid.UUID | None = None,
+        session: AsyncSession | AsyncConnection | None = None,
     ) -> ProviderToken:
         """Store (insert or replace) the tokens of one provider and account in one upsert.
 
         A `refresh_token` of None keeps the one already stored. Saving clears any refresh
         failures and backoff: it is what a new authorization does. The token belongs to the
         tenant in context (`tenant_context`), or to `tenant_id` when no tenant is set.
+
+        With `session`, the upsert is a statement of that session's transaction, committed or
+        rolled back with it; its row-level security is the tenant that transaction began
+        with, so call this inside the same `tenant_context`. Until that transaction ends the
+        token's row stays locked: a refresh of it waits (`get_valid_token`) or passes it by
+        (`refresh_due`, key rotation), and the vault's other verbs, on connections of their
+        own, see the token as it was. Without `session`, the upsert commits by itself.
         """
         if not access_token:
             raise InvalidInputError("access_token is empty: pass the provider's access token.")
@@ -153,8 +162,11 @@ class TokenVault:
             },
         ).returning(*ALL_COLUMNS)
         with translated_errors():
-            async with self.db.engine.begin() as conn:
-                row = (await conn.execute(upsert)).one()
+            if session is not None:
+                row = (await session.execute(upsert)).one()
+            else:
+                async with self.db.engine.begin() as conn:
+                    row = (await conn.execute(upsert)).one()
         return self._token(row._mapping)
 
     async def get(self, provider: str, account: str) -> ProviderToken:
