@@ -125,6 +125,22 @@ def test_a_secret_that_cannot_be_shown_is_never_stored(pgstack_migrated_url: URL
     assert counts(url)[1] == after_user[1] + 1
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [("db", "info"), ("--help",), ("audit", "--help")])
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
+    pgstack_migrated_url: URL, args: tuple[str, ...]
+) -> None:
+    # proves: O6 (every CLI error is one line: any command, its help too, into a full device)
+    with open("/dev/full", "w") as full:
+        result = pgstack(pgstack_migrated_url, *args, stdout=full.fileno())
+    assert result.returncode == 1, result.stderr
+    one_line(result.stderr)
+    assert result.stderr.startswith(
+        "error: the output could not be written to standard output (No space left on device)"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_an_empty_piped_password_is_refused_in_one_line(pgstack_migrated_url: URL) -> None:
     # proves: I1
     before = counts(pgstack_migrated_url)

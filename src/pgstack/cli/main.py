@@ -140,6 +140,10 @@ def expected_failures(fn: F) -> F:
         except Exception as exc:
             if _debug():
                 traceback.print_exc()
+            lost = _stdout_failed(exc)
+            if lost is not None:
+                typer.echo(_output_lost(lost), err=True)
+                raise typer.Exit(1) from None
             missing = _missing_relation(exc)
             if missing is not None:
                 typer.echo(
@@ -160,6 +164,33 @@ def expected_failures(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _stdout_failed(exc: BaseException) -> str | None:
+    """Why standard output cannot be written (`> /dev/full`, a closed pipe), if that is what
+    `exc` is, else None. Standard output is then pointed at /dev/null, so that what is
+    left in its buffer does not fail again when Python flushes it at exit."""
+    if not isinstance(exc, OSError):
+        return None
+    if not isinstance(exc, BrokenPipeError):
+        try:  # a write of nothing still fails on a device that refuses writes
+            os.write(sys.stdout.fileno(), b"")
+        except (OSError, ValueError):
+            pass
+        else:
+            return None
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return exc.strerror or type(exc).__name__
+
+
+def _output_lost(reason: str) -> str:
+    return (
+        f"error: the output could not be written to standard output ({reason}); send it to a "
+        "terminal, a pipe that reads it all, or a file on a device with room."
+    )
+
+
 def show_secret(text: str, *, what: str) -> None:
     """Write `text` (holding a secret shown this once) to stdout and flush it, or raise.
 
@@ -171,12 +202,7 @@ def show_secret(text: str, *, what: str) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
     except OSError as exc:
-        # What is left in the buffer would fail again when Python flushes it at exit.
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        reason = exc.strerror or type(exc).__name__
+        reason = _stdout_failed(exc) or exc.strerror or type(exc).__name__
         raise PgStackError(
             f"{what} could not be written to standard output ({reason}), so nothing was "
             "created: it is shown once and never stored. Run the command again with its "
@@ -478,4 +504,10 @@ def main() -> None:
         app()
     except PgStackError as exc:  # pragma: no cover - commands handle their own
         typer.echo(f"error: {_one_line(exc.message)}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # --help or a usage message into an unwritable stdout
+        lost = _stdout_failed(exc)
+        if lost is None:
+            raise
+        typer.echo(_output_lost(lost), err=True)
         sys.exit(1)

@@ -141,7 +141,8 @@ async def run_seeders(
         raise ConfigurationError(
             f"No seeder is registered for data set {dataset!r} (registered: {known}; looked "
             f"in {where}). Register one with @seeder({dataset!r}) in a module listed in "
-            "`seeds` of [tool.pgstack], or pass project=MigrationProject.from_pyproject(...)."
+            "`seeds` of [tool.pgstack] or given with `pgstack db seed --seeds MODULE` (from "
+            "Python: project=MigrationProject.from_pyproject(...))."
         )
     totals: dict[str, int] = {}
     async with db.transaction() as session:

@@ -290,8 +290,8 @@ class TokenVault:
         )
         if report.failures:
             raise EncryptionError(
-                f"{len(report.failures)} token value(s) cannot be decrypted with the keys in "
-                f"PGSTACK_ENCRYPTION_KEYS and were left as they are: {report.failures[0]}"
+                f"{len(report.failures)} token value(s) were not re-encrypted; the first, "
+                f"{report.failures[0]}"
             )
         await AuditLog(self.db).record(
             "token.keys_rotated",
