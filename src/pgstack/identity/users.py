@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Date, cast, func, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from pgstack.db.session import Session
 from pgstack.errors import ConflictError, InvalidInputError
@@ -168,6 +169,19 @@ def check_username(username: str) -> str:
     return name
 
 
+async def _create(session: AsyncSession, fields: dict[str, Any]) -> User:
+    """Insert the user in `session`, unless the e-mail address or username is taken."""
+    repo = UserRepository(session)
+    if await repo.exists(email=fields["email"]):
+        raise ConflictError(
+            f"A user with the e-mail address {fields['email']} already exists; sign in, or "
+            "reset the password."
+        )
+    if fields["username"] and await repo.exists(username=fields["username"]):
+        raise ConflictError(f"The username {fields['username']} is taken; pick another.")
+    return await repo.create(fields)
+
+
 def _check_profile(changes: dict[str, Any]) -> None:
     if changes.get("username") is not None:
         changes["username"] = check_username(changes["username"])
@@ -180,7 +194,10 @@ def _check_profile(changes: dict[str, Any]) -> None:
 
 
 class Users(ServiceBase):
-    """Create, change, delete, search and count users; every call is its own transaction."""
+    """Create, change, delete, search and count users; every call is its own transaction.
+
+    `create` may join the caller's transaction instead (`session=`).
+    """
 
     async def create(
         self,
@@ -197,12 +214,19 @@ class Users(ServiceBase):
         provider_user_id: str | None = None,
         verified: bool = False,
         check_strength: bool = True,
+        session: AsyncSession | None = None,
     ) -> User:
         """Create a user; a local user needs a password, an external one a provider user id.
 
         The password is checked for strength (unless `check_strength=False`, for imports)
         and only its argon2id hash is kept. A live user with the same e-mail address, in any
         letter case, is a ConflictError.
+
+        With `session`, the user's row (the only row `create` writes) is written in that
+        session's transaction, committed or rolled back with it (a sign-up that creates the
+        user with their workspace and the application's own rows); the password is hashed
+        before any statement of `create` is sent. Without it, the call is a transaction of
+        its own.
         """
         provider = _check_provider(provider)
         address = check_new_email(email)
@@ -229,26 +253,23 @@ class Users(ServiceBase):
                 require_strong_password(password, email=address, name=name, config=self.config)
             password_hash = await self.hasher.ahash(password)
         now = utcnow()
-        async with self.db.transaction() as session:
-            repo = UserRepository(session)
-            if await repo.exists(email=address):
-                raise ConflictError(
-                    f"A user with the e-mail address {address} already exists; sign in, or "
-                    "reset the password."
-                )
-            if profile["username"] and await repo.exists(username=profile["username"]):
-                raise ConflictError(f"The username {profile['username']} is taken; pick another.")
-            return await repo.create(
-                email=address,
-                **profile,
-                password_hash=password_hash,
-                password_changed_at=now if password_hash else None,
-                provider=provider,
-                provider_user_id=provider_user_id,
-                roles=_words(roles, "roles"),
-                groups=_words(groups, "groups"),
-                email_verified_at=now if verified else None,
-            )
+        fields: dict[str, Any] = {
+            "email": address,
+            **profile,
+            "password_hash": password_hash,
+            "password_changed_at": now if password_hash else None,
+            "provider": provider,
+            "provider_user_id": provider_user_id,
+            "roles": _words(roles, "roles"),
+            "groups": _words(groups, "groups"),
+            "email_verified_at": now if verified else None,
+        }
+        if session is not None:
+            # The caller's pending changes first: their errors stay theirs, not the user's.
+            await session.flush()
+            return await _create(session, fields)
+        async with self.db.transaction() as own:
+            return await _create(own, fields)
 
     async def get(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> User:
         """The user with this id (NotFoundError if there is none, or it was deleted)."""
