@@ -6,11 +6,13 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 
 from pgstack.crypto import KeyRing, configure_encryption, generate_key
+from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
 from pgstack.migrations import MigrationProject
 from pgstack.testing.templates import TemplateDatabases
@@ -68,3 +70,30 @@ def sample_url(
     url = pgstack_templates.clone(sample_project)
     yield url
     pgstack_templates.drop(url)
+
+
+@pytest.fixture
+async def outside(pgstack_migrated_url: URL) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own to the migrated database (it sees only what is committed),
+    with an application's own table, `signups`, for writes beside pgstack's in one
+    transaction (a sign-up)."""
+    conn = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
+    await conn.execute("CREATE TABLE signups (email text PRIMARY KEY, tenant_id uuid)")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def cli_env(
+    pgstack_migrated_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, str]:
+    """The environment of a `pgstack` command on the migrated database: none of the shell's
+    DATABASE_ and PGSTACK_ variables, the working directory a scratch folder (no stray .env
+    or pyproject.toml). A test module extends it with a fixture of the same name."""
+    for name in list(os.environ):
+        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return {"DATABASE_URL": pgstack_migrated_url.render_as_string(hide_password=False)}

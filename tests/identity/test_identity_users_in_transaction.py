@@ -5,15 +5,11 @@ their workspace and the application's own rows all together or not at all; witho
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import URL
 
 from pgstack.audit import AuditLog
-from pgstack.db.admin import asyncpg_dsn
 from pgstack.db.database import Database
 from pgstack.errors import ConflictError, NotFoundError
 from pgstack.identity import Identity, IdentityConfig, PasswordHasher, User, Users
@@ -32,17 +28,6 @@ TAKEN = (
 
 
 @pytest.fixture
-async def raw(pgstack_migrated_url: URL) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of its own (it sees only what is committed), with the app's own table."""
-    conn = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
-    await conn.execute("CREATE TABLE signups (email text PRIMARY KEY, tenant_id uuid)")
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
 def tenancy(pgstack_migrated_db: Database) -> Tenancy:
     return Tenancy(pgstack_migrated_db)
 
@@ -53,11 +38,11 @@ async def counts(conn: asyncpg.Connection) -> tuple[int, ...]:
 
 
 async def test_a_rolled_back_transaction_leaves_no_user_and_no_entry(
-    pgstack_migrated_db: Database, identity: Identity, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, identity: Identity, outside: asyncpg.Connection
 ) -> None:
     # proves: I1
     db = pgstack_migrated_db
-    before = await counts(raw)
+    before = await counts(outside)
     with pytest.raises(RuntimeError, match="payment declined"):
         async with db.transaction() as session:
             ada = await identity.users.create(
@@ -70,10 +55,10 @@ async def test_a_rolled_back_transaction_leaves_no_user_and_no_entry(
             assert await session.scalar(select(func.count()).where(User.id == ada.id)) == 1
             # ... and nothing outside it does before it ends: create has no transaction of
             # its own, and wrote nothing elsewhere.
-            assert await counts(raw) == before
+            assert await counts(outside) == before
             assert await identity.users.get_by_email("ada@example.com") is None
             raise RuntimeError("payment declined")
-    assert await counts(raw) == before
+    assert await counts(outside) == before
     assert await identity.users.get_by_email("ada@example.com") is None
     assert await identity.users.get_by_username("ada.l") is None
     # The address and the username are free again.
@@ -82,11 +67,11 @@ async def test_a_rolled_back_transaction_leaves_no_user_and_no_entry(
 
 
 async def test_a_committed_transaction_keeps_the_user_and_the_entry(
-    pgstack_migrated_db: Database, identity: Identity, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, identity: Identity, outside: asyncpg.Connection
 ) -> None:
     # proves: I1, I2
     db = pgstack_migrated_db
-    users, tenants, members, entries, signups = await counts(raw)
+    users, tenants, members, entries, signups = await counts(outside)
     async with db.transaction() as session:
         ada = await identity.users.create(
             "Ada@Example.com", STRONG, name="Ada", roles=["admin"], verified=True, session=session
@@ -95,7 +80,7 @@ async def test_a_committed_transaction_keeps_the_user_and_the_entry(
             "signup.completed", resource_type="user", resource_id=ada.id, session=session
         )
     # The user and the application's entry; create itself writes no entry.
-    assert await counts(raw) == (users + 1, tenants, members, entries + 1, signups)
+    assert await counts(outside) == (users + 1, tenants, members, entries + 1, signups)
     stored = await identity.users.get(ada.id)
     assert (stored.email, stored.name, stored.roles, stored.is_verified) == (
         "ada@example.com",
@@ -110,11 +95,11 @@ async def test_a_committed_transaction_keeps_the_user_and_the_entry(
 
 
 async def test_a_sign_up_creates_the_user_the_workspace_and_the_apps_row_or_none_of_them(
-    pgstack_migrated_db: Database, identity: Identity, tenancy: Tenancy, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, identity: Identity, tenancy: Tenancy, outside: asyncpg.Connection
 ) -> None:
     # proves: I1, N1, N5
     db = pgstack_migrated_db
-    users, tenants, members, entries, signups = await counts(raw)
+    users, tenants, members, entries, signups = await counts(outside)
 
     async def sign_up(email: str, external_id: str, fail: bool) -> None:
         async with db.transaction() as session:
@@ -132,30 +117,30 @@ async def test_a_sign_up_creates_the_user_the_workspace_and_the_apps_row_or_none
                 TenantMembership.role == "owner",
             )
             assert await session.scalar(owners) == 1
-            assert await counts(raw) == (users, tenants, members, entries, signups)
+            assert await counts(outside) == (users, tenants, members, entries, signups)
             if fail:
                 raise RuntimeError("payment declined")
 
     with pytest.raises(RuntimeError, match="payment declined"):
         await sign_up("ada@acme.example", "TACME", fail=True)
-    assert await counts(raw) == (users, tenants, members, entries, signups)
+    assert await counts(outside) == (users, tenants, members, entries, signups)
     assert await identity.users.get_by_email("ada@acme.example") is None
     with pytest.raises(NotFoundError):
         await tenancy.tenants.get_by_external_id("TACME")
 
     await sign_up("ada@acme.example", "TACME", fail=False)
-    assert await counts(raw) == (users + 1, tenants + 1, members + 1, entries, signups + 1)
+    assert await counts(outside) == (users + 1, tenants + 1, members + 1, entries, signups + 1)
     ada = await identity.users.get_by_email("ada@acme.example")
     acme = await tenancy.tenants.get_by_external_id("TACME")
     assert ada is not None
     assert await tenancy.memberships.role_of(acme.id, ada.id) == "owner"
-    assert await raw.fetchval("SELECT tenant_id FROM signups WHERE email = $1", ada.email) == (
+    assert await outside.fetchval("SELECT tenant_id FROM signups WHERE email = $1", ada.email) == (
         acme.id
     )
 
 
 async def test_a_taken_address_or_username_is_refused_alike_with_and_without_a_session(
-    pgstack_migrated_db: Database, identity: Identity, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, identity: Identity, outside: asyncpg.Connection
 ) -> None:
     # proves: I1
     db = pgstack_migrated_db
@@ -166,7 +151,7 @@ async def test_a_taken_address_or_username_is_refused_alike_with_and_without_a_s
         await identity.users.create("bob@example.com", OTHER_STRONG, username="Ada.L")
     assert alone.value.message == TAKEN
     assert name_alone.value.message == "The username ada.l is taken; pick another."
-    before = await counts(raw)
+    before = await counts(outside)
 
     # In the caller's transaction: the same errors, found before anything is written, so
     # the application's own row written before them is still committed with it.
@@ -181,7 +166,7 @@ async def test_a_taken_address_or_username_is_refused_alike_with_and_without_a_s
     assert (joined.value.message, joined.value.status_code) == (alone.value.message, 409)
     assert name_joined.value.message == name_alone.value.message
     users, tenants, members, entries, signups = before
-    assert await counts(raw) == (users, tenants, members, entries, signups + 1)
+    assert await counts(outside) == (users, tenants, members, entries, signups + 1)
 
     # A user created earlier in the same transaction, not yet committed, is taken too.
     with pytest.raises(ConflictError) as twice:
@@ -190,22 +175,22 @@ async def test_a_taken_address_or_username_is_refused_alike_with_and_without_a_s
             await identity.users.create("Cy@Example.com", OTHER_STRONG, session=session)
     assert twice.value.message == TAKEN.replace("ada@", "cy@")
     assert await identity.users.get_by_email("cy@example.com") is None
-    assert await counts(raw) == (users, tenants, members, entries, signups + 1)
+    assert await counts(outside) == (users, tenants, members, entries, signups + 1)
 
 
 async def test_without_a_session_create_is_still_a_transaction_of_its_own(
-    pgstack_migrated_db: Database, identity: Identity, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, identity: Identity, outside: asyncpg.Connection
 ) -> None:
     # proves: I1
-    users, tenants, members, entries, signups = await counts(raw)
+    users, tenants, members, entries, signups = await counts(outside)
     with pytest.raises(RuntimeError):
         async with pgstack_migrated_db.transaction() as session:
             await session.execute(text("INSERT INTO signups VALUES ('ada@alone.example', NULL)"))
             ada = await identity.users.create("ada@alone.example", STRONG)
             # Committed already, before the surrounding transaction ends.
-            assert await counts(raw) == (users + 1, tenants, members, entries, signups)
+            assert await counts(outside) == (users + 1, tenants, members, entries, signups)
             raise RuntimeError("the caller's own work fails")
-    assert await counts(raw) == (users + 1, tenants, members, entries, signups)
+    assert await counts(outside) == (users + 1, tenants, members, entries, signups)
     stored = await identity.users.get_by_email("ada@alone.example")
     assert stored is not None and stored.id == ada.id
 
@@ -213,14 +198,14 @@ async def test_without_a_session_create_is_still_a_transaction_of_its_own(
 class WatchingHasher(PasswordHasher):
     """Argon2id as usual; notes which transactions the test's database has open meanwhile."""
 
-    def __init__(self, config: IdentityConfig, raw: asyncpg.Connection) -> None:
+    def __init__(self, config: IdentityConfig, outside: asyncpg.Connection) -> None:
         super().__init__(config)
-        self.raw = raw
+        self.outside = outside
         self.open: list[int] = []
 
     async def ahash(self, password: str) -> str:
         self.open.append(
-            await self.raw.fetchval(
+            await self.outside.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
                 "AND xact_start IS NOT NULL"
@@ -230,11 +215,11 @@ class WatchingHasher(PasswordHasher):
 
 
 async def test_the_password_is_hashed_before_the_transaction_touches_the_database(
-    pgstack_migrated_db: Database, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, outside: asyncpg.Connection
 ) -> None:
     # proves: I2
     config = IdentityConfig()
-    hasher = WatchingHasher(config, raw)
+    hasher = WatchingHasher(config, outside)
     users = Users(pgstack_migrated_db, config, hasher)
     await users.create("ada@example.com", STRONG)
     async with pgstack_migrated_db.transaction() as session:

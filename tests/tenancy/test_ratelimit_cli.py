@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
 from pgstack.cli import app as cli
@@ -26,17 +21,6 @@ runner = CliRunner()
 async def invoke(*args: Any, **kwargs: Any) -> Any:
     # The commands run their own event loop, so they run on a thread of their own here.
     return await asyncio.to_thread(runner.invoke, *args, **kwargs)
-
-
-@pytest.fixture
-def cli_env(
-    pgstack_migrated_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[dict[str, str]]:
-    for name in list(os.environ):
-        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    yield {"DATABASE_URL": pgstack_migrated_url.render_as_string(hide_password=False)}
 
 
 async def test_cli_shows_usage_and_exceeded_windows_and_cleans_up(

@@ -5,12 +5,10 @@ with the application's own writes, as a sign-up needs; without it, a transaction
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import URL
 
 from pgstack.audit import AuditLog
 from pgstack.crypto import KeyRing, generate_key
@@ -30,29 +28,18 @@ COUNTS = (
 )
 
 
-@pytest.fixture
-async def raw(pgstack_migrated_url: URL) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of its own (it sees only what is committed), with the app's own table."""
-    conn = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
-    await conn.execute("CREATE TABLE signups (email text PRIMARY KEY, tenant_id uuid)")
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def counts(conn: asyncpg.Connection) -> tuple[int, ...]:
     """Tenants, memberships, audit entries and the application's sign-ups, as committed."""
     return tuple(await conn.fetchrow(COUNTS))
 
 
 async def test_a_rolled_back_sign_up_leaves_no_tenant_membership_or_entry(
-    pgstack_migrated_db: Database, tenancy: Tenancy, identity: Identity, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, tenancy: Tenancy, identity: Identity, outside: asyncpg.Connection
 ) -> None:
     # proves: N1, N5
     db = pgstack_migrated_db
     ada = await make_user(identity, "ada@signup.example")
-    before = await counts(raw)
+    before = await counts(outside)
     with pytest.raises(RuntimeError, match="payment declined"):
         async with db.transaction() as session:
             acme = await tenancy.tenants.create("TSIGNUP", "Acme", owner_id=ada.id, session=session)
@@ -69,24 +56,24 @@ async def test_a_rolled_back_sign_up_leaves_no_tenant_membership_or_entry(
             )
             assert await session.scalar(owners) == 1
             # ... and nowhere else before it commits: no transaction of create's own.
-            assert await counts(raw) == before
+            assert await counts(outside) == before
             with pytest.raises(NotFoundError):
                 await tenancy.tenants.get_by_external_id("TSIGNUP")
             acme_id = acme.id
             raise RuntimeError("payment declined")
-    assert await counts(raw) == before
+    assert await counts(outside) == before
     with pytest.raises(NotFoundError):
         await tenancy.tenants.get_by_external_id("TSIGNUP")
     assert await tenancy.memberships.role_of(acme_id, ada.id) is None
 
 
 async def test_a_committed_sign_up_keeps_the_tenant_its_owner_and_the_apps_rows(
-    pgstack_migrated_db: Database, tenancy: Tenancy, identity: Identity, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, tenancy: Tenancy, identity: Identity, outside: asyncpg.Connection
 ) -> None:
     # proves: N1, N5
     db = pgstack_migrated_db
     ada = await make_user(identity, "ada@signup.example")
-    tenants, members, entries, signups = await counts(raw)
+    tenants, members, entries, signups = await counts(outside)
     async with db.transaction() as session:
         acme = await tenancy.tenants.create(
             "TSIGNUP", "Acme", plan="pro", owner_id=ada.id, session=session
@@ -98,7 +85,7 @@ async def test_a_committed_sign_up_keeps_the_tenant_its_owner_and_the_apps_rows(
         await AuditLog(db).record(
             "signup.completed", resource_type="tenant", resource_id=acme.id, session=session
         )
-    assert await counts(raw) == (tenants + 1, members + 1, entries + 1, signups + 1)
+    assert await counts(outside) == (tenants + 1, members + 1, entries + 1, signups + 1)
     stored = await tenancy.tenants.get_by_external_id("TSIGNUP")
     assert (stored.id, stored.name, stored.plan, stored.status) == (
         acme.id,
@@ -107,7 +94,7 @@ async def test_a_committed_sign_up_keeps_the_tenant_its_owner_and_the_apps_rows(
         "active",
     )
     assert await tenancy.memberships.role_of(acme.id, ada.id) == "owner"
-    assert await raw.fetchval("SELECT tenant_id FROM signups WHERE email = $1", ada.email) == (
+    assert await outside.fetchval("SELECT tenant_id FROM signups WHERE email = $1", ada.email) == (
         acme.id
     )
     [entry] = (await AuditLog(db).entries(action="signup.completed")).items
@@ -115,12 +102,12 @@ async def test_a_committed_sign_up_keeps_the_tenant_its_owner_and_the_apps_rows(
 
 
 async def test_a_refused_create_in_the_callers_transaction_says_why_and_undoes_it(
-    pgstack_migrated_db: Database, tenancy: Tenancy, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, tenancy: Tenancy, outside: asyncpg.Connection
 ) -> None:
     # proves: N1
     db = pgstack_migrated_db
     taken = await tenancy.tenants.create("TTAKEN", "Taken")
-    before = await counts(raw)
+    before = await counts(outside)
     with pytest.raises(ConflictError, match="same unique value"):
         async with db.transaction() as session:
             await session.execute(text("INSERT INTO signups VALUES ('bob@example.com', NULL)"))
@@ -130,24 +117,24 @@ async def test_a_refused_create_in_the_callers_transaction_says_why_and_undoes_i
         async with db.transaction() as session:
             await session.execute(text("INSERT INTO signups VALUES ('eve@example.com', NULL)"))
             await tenancy.tenants.create("TGHOST", "Ghost", owner_id=ghost, session=session)
-    assert await counts(raw) == before
+    assert await counts(outside) == before
     assert [t.id for t in (await tenancy.tenants.list()).items] == [taken.id]
 
 
 async def test_without_a_session_create_is_still_a_transaction_of_its_own(
-    pgstack_migrated_db: Database, tenancy: Tenancy, identity: Identity, raw: asyncpg.Connection
+    pgstack_migrated_db: Database, tenancy: Tenancy, identity: Identity, outside: asyncpg.Connection
 ) -> None:
     # proves: N1
     ada = await make_user(identity, "ada@alone.example")
-    tenants, members, entries, signups = await counts(raw)
+    tenants, members, entries, signups = await counts(outside)
     with pytest.raises(RuntimeError):
         async with pgstack_migrated_db.transaction() as session:
             await session.execute(text("INSERT INTO signups VALUES ('ada@alone.example', NULL)"))
             alone = await tenancy.tenants.create("TALONE", "Alone", owner_id=ada.id)
             # Committed already, before the surrounding transaction ends.
-            assert await counts(raw) == (tenants + 1, members + 1, entries, signups)
+            assert await counts(outside) == (tenants + 1, members + 1, entries, signups)
             raise RuntimeError("the caller's own work fails")
-    assert await counts(raw) == (tenants + 1, members + 1, entries, signups)
+    assert await counts(outside) == (tenants + 1, members + 1, entries, signups)
     assert (await tenancy.tenants.get_by_external_id("TALONE")).id == alone.id
     assert await tenancy.memberships.role_of(alone.id, ada.id) == "owner"
 

@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 import uvicorn
 from sqlalchemy.engine import URL
 from tokens_fake_provider import FakeProvider, token_endpoint
 
 from pgstack.crypto import generate_key
+from pgstack.db.admin import asyncpg_dsn
 from pgstack.tokens import TokenVault
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "tokens.md"
@@ -34,26 +36,47 @@ def expected_output() -> str:
     return match.group(1)
 
 
-def test_the_example_runs_and_prints_what_the_page_says(
-    pgstack_migrated_url: URL, tmp_path: Path
-) -> None:
-    # proves: T1, T2, T3, T4
-    script = tmp_path / "example.py"
-    script.write_text(block("example.py"))
+def run_block(label: str, url: URL, folder: Path) -> subprocess.CompletedProcess[str]:
+    """The page's block `label` run as a script of its own against `url`."""
+    script = folder / label
+    script.write_text(block(label))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PGSTACK_"))}
-    env["DATABASE_URL"] = pgstack_migrated_url.render_as_string(hide_password=False)
+    env["DATABASE_URL"] = url.render_as_string(hide_password=False)
     env["PGSTACK_ENCRYPTION_KEYS"] = generate_key("2026a")
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(script)],
-        cwd=tmp_path,
+        cwd=folder,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_the_example_runs_and_prints_what_the_page_says(
+    pgstack_migrated_url: URL, tmp_path: Path
+) -> None:
+    # proves: T1, T2, T3, T4
+    result = run_block("example.py", pgstack_migrated_url, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected_output(), result.stdout + result.stderr
+
+
+async def test_saving_in_a_transaction_runs_as_the_page_shows(
+    pgstack_migrated_url: URL, tmp_path: Path
+) -> None:
+    # proves: T1
+    result = run_block("save_in_transaction.py", pgstack_migrated_url, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "committed: at-1\nstored: ['acme']\n"
+    assert "It prints `committed: at-1`, then `stored: ['acme']`." in DOC.read_text()
+    conn = await asyncpg.connect(asyncpg_dsn(pgstack_migrated_url))
+    try:
+        entries = await conn.fetch("SELECT action FROM audit_log ORDER BY seq")
+        assert [r["action"] for r in entries] == ["crm.connected"]
+    finally:
+        await conn.close()
 
 
 async def test_the_authlib_refresher_runs_against_a_provider(

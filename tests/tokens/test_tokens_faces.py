@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,18 +126,8 @@ async def test_admin_routes_refuse_control_characters_with_422(
 
 
 @pytest.fixture
-def cli_env(
-    pgstack_migrated_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[dict[str, str]]:
-    for name in list(os.environ):
-        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    keys = f"{generate_key('new')},{generate_key('old')}"
-    yield {
-        "DATABASE_URL": pgstack_migrated_url.render_as_string(hide_password=False),
-        "PGSTACK_ENCRYPTION_KEYS": keys,
-    }
+def cli_env(cli_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    yield {**cli_env, "PGSTACK_ENCRYPTION_KEYS": f"{generate_key('new')},{generate_key('old')}"}
     configure_encryption(None)
 
 

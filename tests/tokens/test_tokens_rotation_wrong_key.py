@@ -4,13 +4,10 @@ a read that fails to authenticate still says the value was altered or copied."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
 from pgstack.cli import app as cli
@@ -31,17 +28,8 @@ WRONG_KEY = (
 
 
 @pytest.fixture
-def cli_env(
-    pgstack_migrated_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[dict[str, str]]:
-    for name in list(os.environ):
-        if name.startswith(("DATABASE_", "PGSTACK_")) and name != "PGSTACK_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    yield {
-        "DATABASE_URL": pgstack_migrated_url.render_as_string(hide_password=False),
-        "PGSTACK_ENCRYPTION_KEYS": f"{NEW},{WRONG_OLD}",
-    }
+def cli_env(cli_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    yield {**cli_env, "PGSTACK_ENCRYPTION_KEYS": f"{NEW},{WRONG_OLD}"}
     configure_encryption(None)
 
 
