@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from pgstack.audit import AuditLog
 from pgstack.db.database import Database
-from pgstack.errors import ConflictError, NotFoundError
+from pgstack.errors import AuthenticationError, ConflictError, NotFoundError
 from pgstack.identity import Identity, IdentityConfig, PasswordHasher, User, Users
 from pgstack.tenancy import Tenancy, TenantMembership
 
@@ -230,3 +230,32 @@ async def test_the_password_is_hashed_before_the_transaction_touches_the_databas
         await session.execute(text("INSERT INTO signups VALUES ('cy@example.com', NULL)"))
         await users.create("cy@example.com", STRONG, session=session)
     assert hasher.open == [0, 0, 1]
+
+
+async def test_an_api_key_in_the_callers_transaction_goes_with_it(
+    pgstack_migrated_db: Database, identity: Identity, outside: asyncpg.Connection
+) -> None:
+    # proves: I5 (the key and its api_key.created entry commit or roll back with the caller)
+    db = pgstack_migrated_db
+    ada = await identity.users.create("ada@example.com", STRONG)
+    keys_sql = "SELECT count(*) FROM api_keys"
+    entries_sql = "SELECT count(*) FROM audit_log WHERE action = 'api_key.created'"
+    keys, entries = await outside.fetchval(keys_sql), await outside.fetchval(entries_sql)
+    with pytest.raises(RuntimeError, match="not shown"):
+        async with db.transaction() as session:
+            issued = await identity.api_keys.create(ada.id, "ci", session=session)
+            assert await outside.fetchval(keys_sql) == keys  # nothing outside it yet
+            raise RuntimeError("not shown")
+    assert (await outside.fetchval(keys_sql), await outside.fetchval(entries_sql)) == (
+        keys,
+        entries,
+    )
+    with pytest.raises(AuthenticationError):
+        await identity.api_keys.verify(issued.key)
+    async with db.transaction() as session:
+        kept = await identity.api_keys.create(ada.id, "ci", session=session)
+    assert (await outside.fetchval(keys_sql), await outside.fetchval(entries_sql)) == (
+        keys + 1,
+        entries + 1,
+    )
+    assert (await identity.api_keys.verify(kept.key)).api_key.id == kept.api_key.id

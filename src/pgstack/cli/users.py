@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -16,8 +15,9 @@ from pgstack.cli.main import JsonOpt, expected_failures, group, on_database, sho
 from pgstack.errors import ConfigurationError, InvalidInputError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from pgstack.db.database import Database
-    from pgstack.db.session import Session
     from pgstack.identity import Identity
 
 T = TypeVar("T")
@@ -32,35 +32,16 @@ def _run(work: Callable[[Identity], Awaitable[T]]) -> T:
     return on_database(lambda db: work(Identity(db)))
 
 
-class _OneTransaction:
-    """The database as the identity services see it, with every transaction they open
-    joined (as a savepoint) to one that the caller commits.
-
-    A command that shows a secret once runs the services' verbs through this, shows the
-    secret, and only then commits: a secret that cannot be shown is never stored.
-    """
-
-    def __init__(self, db: Database, session: Session) -> None:
-        self._db = db
-        self._session = session
-
-    @asynccontextmanager
-    async def transaction(self, **_: Any) -> AsyncIterator[Session]:
-        async with self._session.begin_nested():
-            yield self._session
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
-def _run_then_show(work: Callable[[Identity], Awaitable[T]], show: Callable[[T], None]) -> T:
+def _run_then_show(
+    work: Callable[[Identity, AsyncSession], Awaitable[T]], show: Callable[[T], None]
+) -> T:
     """Run `work` in one transaction, `show` its secret, then commit (or roll back if `show`
-    raises)."""
+    raises): a secret that cannot be shown is never stored."""
     from pgstack.identity import Identity
 
     async def in_one_transaction(db: Database) -> T:
         async with db.transaction() as session:
-            result = await work(Identity(cast("Database", _OneTransaction(db, session))))
+            result = await work(Identity(db), session)
             show(result)
         return result
 
@@ -103,8 +84,10 @@ def create_admin(
     else:
         password = _read_password()
 
-    async def work(identity: Identity) -> uuid.UUID:
-        user = await identity.users.create(email, password, name=name, roles=[role], verified=True)
+    async def work(identity: Identity, session: AsyncSession) -> uuid.UUID:
+        user = await identity.users.create(
+            email, password, name=name, roles=[role], verified=True, session=session
+        )
         return user.id
 
     def created(user_id: uuid.UUID) -> str:
@@ -188,13 +171,13 @@ def create_key(
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
 
-    async def work(identity: Identity) -> tuple[str, str]:
+    async def work(identity: Identity, session: AsyncSession) -> tuple[str, str]:
         user = await identity.users.get_by_email(email)
         if user is None:
             raise ConfigurationError(f"No user has the e-mail address {email.strip().lower()}.")
         expires = timedelta(days=expires_in_days) if expires_in_days else None
         issued = await identity.api_keys.create(
-            user.id, name, scopes=scope or (), expires_in=expires
+            user.id, name, scopes=scope or (), expires_in=expires, session=session
         )
         return str(issued.api_key.id), issued.key
 

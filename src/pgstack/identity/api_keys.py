@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from pgstack.db.replicas import bookkeeping
-from pgstack.db.session import Session
 from pgstack.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -169,11 +169,16 @@ class ApiKeys(ServiceBase):
         expires_at: datetime | None = None,
         expires_in: timedelta | None = None,
         rate_limit_tier: str = "standard",
+        session: AsyncSession | None = None,
     ) -> IssuedKey:
         """A new key for a live user; the plaintext is in the result and nowhere else.
 
         This is the trusted verb (for operators and application code): over HTTP the owner
-        must also have a verified address and confirm it is them (`reauthenticate`).
+        must also have a verified address and confirm it is them (`reauthenticate`). With
+        `session`, the key and its `api_key.created` audit entry are written in that
+        session's transaction, committed or rolled back with it (show the key, then commit:
+        a key that could not be shown is never stored); without it, the call is a
+        transaction of its own.
         """
         if not name.strip():
             raise InvalidInputError("Give the key a name, so its owner can tell keys apart.")
@@ -190,25 +195,43 @@ class ApiKeys(ServiceBase):
             expires_at = utcnow() + expires_in
         if expires_at is not None and expires_at.tzinfo is None:
             raise InvalidInputError("expires_at must be timezone-aware.")
-        async with self.db.transaction() as session:
-            issued = await self._create(
-                session, user_id, name.strip(), _scopes(scopes), expires_at, rate_limit_tier
-            )
-            await security_event(
-                self.db,
-                "api_key.created",
-                user_id=user_id,
-                resource_type="api_key",
-                resource_id=issued.api_key.id,
-                description=f"key {issued.api_key.prefix} ({issued.api_key.name})",
-                session=session,
-            )
+        if session is not None:
+            # The caller's pending changes first: their errors stay theirs, not the key's.
+            await session.flush()
+            issued = await self._issue(session, user_id, name, scopes, expires_at, rate_limit_tier)
+        else:
+            async with self.db.transaction() as own:
+                issued = await self._issue(own, user_id, name, scopes, expires_at, rate_limit_tier)
         logger.info("API key %s created for user %s", issued.api_key.prefix, user_id)
+        return issued
+
+    async def _issue(
+        self,
+        session: AsyncSession,
+        user_id: uuid.UUID,
+        name: str,
+        scopes: Iterable[str],
+        expires_at: datetime | None,
+        rate_limit_tier: str,
+    ) -> IssuedKey:
+        """The key's row and its audit entry, in `session`."""
+        issued = await self._create(
+            session, user_id, name.strip(), _scopes(scopes), expires_at, rate_limit_tier
+        )
+        await security_event(
+            self.db,
+            "api_key.created",
+            user_id=user_id,
+            resource_type="api_key",
+            resource_id=issued.api_key.id,
+            description=f"key {issued.api_key.prefix} ({issued.api_key.name})",
+            session=session,
+        )
         return issued
 
     async def _create(
         self,
-        session: Session,
+        session: AsyncSession,
         user_id: uuid.UUID,
         name: str,
         scopes: list[str],
