@@ -37,12 +37,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import asyncpg
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
 from pydantic import BaseModel
+from sqlalchemy import Table
 from sqlalchemy.engine import URL, make_url
 
 from benchmarks.models import INSERTS, ITEM_COLUMNS, ITEMS, PgBase, PgInsert, PgItem, migrate
@@ -167,7 +168,7 @@ async def prepare(url: URL) -> tuple[str, list[uuid.UUID]]:
     db = Database(Settings(database_url=url.render_as_string(hide_password=False)))
     await db.connect()
     try:
-        bench_tables = [PgItem.__table__, PgInsert.__table__]
+        bench_tables = [cast(Table, PgItem.__table__), cast(Table, PgInsert.__table__)]
         async with db.engine.begin() as conn:
             await conn.run_sync(lambda c: PgBase.metadata.drop_all(c, tables=bench_tables))
             await conn.run_sync(lambda c: PgBase.metadata.create_all(c, tables=bench_tables))

@@ -25,10 +25,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import uvloop
+from sqlalchemy import Table
 from sqlalchemy.engine import URL, make_url
 
 from benchmarks.models import BULK, PgBase, PgBulk
@@ -86,7 +87,7 @@ async def _reset(url: URL) -> None:
     await db.connect()
     try:
         async with db.engine.begin() as conn:
-            tables = [PgBulk.__table__]
+            tables = [cast(Table, PgBulk.__table__)]
             await conn.run_sync(lambda c: PgBase.metadata.drop_all(c, tables=tables))
             await conn.run_sync(lambda c: PgBase.metadata.create_all(c, tables=tables))
     finally:

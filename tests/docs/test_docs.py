@@ -56,7 +56,7 @@ SKIPPED = {
         "the test suite itself, through a PgBouncer that .ci/run starts"
     ),
     "bash .ci/run": "CI: lint, types and the whole suite, this test included",
-    "uv run ruff check && uv run ruff format --check && uv run mypy src": (
+    "uv run ruff check && uv run ruff format --check && uv run mypy src benchmarks": (
         "lint and types: .ci/run runs them beside the suite"
     ),
     "uv run python -m benchmarks": "minutes of full load: benchmarks are measured, not tested",
