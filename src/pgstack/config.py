@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import ssl
 import typing
@@ -176,8 +177,16 @@ def to_asyncpg_url(raw: str, variable: str = "DATABASE_URL") -> URL:
             "use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         )
     _refuse_unknown_params(url, variable)
+    _check_param_values(url, variable)
     query = {k: v for k, v in url.query.items() if k not in _LIBPQ_ONLY_PARAMS}
     password = query.pop("password", None)
+    if url.host and "port" in query:
+        # postgresql://USER@HOST/DATABASE?port=5433: the port belongs with the host it is for.
+        port = query.pop("port")
+        url = url.set(port=int(str(port)) if port else None)
+    if str(query.get("direct_tls", "")).lower() == "false":
+        # asyncpg takes any non-empty string as true: 'false' is its default, left out.
+        del query["direct_tls"]
     url = url.set(drivername="postgresql+asyncpg", query=query)
     if password:
         # `?password=` wins over the userinfo's, as in libpq; where it is a password, URLs
@@ -199,6 +208,69 @@ def _refuse_unknown_params(url: URL, variable: str) -> None:
         f"{variable} has the query parameter {shown}, which pgstack cannot pass to the "
         f"server ({hint}). Accepted: {', '.join(sorted(_URL_PARAMS))}."
     )
+
+
+_SSL_MODES = typing.get_args(SslMode)
+_TARGET_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+# Parameters whose value must be one of these words.
+_PARAM_CHOICES = {
+    "sslmode": _SSL_MODES,
+    "ssl": _SSL_MODES,
+    "target_session_attrs": _TARGET_SESSION_ATTRS,
+    "direct_tls": ("true", "false"),
+}
+
+
+def _check_param_values(url: URL, variable: str) -> None:
+    """A ConfigurationError naming the first query parameter whose value cannot work.
+
+    A parameter given twice has no one meaning (libpq keeps the last, SQLAlchemy passes
+    both on), so only `host` and `port`, which list several servers, may repeat; numbers
+    are checked as numbers. The value of `password` is never shown.
+    """
+    hosts = url.query.get("host")
+    host_count = 1 if hosts is None or isinstance(hosts, str) else len(hosts)
+    for name, given in url.query.items():
+        values = [given] if isinstance(given, str) else list(given)
+
+        def refuse(problem: str, name: str = name) -> typing.NoReturn:
+            raise ConfigurationError(f"{variable} has the query parameter {name!r} {problem}.")
+
+        if len(values) > 1 and name not in ("host", "port"):
+            refuse(f"{len(values)} times; give it once")
+        if name == "port":
+            if len(values) > 1 and len(values) != host_count:
+                refuse(
+                    f"{len(values)} times for {host_count} host(s); give one port per host "
+                    "(postgresql://USER@HOST1:PORT1,HOST2:PORT2/DATABASE)"
+                )
+            for value in values:
+                if value and not (value.isascii() and value.isdigit() and 0 < int(value) < 65536):
+                    refuse(f"= {value[:20]!r}, which is not a port: give a number 1-65535")
+        value = values[0] if values else ""
+        if name in _PARAM_CHOICES and value.lower() not in _PARAM_CHOICES[name]:
+            refuse(f"= {value[:40]!r}; give one of {', '.join(_PARAM_CHOICES[name])}")
+        if name in ("timeout", "command_timeout"):
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = math.nan
+            if not (0 < seconds < math.inf):
+                refuse(f"= {value[:40]!r}, which is not a number of seconds above 0")
+        if name == "prepared_statement_cache_size" and not (value.isascii() and value.isdigit()):
+            refuse(f"= {value[:40]!r}, which is not a whole number (0 or more)")
+    # libpq's ?host= and ?port= win over the authority's, which messages, backups and the
+    # admin commands would name instead: one server named two ways is refused.
+    for name, authority in (("host", url.host), ("port", url.port)):
+        if authority and name in url.query:
+            raise ConfigurationError(
+                f"{variable} names the {name} twice, after the '@' and as ?{name}=; keep one."
+            )
+    modes = {url.query.get(n) for n in ("sslmode", "ssl") if n in url.query}
+    if len({str(m).lower() for m in modes}) > 1:
+        raise ConfigurationError(
+            f"{variable} has both 'sslmode' and 'ssl', with different values; give sslmode once."
+        )
 
 
 def render_url(url: URL) -> str:
@@ -562,7 +634,8 @@ class Settings(BaseSettings):
         """SSL mode: `DATABASE_SSLMODE`, else the `sslmode` of `DATABASE_URL`."""
         if self.database_sslmode is not None:
             return self.database_sslmode
-        return self._url_param("sslmode")
+        mode = self._url_param("sslmode") or self._url_param("ssl")
+        return mode.lower() if mode else None
 
     def _url_param(self, name: str) -> str | None:
         if self.database_url is None:
