@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
+import io
 import json
 import logging
 import os
 import re
+import stat
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -64,6 +67,31 @@ def group(help: str, **options: Any) -> typer.Typer:
         pretty_exceptions_enable=False,
         **options,
     )
+
+
+class _ClosedStdout(io.TextIOBase):
+    """Standard output when the process started with it closed (`>&-`), where Python leaves
+    None: every write fails as writing to the closed descriptor would, so commands report
+    it in one line (and a one-time secret is not stored) instead of an AttributeError."""
+
+    @property
+    def name(self) -> str:
+        return "<stdout>"
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    def isatty(self) -> bool:
+        return False
+
+
+if sys.stdout is None:
+    sys.stdout = _ClosedStdout()
+if sys.stderr is None:  # closed too: messages have nowhere to go; the exit status remains
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
 
 
 app = group(
@@ -191,13 +219,30 @@ def _output_lost(reason: str) -> str:
     )
 
 
+def _discarded() -> bool:
+    """Whether standard output is /dev/null (`> /dev/null`, or a closed stdout that a
+    launcher such as `uv run` replaced with it), where a secret shown once is lost."""
+    try:
+        out = os.fstat(sys.stdout.fileno())
+        null = os.stat(os.devnull)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(out.st_mode) and out.st_rdev == null.st_rdev
+
+
 def show_secret(text: str, *, what: str) -> None:
     """Write `text` (holding a secret shown this once) to stdout and flush it, or raise.
 
     Callers write it before they commit what the secret belongs to: when it cannot be
-    written (`> /dev/full`, a closed pipe) the error rolls the work back, so no secret
-    is ever stored without having been shown.
+    written (`> /dev/full`, a closed pipe, a closed stdout), or would go to /dev/null, the
+    error rolls the work back, so no secret is ever stored without having been shown.
     """
+    if _discarded():
+        raise PgStackError(
+            f"{what} would be written to /dev/null and lost, so nothing was created: it is "
+            "shown once and never stored. Run the command again with its output going to a "
+            "terminal or a file."
+        )
     try:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
