@@ -41,6 +41,7 @@ _CONCURRENT_USE = (
 # starting up" during a restart's recovery), too many connections. Another try later may work.
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 _QUERY_CANCELED = "57014"
+_IN_FAILED_TRANSACTION = "25P02"
 _INSUFFICIENT_PRIVILEGE = "42501"
 #: read_only_sql_transaction: a write in a read-only transaction, or on a replica.
 READ_ONLY_SQLSTATE = "25006"
@@ -92,6 +93,13 @@ def translate_error(exc: BaseException) -> BaseException:
             "The statement was cancelled by the server: it ran longer than the statement "
             "timeout (DATABASE_STATEMENT_TIMEOUT_MS), or was cancelled on request. Nothing "
             "was committed; make the query cheaper, or raise the timeout."
+        )
+    if sqlstate_of(exc) == _IN_FAILED_TRANSACTION:
+        return PgStackError(
+            "The transaction already failed on an earlier statement, and PostgreSQL ignores "
+            "every other statement until it is rolled back: roll it back (leave its block) "
+            "and start again, or put a statement that may fail in a savepoint "
+            "(session.begin_nested())."
         )
     if sqlstate_of(exc) == _INSUFFICIENT_PRIVILEGE and "row-level security" in str(exc):
         return TenantScopeError(

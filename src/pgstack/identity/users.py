@@ -22,6 +22,7 @@ from pgstack.identity.passwords import require_strong_password
 from pgstack.identity.text import check_text
 from pgstack.orm.types import normalise_email
 from pgstack.repository import Eq, Filter, ILike, IsNull, Page, Repository
+from pgstack.repository.core import _constraint_name
 from pgstack.repository.filters import Fields
 
 
@@ -172,14 +173,24 @@ def check_username(username: str) -> str:
 async def _create(session: AsyncSession, fields: dict[str, Any]) -> User:
     """Insert the user in `session`, unless the e-mail address or username is taken."""
     repo = UserRepository(session)
+    taken = {
+        "uq_users_email": f"A user with the e-mail address {fields['email']} already exists; "
+        "sign in, or reset the password.",
+        "uq_users_username": f"The username {fields['username']} is taken; pick another.",
+    }
     if await repo.exists(email=fields["email"]):
-        raise ConflictError(
-            f"A user with the e-mail address {fields['email']} already exists; sign in, or "
-            "reset the password."
-        )
+        raise ConflictError(taken["uq_users_email"])
     if fields["username"] and await repo.exists(username=fields["username"]):
-        raise ConflictError(f"The username {fields['username']} is taken; pick another.")
-    return await repo.create(fields)
+        raise ConflictError(taken["uq_users_username"])
+    try:
+        return await repo.create(fields)
+    except ConflictError as exc:
+        # Another transaction took the address or username between the check and the
+        # insert (two sign-ups at once): the same message as when it was taken before.
+        message = taken.get(_constraint_name(exc.__cause__ or exc) or "")
+        if message is None:
+            raise
+        raise ConflictError(message) from exc
 
 
 def _check_profile(changes: dict[str, Any]) -> None:
