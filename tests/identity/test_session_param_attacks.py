@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pgstack.crypto import KeyRing, generate_key
@@ -145,3 +146,25 @@ async def test_a_failed_write_in_a_savepoint_leaves_the_transaction_usable(
                 await identity.users.create("ada@example.com", STRONG, session=session)
         await identity.users.create("bob@example.com", STRONG, session=session)
     assert await outside.fetchval("SELECT count(*) FROM users") == 2
+
+
+@pytest.mark.parametrize("write", ["users.create", "api_keys.create", "tenants.create"])
+async def test_the_callers_pending_row_that_fails_is_the_callers_error_and_says_so(
+    pgstack_migrated_db: Database,
+    identity: Identity,
+    owner: User,
+    outside: asyncpg.Connection,
+    write: str,
+) -> None:
+    # proves: I1, I5, N1 (a pending user with a taken address failed on the same INSERT INTO
+    # users as create's own would: nothing told the two apart)
+    db = pgstack_migrated_db
+    with pytest.raises(IntegrityError) as caught:
+        async with db.transaction() as session:
+            session.add(User(email="owner@example.com", password_hash="$argon2id$v=19$SECRET"))
+            await _writes(db, identity, owner)[write](session)
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "the session's own pending changes, flushed before " + write in notes
+    assert f"this is not an error of {write}" in notes
+    assert "SECRET" not in str(caught.value) + notes  # the engine hides bound parameters
+    assert await outside.fetchval("SELECT count(*) FROM users") == 1

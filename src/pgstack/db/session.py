@@ -118,6 +118,24 @@ def translate_error(exc: BaseException) -> BaseException:
     return exc
 
 
+async def flush_pending(session: AsyncSession, what: str) -> None:
+    """Flush the caller's pending changes before `what` writes in the caller's session.
+
+    Their errors stay theirs (same exception, same type), with a note saying where they
+    come from: a pending row of the same table fails on the same INSERT as `what`'s own
+    would, and the traceback could not tell them apart.
+    """
+    try:
+        await session.flush()
+    except Exception as exc:
+        exc.add_note(
+            f"Raised by the session's own pending changes, flushed before {what} wrote "
+            "anything: fix or drop those objects; this is not an error of "
+            f"{what}."
+        )
+        raise
+
+
 def _no_host_matched(exc: BaseException | None) -> bool:
     """asyncpg tried every host of a multi-host URL and none had the role asked for."""
     for _ in range(5):

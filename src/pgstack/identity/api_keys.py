@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pgstack.db.replicas import bookkeeping
+from pgstack.db.session import flush_pending
 from pgstack.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -197,7 +198,7 @@ class ApiKeys(ServiceBase):
             raise InvalidInputError("expires_at must be timezone-aware.")
         if session is not None:
             # The caller's pending changes first: their errors stay theirs, not the key's.
-            await session.flush()
+            await flush_pending(session, "api_keys.create")
             issued = await self._issue(session, user_id, name, scopes, expires_at, rate_limit_tier)
         else:
             async with self.db.transaction() as own:

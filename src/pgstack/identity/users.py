@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Date, cast, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pgstack.db.session import Session
+from pgstack.db.session import Session, flush_pending
 from pgstack.errors import ConflictError, InvalidInputError
 from pgstack.identity._common import ServiceBase, security_event, utcnow
 from pgstack.identity.models import ApiKey, LoginSession, Provider, User, known_providers
@@ -277,7 +277,7 @@ class Users(ServiceBase):
         }
         if session is not None:
             # The caller's pending changes first: their errors stay theirs, not the user's.
-            await session.flush()
+            await flush_pending(session, "users.create")
             return await _create(session, fields)
         async with self.db.transaction() as own:
             return await _create(own, fields)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pgstack.db.database import Database
 from pgstack.db.metrics import sqlstate_of
-from pgstack.db.session import Session
+from pgstack.db.session import Session, flush_pending
 from pgstack.errors import ConflictError, InvalidInputError, NotFoundError
 from pgstack.identity.text import check_text
 from pgstack.repository import Eq, Filter, Page, Repository
@@ -172,7 +172,7 @@ class Tenants:
             raise InvalidInputError("A new tenant starts as active or trialing.")
         if session is not None:
             # The caller's pending changes first: their errors stay theirs, not the tenant's.
-            await session.flush()
+            await flush_pending(session, "tenants.create")
             tenant = await _create(session, fields, owner_id)
             logger.info(
                 "tenant %s (%s) created in the caller's transaction", tenant.id, external_id
