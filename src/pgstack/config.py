@@ -221,6 +221,11 @@ _PARAM_CHOICES = {
 }
 
 
+def _whole(value: str, digits: int) -> bool:
+    """Whether `value` is a whole number of at most `digits` ASCII digits."""
+    return 0 < len(value) <= digits and value.isascii() and value.isdigit()
+
+
 def _check_param_values(url: URL, variable: str) -> None:
     """A ConfigurationError naming the first query parameter whose value cannot work.
 
@@ -245,7 +250,7 @@ def _check_param_values(url: URL, variable: str) -> None:
                     "(postgresql://USER@HOST1:PORT1,HOST2:PORT2/DATABASE)"
                 )
             for value in values:
-                if value and not (value.isascii() and value.isdigit() and 0 < int(value) < 65536):
+                if value and not (_whole(value, 5) and 0 < int(value) < 65536):
                     refuse(f"= {value[:20]!r}, which is not a port: give a number 1-65535")
         value = values[0] if values else ""
         if name in _PARAM_CHOICES and value.lower() not in _PARAM_CHOICES[name]:
@@ -257,8 +262,8 @@ def _check_param_values(url: URL, variable: str) -> None:
                 seconds = math.nan
             if not (0 < seconds < math.inf):
                 refuse(f"= {value[:40]!r}, which is not a number of seconds above 0")
-        if name == "prepared_statement_cache_size" and not (value.isascii() and value.isdigit()):
-            refuse(f"= {value[:40]!r}, which is not a whole number (0 or more)")
+        if name == "prepared_statement_cache_size" and not _whole(value, 9):
+            refuse(f"= {value[:40]!r}, which is not a whole number from 0 to 999999999")
     # libpq's ?host= and ?port= win over the authority's, which messages, backups and the
     # admin commands would name instead: one server named two ways is refused.
     for name, authority in (("host", url.host), ("port", url.port)):

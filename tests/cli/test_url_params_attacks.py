@@ -35,6 +35,10 @@ BASE = f"postgresql://app:{SECRET}@127.0.0.1:1/appdb"
         ("command_timeout=-1", "'command_timeout' = '-1', which is not a number of seconds"),
         ("command_timeout=nan", "'command_timeout' = 'nan', which is not a number of seconds"),
         ("prepared_statement_cache_size=x", "'prepared_statement_cache_size' = 'x', which is"),
+        # Past Python's 4300-digit limit for int(): a ValueError of its own.
+        ("port=" + "9" * 5000, "'port' = '99999999999999999999', which is not a port"),
+        ("prepared_statement_cache_size=" + "9" * 5000, "which is not a whole number from 0"),
+        ("timeout=1e400", "'timeout' = '1e400', which is not a number of seconds above 0"),
         ("target_session_attrs=bogus", "'target_session_attrs' = 'bogus'; give one of any,"),
         ("sslmode=bogus", "'sslmode' = 'bogus'; give one of disable, allow, prefer, require"),
         ("ssl=maybe", "'ssl' = 'maybe'; give one of disable"),
