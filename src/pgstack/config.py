@@ -91,13 +91,23 @@ def _hosts_to_query(raw: str) -> str:
     return f"{match['scheme']}://{userinfo}{path or '/'}?{pairs}{'&' + query if query else ''}"
 
 
+def _whole(value: str, digits: int) -> bool:
+    """Whether `value` is a whole number of at most `digits` ASCII digits."""
+    return 0 < len(value) <= digits and value.isascii() and value.isdigit()
+
+
+def _port(value: str | int) -> int:
+    """A port number, or ValueError if `value` is not a whole number from 1 to 65535."""
+    text = str(value)
+    if not (_whole(text, 5) and 0 < int(text) < 65536):
+        raise ValueError(f"port {text[:20]!r} is not a number from 1 to 65535")
+    return int(text)
+
+
 def url_hosts(url: URL) -> list[tuple[str, int]]:
     """Every `(host, port)` a URL names, in order: one, or several (libpq's multi-host form)."""
     if url.host or "host" not in url.query:
-        single = url.port or 5432
-        if not 0 < single < 65536:
-            raise ValueError(f"port {single} is out of range")
-        return [(url.host or "localhost", single)]
+        return [(url.host or "localhost", _port(url.port or 5432))]
     named = url.query["host"]
     ports = url.query.get("port")
     port_list = [ports] if isinstance(ports, str) else list(ports or ())
@@ -109,10 +119,7 @@ def url_hosts(url: URL) -> list[tuple[str, int]]:
             port = tail.removeprefix(":") or port
         elif entry.count(":") == 1:
             host, port = entry.split(":")
-        number = int(port) if port else url.port or 5432
-        if not 0 < number < 65536:
-            raise ValueError(f"port {number} is out of range")
-        hosts.append((host or "localhost", number))
+        hosts.append((host or "localhost", _port(port or url.port or 5432)))
     return hosts
 
 
@@ -183,7 +190,7 @@ def to_asyncpg_url(raw: str, variable: str = "DATABASE_URL") -> URL:
     if url.host and "port" in query:
         # postgresql://USER@HOST/DATABASE?port=5433: the port belongs with the host it is for.
         port = query.pop("port")
-        url = url.set(port=int(str(port)) if port else None)
+        url = url.set(port=_port(str(port)) if port else None)
     if str(query.get("direct_tls", "")).lower() == "false":
         # asyncpg takes any non-empty string as true: 'false' is its default, left out.
         del query["direct_tls"]
@@ -221,11 +228,6 @@ _PARAM_CHOICES = {
 }
 
 
-def _whole(value: str, digits: int) -> bool:
-    """Whether `value` is a whole number of at most `digits` ASCII digits."""
-    return 0 < len(value) <= digits and value.isascii() and value.isdigit()
-
-
 def _check_param_values(url: URL, variable: str) -> None:
     """A ConfigurationError naming the first query parameter whose value cannot work.
 
@@ -250,7 +252,10 @@ def _check_param_values(url: URL, variable: str) -> None:
                     "(postgresql://USER@HOST1:PORT1,HOST2:PORT2/DATABASE)"
                 )
             for value in values:
-                if value and not (_whole(value, 5) and 0 < int(value) < 65536):
+                try:
+                    if value:
+                        _port(value)
+                except ValueError:
                     refuse(f"= {value[:20]!r}, which is not a port: give a number 1-65535")
         value = values[0] if values else ""
         if name in _PARAM_CHOICES and value.lower() not in _PARAM_CHOICES[name]:
