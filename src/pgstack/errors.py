@@ -73,10 +73,18 @@ class NotFoundError(PgStackError):
 
 
 class ConflictError(PgStackError):
-    """The write conflicts with the current state of the data."""
+    """The write conflicts with the current state of the data.
+
+    `constraint` names the unique or foreign key constraint that refused it, when one did,
+    so a service can put the refusal in its own words.
+    """
 
     status_code = 409
     title = "Conflict"
+
+    def __init__(self, message: str, *, constraint: str | None = None) -> None:
+        super().__init__(message)
+        self.constraint = constraint
 
 
 class InvalidQueryError(PgStackError):

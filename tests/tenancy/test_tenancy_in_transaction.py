@@ -108,10 +108,15 @@ async def test_a_refused_create_in_the_callers_transaction_says_why_and_undoes_i
     db = pgstack_migrated_db
     taken = await tenancy.tenants.create("TTAKEN", "Taken")
     before = await counts(outside)
-    with pytest.raises(ConflictError, match="same unique value"):
+    with pytest.raises(ConflictError) as refused:
         async with db.transaction() as session:
             await session.execute(text("INSERT INTO signups VALUES ('bob@example.com', NULL)"))
             await tenancy.tenants.create("TTAKEN", "Again", session=session)
+    assert refused.value.message == (
+        "A tenant with the external id 'TTAKEN' already exists: look it up "
+        "(tenants.get_by_external_id) instead of creating it again."
+    )
+    assert refused.value.constraint == "uq_tenants_external_id"
     ghost = uuid.uuid4()
     with pytest.raises(NotFoundError, match=f"^No user with id {ghost}.$"):
         async with db.transaction() as session:

@@ -33,7 +33,7 @@ async def test_tenant_create_get_list_and_plan(tenancy: Tenancy) -> None:
     )
     assert acme.status == "trialing" and acme.is_active and acme.settings == {"theme": "dark"}
     assert (await tenancy.tenants.get_by_external_id("T01ACME")).id == acme.id
-    with pytest.raises(ConflictError):
+    with pytest.raises(ConflictError, match=r"^A tenant with the external id 'T01ACME' already"):
         await tenancy.tenants.create("T01ACME", "Acme again")
     await tenancy.tenants.create("T02", "Beta")
     page = await tenancy.tenants.list(plan="pro")

@@ -22,7 +22,6 @@ from pgstack.identity.passwords import require_strong_password
 from pgstack.identity.text import check_text
 from pgstack.orm.types import normalise_email
 from pgstack.repository import Eq, Filter, ILike, IsNull, Page, Repository
-from pgstack.repository.core import _constraint_name
 from pgstack.repository.filters import Fields
 
 
@@ -187,7 +186,7 @@ async def _create(session: AsyncSession, fields: dict[str, Any]) -> User:
     except ConflictError as exc:
         # Another transaction took the address or username between the check and the
         # insert (two sign-ups at once): the same message as when it was taken before.
-        message = taken.get(_constraint_name(exc.__cause__ or exc) or "")
+        message = taken.get(exc.constraint or "")
         if message is None:
             raise
         raise ConflictError(message) from exc

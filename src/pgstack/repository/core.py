@@ -610,11 +610,13 @@ class RepositoryCore(Generic[M]):
             where = f" (constraint {constraint})" if constraint else ""
             if code == "23505":
                 return ConflictError(
-                    f"A {self._info.name} with the same unique value already exists{where}."
+                    f"A {self._info.name} with the same unique value already exists{where}.",
+                    constraint=constraint,
                 )
             return ConflictError(
                 f"The {self._info.name} refers to a row that does not exist, or is still "
-                f"referred to by another row{where}."
+                f"referred to by another row{where}.",
+                constraint=constraint,
             )
         if code == "21000":
             return InvalidQueryError(

@@ -272,7 +272,16 @@ async def _create(
     session: AsyncSession, fields: dict[str, Any], owner_id: uuid.UUID | None
 ) -> Tenant:
     """Insert the tenant, and its owner's membership with `owner_id`, in `session`."""
-    tenant = await TenantRepository(session).create(fields)
+    try:
+        tenant = await TenantRepository(session).create(fields)
+    except ConflictError as exc:
+        if exc.constraint != "uq_tenants_external_id":
+            raise
+        raise ConflictError(
+            f"A tenant with the external id {fields['external_id'][:200]!r} already exists: "
+            "look it up (tenants.get_by_external_id) instead of creating it again.",
+            constraint=exc.constraint,
+        ) from exc
     if owner_id is not None:
         session.add(
             TenantMembership(
