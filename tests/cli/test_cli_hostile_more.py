@@ -234,7 +234,7 @@ def _current(url: URL) -> list[str]:
 def test_a_downgrade_target_that_is_no_step_back_is_refused_and_nothing_is_undone(
     pgstack_migrated_url: URL, revision: str, message: str
 ) -> None:
-    # proves: G3, D5 (Alembic's exception names never reach the user; "-1x" no longer undoes)
+    # proves: G3, O6 (Alembic's exception names never reach the user; "-1x" no longer undoes)
     before = _current(pgstack_migrated_url)
     env = {"DATABASE_URL": raw(pgstack_migrated_url)}
     result = runner.invoke(app, ["db", "downgrade", revision, "--yes"], env=env)
